@@ -1,0 +1,193 @@
+"""Configuration of a MaskFace model: dataclasses with the paper's defaults, and named presets.
+
+Every number of ARCHITECTURE.md §3 is a field here. A config round-trips through plain dicts
+(`to_dict` / `from_dict`) so that checkpoints can embed it and be loaded with weights_only=True.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKBONES = ("resnet50", "mobilenet_v2", "resnext101_32x8d", "resnext152_32x8d")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"
+    # Stem + first stage are frozen, and every BatchNorm is a FrozenBatchNorm2d (§3.3).
+    freeze_stem_and_first_stage: bool = True
+    # Optional local path of ImageNet weights (a torchvision state_dict). Never downloaded.
+    weights: str | None = None
+
+
+@dataclass
+class FPNConfig:
+    channels: int = 256
+    gn_groups: int = 32
+
+
+@dataclass
+class ContextConfig:
+    """Inception-like context module per pyramid level (Fig. 3), see modeling/context.py.
+
+    branch1 = conv(in -> b1); trunk = conv(in -> t); branch2 = conv(trunk -> b2);
+    trunk2 = conv(trunk -> t2); branch3 = conv(trunk2 -> b3); out = cat(b1, b2, b3).
+    The widths are chosen so that the cost at 640x640 matches Table 1 (90 G multiply-adds with
+    the backbone and FPN); tests/modeling/test_cost.py counts it.
+    """
+
+    enabled: bool = True
+    branch1: int = 128
+    trunk: int = 128
+    branch2: int = 64
+    trunk2: int = 128
+    branch3: int = 64
+    gn_groups: int = 32
+
+
+@dataclass
+class AnchorConfig:
+    # Strides and base sizes of M2..M6; 3 square anchors per location (scales 2^0, 2^1/3, 2^2/3).
+    strides: tuple[int, ...] = (4, 8, 16, 32, 64)
+    sizes: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0)
+    scales: tuple[float, ...] = (1.0, 2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
+
+
+@dataclass
+class MatcherConfig:
+    positive_iou: float = 0.5
+    negative_iou: float = 0.3
+    allow_low_quality_matches: bool = True
+
+
+@dataclass
+class LossConfig:
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    smooth_l1_beta: float = 1.0 / 9.0
+    box_weight: float = 1.0
+    keypoint_weight: float = 0.25  # lambda_kp
+    # Box coder weights for (dx, dy, dw, dh).
+    box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+
+
+@dataclass
+class KeypointConfig:
+    num_landmarks: int = 5
+    # FPN level assignment, Eq. 6: k = floor(k0 + log2(sqrt(w*h) / canonical_size)).
+    canonical_level: int = 3
+    canonical_size: float = 224.0
+    min_level: int = 2
+    max_level: int = 6
+    roi_size: int = 14
+    sampling_ratio: int = 2  # 0 = adaptive, as torchvision / ONNX RoiAlign
+    num_convs: int = 8
+    conv_channels: int = 256
+    gn_groups: int = 32
+    heatmap_size: int = 56  # deconv x2 (28) then bilinear x2 (56)
+    # Training proposals (§3.2): detections with score >= 0.02 after NMS 0.6, kept when their IoU
+    # with a ground-truth face that has landmarks is > 0.6.
+    proposal_score_threshold: float = 0.02
+    proposal_nms_threshold: float = 0.6
+    proposal_iou_threshold: float = 0.6
+    # Not in the paper: the ground-truth boxes join the proposals (as in Mask R-CNN) so that the
+    # keypoint loss is defined from the first iteration; proposals are capped per image to bound
+    # the keypoint head's cost (about 1 G multiply-adds each).
+    add_gt_as_proposals: bool = True
+    max_proposals_per_image: int = 32
+
+
+@dataclass
+class InferenceConfig:
+    score_threshold: float = 0.5
+    pre_nms_topk: int = 5000
+    nms_threshold: float = 0.4
+    max_detections: int = 750
+
+
+@dataclass
+class InputConfig:
+    # ImageNet statistics, RGB order, for images in 0..255. Normalisation happens in
+    # preprocessing (maskface.preprocess), not in the graph.
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    size_divisibility: int = 64
+
+
+@dataclass
+class MaskFaceConfig:
+    name: str = "r50"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MaskFaceConfig":
+        return _from_dict(cls, data)
+
+    def architecture_dict(self) -> dict[str, Any]:
+        """The fields that decide the shapes of the weights (used to refuse a wrong checkpoint)."""
+        d = self.to_dict()
+        return {
+            "backbone": d["backbone"]["name"],
+            "fpn": d["fpn"],
+            "context": d["context"],
+            "num_anchors": len(self.anchors.scales),
+            "keypoints": {k: d["keypoints"][k] for k in ("num_landmarks", "num_convs", "conv_channels")},
+        }
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = _from_dict(sub, value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_PRESET_BACKBONES = {
+    "r50": "resnet50",
+    "mbv2": "mobilenet_v2",
+    "rx101": "resnext101_32x8d",
+    "rx152": "resnext152_32x8d",
+}
+PRESETS = tuple(_PRESET_BACKBONES)
+
+
+def get_config(name: str = "r50", num_landmarks: int = 5, **overrides: Any) -> MaskFaceConfig:
+    """A preset (r50 default, mbv2, rx101, rx152) with K landmarks.
+
+    `overrides` sets top-level sections, e.g. ``inference=InferenceConfig(score_threshold=0.3)``.
+    """
+    if name not in _PRESET_BACKBONES:
+        raise ValueError(f"unknown MaskFace preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if num_landmarks not in (5, 19, 68):
+        # Other K work too, but need their own flip permutation; be loud about it.
+        raise ValueError(f"num_landmarks must be 5 (WIDER FACE), 19 (AFLW) or 68 (300W), got {num_landmarks}")
+    cfg = MaskFaceConfig(name=name, backbone=BackboneConfig(name=_PRESET_BACKBONES[name]))
+    cfg.keypoints.num_landmarks = num_landmarks
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown config section {key!r}")
+        setattr(cfg, key, value)
+    return cfg

@@ -1,0 +1,36 @@
+"""Packaging for MaskFace. Versions that matter are pinned (see ARCHITECTURE.md §5)."""
+from setuptools import find_packages, setup
+
+# torch/torchvision are pinned to the releases that ship as local files on our machines; a
+# looser range pulls a multi-GB CUDA build from the registry.
+CORE = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "numpy>=1.24,<2",  # nvidia-pytriton (serving) needs numpy<2; keep one numpy everywhere
+    "opencv-python-headless>=4.8,<5",
+    "scipy>=1.10",  # reads the WIDER FACE .mat ground truth
+    "matplotlib>=3.7",
+    "tqdm>=4.60",
+]
+EXPORT = ["onnx>=1.16", "onnxruntime>=1.18"]
+SERVING = ["nvidia-pytriton==0.7.0", "tritonclient[http,grpc]>=2.40"]
+TEST = ["pytest>=8", "scikit-image>=0.22"]  # scikit-image ships real test photos
+# GPU-only extras: never imported on the CPU path (imports are lazy).
+GPU = ["tensorrt-lean==11.4.0.106", "onnxruntime-gpu>=1.18"]
+
+setup(
+    name="maskface",
+    version="0.1.0",
+    description="MaskFace: multi-task face and landmark detector, with ONNX/TensorRT/Triton deployment",
+    python_requires=">=3.10",
+    packages=find_packages(include=["maskface", "maskface.*"]),
+    install_requires=CORE,
+    extras_require={
+        "export": EXPORT,
+        "serving": EXPORT + SERVING,
+        "test": TEST,
+        "dev": EXPORT + SERVING + TEST,
+        "gpu": GPU,
+    },
+    entry_points={"console_scripts": ["maskface=maskface.cli:main"]},
+)
