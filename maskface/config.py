@@ -41,7 +41,7 @@ class ContextConfig:
     branch1: int = 128
     trunk: int = 128
     branch2: int = 64
-    trunk2: int = 128
+    trunk2: int = 192
     branch3: int = 64
     gn_groups: int = 32
 

@@ -1,0 +1,91 @@
+"""`maskface detect`: run the detector on images, write annotated images and JSON."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io_utils import atomic_write_image, atomic_write_json, read_image
+from ..visualize import draw_detections
+from .predictor import Predictor
+
+DEMO_NAME = "astronaut"
+
+
+def demo_image() -> np.ndarray:
+    """scikit-image's astronaut photo (shipped with the package: nothing is downloaded)."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise SystemExit("--demo needs scikit-image (pip install scikit-image)") from exc
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+def result_to_json(name: str, image: np.ndarray, result: dict[str, np.ndarray]) -> dict:
+    return {
+        "image": name,
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "faces": [
+            {
+                "box": [round(float(v), 2) for v in result["boxes"][i]],
+                "score": round(float(result["scores"][i]), 5),
+                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in result["landmarks"][i]],
+                "landmark_scores": [round(float(s), 5) for s in result["landmark_scores"][i]],
+            }
+            for i in range(len(result["scores"]))
+        ],
+    }
+
+
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    from ..checkpoint import load_model
+    from ..modeling.maskface import build_model
+
+    if args.checkpoint:
+        model = load_model(args.checkpoint)
+    else:
+        print(f"maskface: no --checkpoint given: using a seeded random initialisation of '{args.config}' "
+              "(untrained: it finds no faces at the default threshold)", file=sys.stderr)
+        torch.manual_seed(0)
+        model = build_model(args.config).eval()
+    if args.score_threshold is not None:
+        model.cfg.inference.score_threshold = args.score_threshold
+    return Predictor(model, device=args.device, max_side=args.max_side or None)
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs: list[tuple[str, np.ndarray]] = []
+    if args.demo:
+        inputs.append((DEMO_NAME, demo_image()))
+    for path in args.images:
+        inputs.append((Path(path).stem, read_image(path)))
+    if not inputs:
+        print("maskface detect: give image paths or --demo", file=sys.stderr)
+        return 2
+    predictor = load_predictor(args)
+    out = Path(args.out)
+    for name, image in inputs:
+        result = predictor(image)
+        atomic_write_image(out / f"{name}.jpg", draw_detections(image, result))
+        if args.json:
+            atomic_write_json(out / f"{name}.json", result_to_json(name, image, result))
+        print(f"{name}: {len(result['scores'])} faces -> {out / (name + '.jpg')}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("detect", help="detect faces and landmarks in images")
+    p.add_argument("images", nargs="*", help="image files (JPEG/PNG)")
+    p.add_argument("--demo", action="store_true", help="also run on scikit-image's astronaut photo")
+    p.add_argument("--checkpoint", help="a MaskFace checkpoint (without one: seeded untrained weights)")
+    p.add_argument("--config", default="r50", help="preset when no checkpoint is given (r50, mbv2, rx101, rx152)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--json", action="store_true", help="also write <name>.json with the numbers")
+    p.add_argument("--score-threshold", type=float, default=None)
+    p.add_argument("--max-side", type=int, default=640, help="resize so the longer side is at most this (0: keep)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)

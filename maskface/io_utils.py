@@ -1,0 +1,46 @@
+"""Small file helpers: atomic writes, safe image reading."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_write_image(path: str | Path, image: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(Path(path).suffix or ".png", image)
+    if not ok:
+        raise ValueError(f"could not encode an image for {path}")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """BGR uint8 image, with an error that names the file when it is missing or not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path} is not a readable image (JPEG/PNG/BMP expected)")
+    return image

@@ -1,0 +1,94 @@
+"""Inference decoding, shared by the PyTorch model, the ONNX graphs and the Triton NMS model.
+
+Three steps, each one stage of the deployment pipeline (ARCHITECTURE.md §4):
+1. `top_candidates`: sigmoid scores, top-k over all anchors, decode + clip boxes (inside detector.onnx).
+2. `select_detections`: score threshold, NMS, max detections (the Python NMS step).
+3. `decode_heatmaps`: heatmap logits -> sub-pixel landmarks (inside keypoint_head.onnx).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from .box_ops import BoxCoder, clip_boxes
+
+
+def top_candidates(
+    cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor, coder: BoxCoder,
+    topk: int, image_size: tuple[int, int] | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores [B, k] (descending) and boxes [B, k, 4] of the k best anchors per image.
+
+    k = min(topk, number of anchors). Boxes are clipped to the input image (height, width).
+    """
+    scores = torch.sigmoid(cls_logits)
+    k = min(topk, scores.shape[1])
+    top_scores, top_idx = scores.topk(k, dim=1)
+    deltas = torch.gather(box_deltas, 1, top_idx.unsqueeze(-1).expand(-1, -1, 4))
+    boxes = coder.decode(deltas, anchors[top_idx])
+    return top_scores, clip_boxes(boxes, image_size[0], image_size[1])
+
+
+def select_detections(
+    scores: torch.Tensor, boxes: torch.Tensor, score_threshold: float, nms_threshold: float, max_detections: int
+) -> torch.Tensor:
+    """Indices (into one image's candidates) kept after threshold + NMS, best first, at most max_detections.
+
+    Ties in score are broken by candidate index (torch.sort is stable), so results are deterministic.
+    """
+    keep = torch.nonzero(scores >= score_threshold, as_tuple=True)[0]
+    if keep.numel() == 0:
+        return keep
+    # Drop degenerate boxes (zero area after clipping) before NMS.
+    b = boxes[keep]
+    keep = keep[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+    order = torch.sort(scores[keep], descending=True, stable=True).indices
+    keep = keep[order]
+    kept = nms(boxes[keep].float(), scores[keep].float(), nms_threshold)
+    return keep[kept[:max_detections]]
+
+
+def decode_heatmaps(heatmap_logits: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel landmarks [N, K, 2] in image pixels and their scores [N, K].
+
+    The peak is the argmax cell; each axis is then refined by fitting a parabola through the
+    logits of the peak and its two neighbours. Logits are log-probabilities up to a constant, so
+    this is the exact peak of a Gaussian-shaped heatmap. The score is the softmax probability of
+    the peak cell. rois [N, 4] = (x1, y1, x2, y2) of the heatmap's box.
+    """
+    n, k, h, w = heatmap_logits.shape
+    flat = heatmap_logits.reshape(n, k, h * w)
+    peak = flat.argmax(dim=2)
+    iy = torch.div(peak, w, rounding_mode="floor")
+    ix = peak - iy * w
+    scores = torch.softmax(flat, dim=2).gather(2, peak.unsqueeze(-1)).squeeze(-1)
+
+    def logit_at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        idx = y.clamp(0, h - 1) * w + x.clamp(0, w - 1)
+        return flat.gather(2, idx.unsqueeze(-1)).squeeze(-1)
+
+    centre = logit_at(iy, ix)
+    dx = _parabola_offset(logit_at(iy, ix - 1), centre, logit_at(iy, ix + 1), (ix > 0) & (ix < w - 1))
+    dy = _parabola_offset(logit_at(iy - 1, ix), centre, logit_at(iy + 1, ix), (iy > 0) & (iy < h - 1))
+
+    x1, y1, x2, y2 = (rois[:, i : i + 1] for i in range(4))
+    x = x1 + (ix.to(rois.dtype) + 0.5 + dx) * (x2 - x1) / w
+    y = y1 + (iy.to(rois.dtype) + 0.5 + dy) * (y2 - y1) / h
+    return torch.stack([x, y], dim=-1), scores
+
+
+def _parabola_offset(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor, interior: torch.Tensor) -> torch.Tensor:
+    curvature = left - 2 * centre + right
+    ok = interior & (curvature < 0)
+    offset = 0.5 * (left - right) / torch.where(ok, curvature, torch.ones_like(curvature))
+    return torch.where(ok, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+
+
+def to_numpy_detections(boxes, scores, landmarks, landmark_scores) -> dict[str, np.ndarray]:
+    return {
+        "boxes": boxes.detach().cpu().numpy().astype(np.float32).reshape(-1, 4),
+        "scores": scores.detach().cpu().numpy().astype(np.float32).reshape(-1),
+        "landmarks": landmarks.detach().cpu().numpy().astype(np.float32),
+        "landmark_scores": landmark_scores.detach().cpu().numpy().astype(np.float32),
+    }

@@ -1,0 +1,83 @@
+"""Image preprocessing shared by the Predictor and the Triton preprocess model.
+
+BGR uint8 [H, W, 3] -> resize (keeping the aspect ratio) -> RGB float -> normalise -> zero-pad
+bottom/right to a multiple of 64 -> [3, H', W']. Coordinates map back by dividing by `scale`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .config import InputConfig
+
+# Refuse absurd inputs before allocating: 64 MPix is far beyond any face photo.
+MAX_INPUT_PIXELS = 64_000_000
+
+
+@dataclass
+class Prepared:
+    image: np.ndarray  # float32 [3, H', W'], normalised, padded
+    scale_xy: tuple[float, float]  # (resized / original) along x and y (rounding makes them differ)
+    original_size: tuple[int, int]  # (height, width)
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map [..., 2k] interleaved x, y coordinates of the network input back to the original image."""
+        out = np.array(points, dtype=np.float32, copy=True)
+        out[..., 0::2] /= self.scale_xy[0]
+        out[..., 1::2] /= self.scale_xy[1]
+        return out
+
+
+def resize_scale(height: int, width: int, max_side: int | None, min_side: int | None = None) -> float:
+    """Scale so that the longer side is at most max_side (None: keep the original scale)."""
+    scale = 1.0
+    if max_side is not None and max(height, width) > 0:
+        scale = max_side / max(height, width)
+    if min_side is not None:
+        scale = max(scale, min_side / min(height, width))
+    return scale
+
+
+def check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+        raise ValueError(f"expected a BGR uint8 image [H, W, 3], got {got}")
+    h, w = image.shape[:2]
+    if h < 1 or w < 1:
+        raise ValueError(f"empty image of size {w}x{h}")
+    if h * w > MAX_INPUT_PIXELS:
+        raise ValueError(f"image of {w}x{h} pixels exceeds the limit of {MAX_INPUT_PIXELS} pixels")
+
+
+def prepare_image(image_bgr: np.ndarray, cfg: InputConfig, max_side: int | None = 640, scale: float | None = None) -> Prepared:
+    check_image(image_bgr)
+    h, w = image_bgr.shape[:2]
+    if scale is None:
+        scale = resize_scale(h, w, max_side)
+    if scale != 1.0:
+        new_size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image_bgr, new_size, interpolation=interp)
+    else:
+        resized = image_bgr
+    rgb = resized[:, :, ::-1].astype(np.float32)
+    rgb = (rgb - np.asarray(cfg.pixel_mean, np.float32)) / np.asarray(cfg.pixel_std, np.float32)
+    div = cfg.size_divisibility
+    rh, rw = rgb.shape[:2]
+    ph, pw = -(-rh // div) * div, -(-rw // div) * div
+    padded = np.zeros((3, ph, pw), np.float32)
+    padded[:, :rh, :rw] = rgb.transpose(2, 0, 1)
+    return Prepared(padded, (rw / w, rh / h), (h, w))
+
+
+def decode_image(data: bytes | np.ndarray) -> np.ndarray:
+    """Encoded JPEG/PNG bytes -> BGR uint8, with a clear error for anything else."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else np.asarray(data, np.uint8).reshape(-1)
+    if buf.size == 0:
+        raise ValueError("empty image bytes")
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"could not decode {buf.size} bytes as an image (JPEG or PNG expected)")
+    return image
