@@ -54,6 +54,8 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
         model = build_model(args.config).eval()
     if args.score_threshold is not None:
         model.cfg.inference.score_threshold = args.score_threshold
+    if args.max_detections is not None:
+        model.cfg.inference.max_detections = args.max_detections
     return Predictor(model, device=args.device, max_side=args.max_side or None)
 
 
@@ -85,7 +87,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", default="r50", help="preset when no checkpoint is given (r50, mbv2, rx101, rx152)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="also write <name>.json with the numbers")
-    p.add_argument("--score-threshold", type=float, default=None)
+    p.add_argument("--score-threshold", type=float, default=None, help="override the checkpoint's threshold")
+    p.add_argument("--max-detections", type=int, default=None, help="override the checkpoint's cap")
     p.add_argument("--max-side", type=int, default=640, help="resize so the longer side is at most this (0: keep)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv in the repository root (if missing) and installs maskface with every CPU extra
+# (export, serving, test). Idempotent: it reinstalls only when setup.py changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.maskface-installed
+want=$(sha256sum setup.py | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+  # torch first and alone: pinned releases that are local files on our machines (ARCHITECTURE.md §5).
+  .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  echo "$want" > "$stamp"
+  echo "bootstrap: installed maskface into .venv"
+fi
