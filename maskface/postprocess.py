@@ -13,20 +13,28 @@ from torchvision.ops import nms
 
 from .box_ops import BoxCoder, clip_boxes
 
+# Score of the padding candidates of `top_candidates` (below any sigmoid output).
+PAD_SCORE = -1.0
+
 
 def top_candidates(
     cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor, coder: BoxCoder,
     topk: int, image_size: tuple[int, int] | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [B, k] (descending) and boxes [B, k, 4] of the k best anchors per image.
+    """Scores [B, topk] (descending) and boxes [B, topk, 4] of the best anchors of each image.
 
-    k = min(topk, number of anchors). Boxes are clipped to the input image (height, width).
+    k is always `topk`, whatever the image size: the candidates are padded with `topk` entries of
+    score PAD_SCORE and zero-size boxes, which never pass a score threshold. A fixed k keeps the
+    ONNX/TensorRT output shape static and avoids a shape-dependent min(). Boxes are clipped to the
+    input image (height, width).
     """
-    scores = torch.sigmoid(cls_logits)
-    k = min(topk, scores.shape[1])
-    top_scores, top_idx = scores.topk(k, dim=1)
-    deltas = torch.gather(box_deltas, 1, top_idx.unsqueeze(-1).expand(-1, -1, 4))
-    boxes = coder.decode(deltas, anchors[top_idx])
+    b = cls_logits.shape[0]
+    scores = torch.cat([torch.sigmoid(cls_logits), cls_logits.new_full((b, topk), PAD_SCORE)], dim=1)
+    top_scores, top_idx = scores.topk(topk, dim=1)
+    deltas = torch.cat([box_deltas, box_deltas.new_zeros((b, topk, 4))], dim=1)
+    deltas = torch.gather(deltas, 1, top_idx.unsqueeze(-1).expand(-1, -1, 4))
+    padded_anchors = torch.cat([anchors, anchors.new_zeros((topk, 4))], dim=0)
+    boxes = coder.decode(deltas, padded_anchors[top_idx])
     return top_scores, clip_boxes(boxes, image_size[0], image_size[1])
 
 
@@ -62,11 +70,11 @@ def decode_heatmaps(heatmap_logits: torch.Tensor, rois: torch.Tensor) -> tuple[t
     peak = flat.argmax(dim=2)
     iy = torch.div(peak, w, rounding_mode="floor")
     ix = peak - iy * w
-    scores = torch.softmax(flat, dim=2).gather(2, peak.unsqueeze(-1)).squeeze(-1)
+    scores = torch.softmax(flat, dim=2).gather(2, peak.unsqueeze(-1))[..., 0]
 
     def logit_at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         idx = y.clamp(0, h - 1) * w + x.clamp(0, w - 1)
-        return flat.gather(2, idx.unsqueeze(-1)).squeeze(-1)
+        return flat.gather(2, idx.unsqueeze(-1))[..., 0]
 
     centre = logit_at(iy, ix)
     dx = _parabola_offset(logit_at(iy, ix - 1), centre, logit_at(iy, ix + 1), (ix > 0) & (ix < w - 1))

@@ -29,6 +29,14 @@ class Prepared:
         out[..., 1::2] /= self.scale_xy[1]
         return out
 
+    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """[N, 4] boxes of the network input -> original pixels, clipped to the original image."""
+        h, w = self.original_size
+        out = self.to_original(np.asarray(boxes, np.float32).reshape(-1, 4))
+        out[:, 0::2] = out[:, 0::2].clip(0, w)
+        out[:, 1::2] = out[:, 1::2].clip(0, h)
+        return out
+
 
 def resize_scale(height: int, width: int, max_side: int | None, min_side: int | None = None) -> float:
     """Scale so that the longer side is at most max_side (None: keep the original scale)."""

@@ -31,10 +31,6 @@ class Predictor:
         images = torch.from_numpy(prepared.image).unsqueeze(0).to(self.device)
         with torch.no_grad():
             result = to_numpy_detections(**self.model(images)[0])
-        h, w = prepared.original_size
-        boxes = prepared.to_original(result["boxes"])
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        result["boxes"] = boxes
+        result["boxes"] = prepared.boxes_to_original(result["boxes"])
         result["landmarks"] = prepared.to_original(result["landmarks"])
         return result

@@ -23,14 +23,19 @@ def grid_anchors(
     feature_size: tuple[int, int], stride: int, size: float, scales: tuple[float, ...],
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """[H * W * A, 4] anchors of one level, row-major over the grid, scales innermost."""
+    """[H * W * A, 4] anchors of one level, row-major over the grid, scales innermost.
+
+    Written with shape-driven tensor ops only (no Python loops or caches over the size), so that
+    an ONNX trace keeps H and W dynamic. All values are exact in float32 (multiples of 0.5).
+    """
     h, w = feature_size
-    ys = (torch.arange(h, dtype=torch.float64) + 0.5) * stride
-    xs = (torch.arange(w, dtype=torch.float64) + 0.5) * stride
-    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * stride
+    xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * stride
+    cy = ys.reshape(-1, 1).expand(-1, xs.shape[0])
+    cx = xs.reshape(1, -1).expand(ys.shape[0], -1)
     centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
-    anchors = (centres + cell_anchors(size, scales).reshape(1, -1, 4)).reshape(-1, 4)
-    return anchors.to(dtype=torch.float32, device=device)
+    cells = cell_anchors(size, scales).to(dtype=torch.float32, device=device).reshape(1, -1, 4)
+    return (centres + cells).reshape(-1, 4)
 
 
 class AnchorGenerator:
@@ -38,18 +43,14 @@ class AnchorGenerator:
         if len(cfg.strides) != len(cfg.sizes):
             raise ValueError("one anchor size per stride is needed")
         self.cfg = cfg
-        self._cache: dict[tuple, torch.Tensor] = {}
 
     @property
     def num_anchors_per_location(self) -> int:
         return len(self.cfg.scales)
 
     def __call__(self, feature_sizes: list[tuple[int, int]], device: torch.device | None = None) -> list[torch.Tensor]:
-        """Per-level anchors for the given feature map sizes (cached: sizes repeat across batches)."""
-        key = (tuple(tuple(s) for s in feature_sizes), str(device))
-        if key not in self._cache:
-            self._cache[key] = [
-                grid_anchors(tuple(s), stride, size, self.cfg.scales, device)
-                for s, stride, size in zip(feature_sizes, self.cfg.strides, self.cfg.sizes)
-            ]
-        return self._cache[key]
+        """Per-level anchors for the given feature map sizes (H, W)."""
+        return [
+            grid_anchors(tuple(s), stride, size, self.cfg.scales, device)
+            for s, stride, size in zip(feature_sizes, self.cfg.strides, self.cfg.sizes)
+        ]

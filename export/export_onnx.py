@@ -1,0 +1,155 @@
+"""Export a MaskFace model to the two ONNX graphs of ARCHITECTURE.md §4.
+
+    python export/export_onnx.py [--checkpoint PATH | --config r50] --out DIR [--portable] [--opset 17]
+
+writes DIR/detector.onnx and DIR/keypoint_head.onnx (one `MultiLevelRoIAlign` node, for TensorRT);
+with --portable the keypoint head uses standard ONNX RoiAlign nodes instead (ONNX Runtime).
+
+We use torch.onnx's TorchScript exporter (dynamo=False): it turns shape reads into graph ops, so
+H, W, B and N stay dynamic, and an autograd.Function's `symbolic` gives the custom node directly.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.graphs import (  # noqa: E402
+    CUSTOM_DOMAIN, CUSTOM_OP_VERSION, DETECTOR_INPUTS, DETECTOR_OUTPUTS, FEATURE_NAMES, HEATMAP_OUTPUT,
+    KEYPOINT_INPUTS, KEYPOINT_OUTPUTS, POOLED_NAME, DetectorGraph, KeypointGraph,
+)
+from maskface.modeling.maskface import MaskFace  # noqa: E402
+
+DEFAULT_OPSET = 17
+DETECTOR_FILE = "detector.onnx"
+KEYPOINT_FILE = "keypoint_head.onnx"
+KEYPOINT_PORTABLE_FILE = "keypoint_head_portable.onnx"
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs, dynamic_axes, opset: int,
+            custom: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns about itself and about traced shape reads; both are intended.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(tmp), dynamo=False, opset_version=opset, input_names=list(inputs),
+            output_names=list(outputs), dynamic_axes=dynamic_axes, do_constant_folding=True,
+            custom_opsets={CUSTOM_DOMAIN: CUSTOM_OP_VERSION} if custom else None,
+        )
+    tmp.replace(path)
+    return path
+
+
+def _feature_axes(prefix: str = "") -> dict[str, dict[int, str]]:
+    return {n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in FEATURE_NAMES}
+
+
+def export_detector(model: MaskFace, path: str | Path, opset: int = DEFAULT_OPSET, example_size=(256, 320)) -> Path:
+    """images float32 [B, 3, H, W] (normalised, H and W multiples of 64) -> scores, boxes, m2..m6."""
+    model = model.eval()
+    images = torch.zeros(1, 3, *example_size)
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "scores": {0: "batch"}, "boxes": {0: "batch"},
+            **_feature_axes()}
+    path = _export(DetectorGraph(model), (images,), Path(path), DETECTOR_INPUTS, DETECTOR_OUTPUTS, axes, opset)
+    validate(path, expected_inputs=DETECTOR_INPUTS, expected_outputs=DETECTOR_OUTPUTS)
+    return path
+
+
+def export_keypoint_head(
+    model: MaskFace, path: str | Path, portable: bool = False, heatmaps: bool = False, opset: int = DEFAULT_OPSET,
+) -> Path:
+    """m2..m6 + rois [N, 5] -> landmarks [N, K, 2], landmark_scores [N, K] (+ heatmaps when asked)."""
+    model = model.eval()
+    channels = model.cfg.fpn.channels
+    features = tuple(torch.randn(1, channels, 256 // s, 320 // s) for s in model.cfg.anchors.strides)
+    rois = torch.tensor([[0.0, 10.0, 20.0, 120.0, 150.0], [0.0, 30.0, 40.0, 300.0, 250.0]])
+    outputs = KEYPOINT_OUTPUTS + ((HEATMAP_OUTPUT,) if heatmaps else ())
+    axes = {**_feature_axes(), "rois": {0: "num_rois"}, **{o: {0: "num_rois"} for o in outputs}}
+    graph = KeypointGraph(model, portable=portable, heatmaps=heatmaps)
+    path = _export(graph, (*features, rois), Path(path), KEYPOINT_INPUTS, outputs, axes, opset, custom=not portable)
+    _name_pooled_tensor(path)
+    validate(path, expected_inputs=KEYPOINT_INPUTS, expected_outputs=outputs)
+    return path
+
+
+def _name_pooled_tensor(path: Path) -> None:
+    """Rename the keypoint head's input (the pooled RoI features) to POOLED_NAME in the graph."""
+    model = onnx.load(str(path))
+    first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    old = first_conv.input[0]
+    for node in model.graph.node:
+        node.input[:] = [POOLED_NAME if i == old else i for i in node.input]
+        node.output[:] = [POOLED_NAME if o == old else o for o in node.output]
+    for info in model.graph.value_info:
+        if info.name == old:
+            info.name = POOLED_NAME
+    onnx.save(model, str(path))
+
+
+def validate(path: str | Path, expected_inputs=None, expected_outputs=None) -> onnx.ModelProto:
+    """onnx.checker + shape inference (strict where the graph has only standard ops)."""
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    has_custom = any(n.domain == CUSTOM_DOMAIN for n in model.graph.node)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=not has_custom)
+    names_in = tuple(i.name for i in model.graph.input)
+    names_out = tuple(o.name for o in model.graph.output)
+    if expected_inputs is not None and names_in != tuple(expected_inputs):
+        raise ValueError(f"{path}: inputs {names_in}, expected {tuple(expected_inputs)}")
+    if expected_outputs is not None and names_out != tuple(expected_outputs):
+        raise ValueError(f"{path}: outputs {names_out}, expected {tuple(expected_outputs)}")
+    return inferred
+
+
+def export_all(model: MaskFace, out_dir: str | Path, opset: int = DEFAULT_OPSET) -> dict[str, Path]:
+    """detector.onnx, keypoint_head.onnx (custom node) and keypoint_head_portable.onnx."""
+    out = Path(out_dir)
+    return {
+        "detector": export_detector(model, out / DETECTOR_FILE, opset),
+        "keypoint_head": export_keypoint_head(model, out / KEYPOINT_FILE, portable=False, opset=opset),
+        "keypoint_head_portable": export_keypoint_head(model, out / KEYPOINT_PORTABLE_FILE, portable=True, opset=opset),
+    }
+
+
+def load_or_init_model(checkpoint: str | None, config: str = "r50", seed: int = 0) -> tuple[MaskFace, bool]:
+    """(model in eval mode, trained?) — a seeded initialisation when no checkpoint is given."""
+    from maskface.checkpoint import load_model
+    from maskface.modeling.maskface import build_model
+
+    if checkpoint:
+        return load_model(checkpoint), True
+    torch.manual_seed(seed)
+    return build_model(config).eval(), False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", help="trained MaskFace checkpoint (default: seeded initialisation)")
+    p.add_argument("--config", default="r50", help="preset used without a checkpoint")
+    p.add_argument("--out", default="artifacts/onnx", help="output folder")
+    p.add_argument("--portable", action="store_true", help="keypoint head from standard RoiAlign nodes (ONNX Runtime)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    args = p.parse_args(argv)
+    model, trained = load_or_init_model(args.checkpoint, args.config)
+    if not trained:
+        print(f"export: no --checkpoint: exporting a seeded initialisation of '{args.config}' (untrained)")
+    out = Path(args.out)
+    written = [export_detector(model, out / DETECTOR_FILE, args.opset)]
+    name = KEYPOINT_PORTABLE_FILE if args.portable else KEYPOINT_FILE
+    written.append(export_keypoint_head(model, out / name, portable=args.portable, opset=args.opset))
+    for path in written:
+        print(f"export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB), checked and shape-inferred")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
