@@ -9,6 +9,8 @@ import sys
 # Modules that contribute subcommands (each defines add_parser(subparsers)).
 COMMAND_MODULES = (
     "maskface.engine.detect",
+    "maskface.evaluation.commands",
+    "maskface.engine.train_cli",
 )
 
 

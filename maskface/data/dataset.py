@@ -103,23 +103,27 @@ class FaceDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
-
     def load_raw(self, index: int) -> Sample:
         rec = self.records[index]
         image = read_image(rec.image_path, rec.source)
         return Sample(image, rec.boxes.copy(), rec.landmarks.copy(), rec.landmark_valid.copy())
 
-    def get_sample(self, index: int) -> Sample:
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
+
+    def get_sample(self, index: int, epoch: int | None = None) -> Sample:
         """The raw sample after the transform (still numpy)."""
         sample = self.load_raw(index)
         if self.transform is not None:
-            sample = self.transform(sample, self.rng(index))
+            sample = self.transform(sample, self.rng(index, epoch))
         return sample
 
-    def __getitem__(self, index: int):
-        return to_tensor(self.get_sample(index), self.input_config)
+    def __getitem__(self, key):
+        """`dataset[i]` uses the epoch of `set_epoch`; `dataset[(i, epoch)]` names the epoch, so a
+        sampler can drive augmentation in worker processes (whose dataset copies never see
+        set_epoch) and a resumed run draws the same augmentations."""
+        index, epoch = (key if isinstance(key, tuple) else (key, None))
+        return to_tensor(self.get_sample(int(index), epoch), self.input_config)
 
 
 def check_images(records: list[FaceRecord], report: DataReport) -> list[FaceRecord]:

@@ -268,3 +268,14 @@ class Resize:
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         return sample if self.factor == 1.0 else rescale(sample, self.factor)
+
+
+@dataclass
+class MaxSide:
+    """Evaluation: shrink so that the longer side is at most `max_side` (never enlarges)."""
+
+    max_side: int = 1024
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        factor = self.max_side / max(sample.width, sample.height)
+        return sample if factor >= 1.0 else rescale(sample, factor)

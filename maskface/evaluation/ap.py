@@ -94,7 +94,9 @@ def voc_ap(recall, precision, eleven_point: bool = False) -> float:
     # Right-to-left running maximum ignoring NaN (np.fmax), as MATLAB's max does.
     mpre = np.fmax.accumulate(mpre[::-1])[::-1]
     idx = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[idx] - mrec[idx - 1]) * mpre[idx]))
+    terms = (mrec[idx] - mrec[idx - 1]) * mpre[idx]
+    # Left-to-right accumulation (cumsum), as MATLAB's sum adds, rather than numpy's pairwise sum.
+    return float(np.cumsum(terms)[-1]) if terms.size else 0.0
 
 
 def first_occurrence(ids: np.ndarray) -> np.ndarray:

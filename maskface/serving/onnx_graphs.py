@@ -40,7 +40,6 @@ class OnnxGraphs:
                  providers: Sequence[str] | None = None):
         self.detector = ort_session(detector, threads, providers)
         self.keypoint_head = ort_session(keypoint_head, threads, providers)
-        self.num_landmarks = int(self.keypoint_head.get_outputs()[0].shape[1])
 
     def detect(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         scores, boxes, *features = self.detector.run(None, {"images": np.ascontiguousarray(images, np.float32)})

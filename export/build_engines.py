@@ -1,0 +1,117 @@
+"""The deployment main job: ONNX export, ONNX Runtime validation, TensorRT engines where possible.
+
+    python export/build_engines.py [--fp16] [--checkpoint PATH] [--out artifacts] [--require-trt]
+
+1. exports detector.onnx, keypoint_head.onnx (custom MultiLevelRoIAlign node) and
+   keypoint_head_portable.onnx to OUT/onnx, each checked with onnx.checker and shape inference;
+2. runs them in ONNX Runtime against PyTorch (real photos + random inputs) and writes
+   OUT/parity/parity_onnxruntime.{json,md}; fails when the FP32 tolerances are exceeded;
+3. where TensorRT (with its builder) and a CUDA GPU are present: builds the plugin library, the
+   FP16/FP32 engines OUT/engines/{detector,keypoint_head}.plan + engines.json, and a TensorRT
+   parity report. Elsewhere it says exactly what is missing and exits 0 (2 with --require-trt).
+
+Without --checkpoint the model is a seeded initialisation of --config, and the job says so.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.export_onnx import export_all, load_or_init_model  # noqa: E402
+from export.parity import run_parity, to_markdown, write_report  # noqa: E402
+
+EXIT_PARITY_FAILED = 1
+EXIT_TRT_REQUIRED = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", help="trained MaskFace checkpoint (default: seeded initialisation)")
+    p.add_argument("--config", default="r50", help="preset used without a checkpoint (r50, mbv2, rx101, rx152)")
+    p.add_argument("--out", default="artifacts", help="output root: onnx/, parity/, engines/")
+    p.add_argument("--fp16", action="store_true", help="FP16 engines (BuilderFlag.FP16 on TRT 10, an FP16 graph on TRT 11)")
+    p.add_argument("--max-size", type=int, default=1024, help="largest image side of the engine profiles (multiple of 64)")
+    p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--max-faces", type=int, default=256, help="largest number of ROIs of the keypoint engine")
+    p.add_argument("--workspace-gb", type=float, default=4.0)
+    p.add_argument("--plugin", help="prebuilt libmaskface_plugins.so (default: build it from plugins/)")
+    p.add_argument("--require-trt", action="store_true", help="fail when engines cannot be built here")
+    p.add_argument("--skip-parity", action="store_true", help="export only (no ONNX Runtime comparison)")
+    args = p.parse_args(argv)
+    if args.max_size % 64:
+        p.error(f"--max-size must be a multiple of 64, got {args.max_size}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    model, trained = load_or_init_model(args.checkpoint, args.config)
+    if not trained:
+        print(f"build_engines: no --checkpoint: using a seeded initialisation of '{args.config}' "
+              "(untrained; pass --checkpoint PATH for a trained model)")
+
+    start = time.perf_counter()
+    onnx_paths = export_all(model, out / "onnx")
+    for name, path in onnx_paths.items():
+        print(f"build_engines: {name}: {path} ({path.stat().st_size / 1e6:.1f} MB), checked + shape-inferred")
+    print(f"build_engines: ONNX export took {time.perf_counter() - start:.1f} s")
+
+    if not args.skip_parity:
+        from maskface.serving.onnx_graphs import OnnxGraphs
+
+        graphs = OnnxGraphs(onnx_paths["detector"], onnx_paths["keypoint_head_portable"])
+        report = run_parity(model, graphs, "onnxruntime")
+        json_path, md_path = write_report(report, out / "parity")
+        print(to_markdown(report))
+        print(f"build_engines: parity report {md_path}")
+        if not report["passed"]:
+            print("build_engines: ONNX Runtime outputs differ from PyTorch beyond the tolerances", file=sys.stderr)
+            return EXIT_PARITY_FAILED
+
+    return build_tensorrt(args, model, onnx_paths, out)
+
+
+def build_tensorrt(args: argparse.Namespace, model, onnx_paths: dict[str, Path], out: Path) -> int:
+    from export.tensorrt_build import tensorrt_status
+
+    available, reason = tensorrt_status()
+    if not available:
+        print(f"build_engines: TensorRT not available: {reason}. The ONNX graphs in {out / 'onnx'} are "
+              "validated; build the engines on a machine with TensorRT and a CUDA GPU.")
+        return EXIT_TRT_REQUIRED if args.require_trt else 0
+    from export.engine_runner import TrtGraphs
+    from export.tensorrt_build import build_engines
+    from plugins.binding import build_plugin_library
+
+    plugin = Path(args.plugin) if args.plugin else build_plugin_library()
+    metadata = build_engines(
+        onnx_paths, out / "engines", plugin_library=plugin, fp16=args.fp16, max_size=args.max_size,
+        max_batch=args.max_batch, max_faces=args.max_faces, workspace_gb=args.workspace_gb,
+    )
+    print(f"build_engines: engines in {out / 'engines'} ({metadata.get('precision')}, TensorRT {metadata.get('tensorrt_version')})")
+    graphs = TrtGraphs(out / "engines", plugin)
+    report = run_parity(model, graphs, "tensorrt_fp16" if args.fp16 else "tensorrt",
+                        tolerance=_trt_tolerance(args.fp16))
+    _, md_path = write_report(report, out / "parity")
+    print(to_markdown(report))
+    print(f"build_engines: TensorRT parity report {md_path}")
+    return 0 if report["passed"] else EXIT_PARITY_FAILED
+
+
+def _trt_tolerance(fp16: bool) -> dict[str, float]:
+    from export.parity import FP32_TOLERANCE
+
+    if not fp16:
+        return dict(FP32_TOLERANCE)
+    # FP16 trunk: errors grow with the depth of the network; these bound what a correct build gives.
+    return {"scores": 1e-2, "boxes": 2.0, "features": 0.1, "landmarks_px": 1.0}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

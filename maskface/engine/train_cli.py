@@ -1,0 +1,92 @@
+"""`maskface train`: the §3.3 training recipe from the command line (see engine/trainer.py).
+
+    maskface train --config r50 --data widerface:/data/widerface --output runs/r50
+    torchrun --nproc_per_node 8 -m maskface.cli train --config r50 --data widerface:/data/widerface
+
+Model fields can be changed with --set SECTION.FIELD=VALUE (JSON values), e.g. for a smoke run
+`--set fpn.channels=64 --set fpn.gn_groups=8`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .trainer import TrainOptions, train
+
+_DEFAULTS = TrainOptions(data="")
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    d = _DEFAULTS
+    p = subparsers.add_parser("train", help="train MaskFace (SGD, warm-up, plateau decay, AMP, DDP via torchrun)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=d.config, help="preset: r50 (default), mbv2, rx101, rx152")
+    p.add_argument("--data", required=True, help="KIND:PATH with KIND widerface, aflw or 300w")
+    p.add_argument("--val-data", default=None, help="KIND:PATH of the validation set (default: the --data root; 'none' disables)")
+    p.add_argument("--train-split", default=d.train_split)
+    p.add_argument("--val-split", default=None, help="default: val (WIDER FACE), test (AFLW, 300W)")
+    p.add_argument("--output", "-o", default=d.output_dir, help="folder for checkpoints and log.jsonl")
+    p.add_argument("--backbone-weights", default=None, metavar="PATH", help="local ImageNet state_dict (torchvision naming)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per process (paper: 8 or 16 in total)")
+    p.add_argument("--max-iter", type=int, default=d.max_iter)
+    p.add_argument("--lr", type=float, default=d.base_lr, help="peak learning rate after warm-up")
+    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
+    p.add_argument("--warmup-start-lr", type=float, default=d.warmup_start_lr)
+    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--patience", type=int, default=d.patience, help="evaluations without improvement before lr x0.1")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--eval-period", type=int, default=d.eval_period)
+    p.add_argument("--checkpoint-period", type=int, default=d.checkpoint_period)
+    p.add_argument("--log-period", type=int, default=d.log_period)
+    p.add_argument("--crop-size", type=int, default=None, help="640 (WIDER FACE) / 480 (AFLW, 300W)")
+    p.add_argument("--scale-range", type=float, nargs=2, default=d.scale_range, metavar=("LO", "HI"))
+    p.add_argument("--area-range", type=float, nargs=2, default=d.area_range, metavar=("LO", "HI"))
+    p.add_argument("--face-size-range", type=float, nargs=2, default=d.face_size_range, metavar=("LO", "HI"))
+    p.add_argument("--max-rotation", type=float, default=d.max_rotation)
+    p.add_argument("--no-color", action="store_true", help="switch off the colour distortion")
+    p.add_argument("--val-max-side", type=int, default=d.val_max_side)
+    p.add_argument("--val-max-images", type=int, default=None)
+    p.add_argument("--workers", type=int, default=d.num_workers)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--amp", default=d.amp, choices=("auto", "fp16", "bf16", "off"))
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
+    p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/last.pth")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a model config field")
+    p.set_defaults(func=run)
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    return TrainOptions(
+        data=args.data, output_dir=args.output, val_data=args.val_data, train_split=args.train_split,
+        val_split=args.val_split, config=args.config, model_overrides=_parse_set(args.set),
+        backbone_weights=args.backbone_weights, batch_size=args.batch_size, max_iter=args.max_iter,
+        base_lr=args.lr, warmup_iters=args.warmup_iters, warmup_start_lr=args.warmup_start_lr, min_lr=args.min_lr,
+        patience=args.patience, momentum=args.momentum, weight_decay=args.weight_decay,
+        eval_period=args.eval_period, checkpoint_period=args.checkpoint_period, log_period=args.log_period,
+        crop_size=args.crop_size, scale_range=tuple(args.scale_range), area_range=tuple(args.area_range),
+        face_size_range=tuple(args.face_size_range), max_rotation=args.max_rotation, color=not args.no_color,
+        val_max_side=args.val_max_side, val_max_images=args.val_max_images, num_workers=args.workers,
+        seed=args.seed, amp=args.amp, device=args.device, resume=not args.no_resume,
+        progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = train(options_from_args(args))
+    print(json.dumps({"done": True, **result}))
+    return 0

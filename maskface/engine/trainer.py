@@ -1,0 +1,538 @@
+"""The §3.3 training recipe: SGD, linear warm-up, step decay on a validation plateau, AMP, DDP.
+
+Run it with `maskface train` (engine/train_cli.py) or `Trainer(TrainOptions(...)).train()`;
+under `torchrun --nproc_per_node N` every process runs the same code (NCCL on GPUs, gloo on CPUs).
+
+Recipe (defaults = the paper's): SGD momentum 0.9, weight decay 1e-4, batch 8 per process;
+lr rises linearly from 1e-4 to 1e-2 over the first 5k iterations, then is multiplied by 0.1
+each time the validation metric (face AP at IoU 0.5 on the validation set) has not improved for
+`patience` evaluations, never below 1e-4. Training stops at `max_iter`, or earlier once the lr
+sits at the floor and the metric stops improving once more.
+
+Exact resume: `last.pth` (written atomically by maskface.checkpoint) holds the model, optimizer,
+scheduler, AMP scaler, iteration and every RNG state; the data order and the augmentations are
+functions of (seed, epoch, index) only (TrainBatchSampler + FaceDataset), so a run stopped at any
+checkpoint and resumed gives the same weights as an uninterrupted one (bit-exact on CPU).
+
+Logs: a tqdm bar with the losses and lr (rank 0) and `log.jsonl` in the output folder, one JSON
+object per line: {"type": "train"|"val"|"checkpoint"|"start"|"end", "iter": ..., ...}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
+from ..config import MaskFaceConfig, get_config
+from ..data.dataset import FaceDataset, build_dataset, collate
+from ..data.transforms import WIDER_AREA_RANGE, LandmarkTrainTransform, MaxSide, WiderFaceTrainTransform
+from ..modeling.maskface import MaskFace
+
+LAST = "last.pth"
+BEST = "best.pth"
+FINAL = "model_final.pth"
+LOG = "log.jsonl"
+
+# Narrow widths for smoke runs and tests (with the mbv2 preset on ~64-128 px synthetic images):
+# 80 iterations of batch 2 on 4 images of 64x64 take ~15 s on one CPU thread and find all faces
+# (tests/engine/test_train.py). On a busy 2-core machine use torch.set_num_threads(1) /
+# OMP_NUM_THREADS=1: oversubscribed threads made the same run 10x slower.
+SMOKE_MODEL_OVERRIDES: dict[str, Any] = {
+    "fpn": {"channels": 32, "gn_groups": 8},
+    "context": {"branch1": 16, "trunk": 16, "branch2": 8, "trunk2": 16, "branch3": 8, "gn_groups": 4},
+    "keypoints": {"num_convs": 1, "conv_channels": 32, "gn_groups": 8, "max_proposals_per_image": 4},
+}
+
+
+@dataclass
+class TrainOptions:
+    data: str  # KIND:PATH, e.g. widerface:/data/widerface
+    output_dir: str = "runs/maskface"
+    val_data: str | None = None  # default: the same root, split `val_split`; "none" disables
+    train_split: str = "train"
+    val_split: str | None = None  # default: val (WIDER FACE), test (AFLW, 300W)
+    config: str = "r50"
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # {"fpn": {"channels": 64}, ...}
+    backbone_weights: str | None = None
+    batch_size: int = 8  # per process
+    max_iter: int = 200_000
+    base_lr: float = 1e-2
+    warmup_iters: int = 5000
+    warmup_start_lr: float = 1e-4
+    min_lr: float = 1e-4
+    lr_decay: float = 0.1
+    patience: int = 2  # evaluations without improvement before a decay
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    eval_period: int = 5000
+    checkpoint_period: int = 1000
+    log_period: int = 20
+    crop_size: int | None = None  # 640 (WIDER FACE) / 480 (AFLW, 300W)
+    scale_range: tuple[float, float] = (0.5, 2.5)
+    area_range: tuple[float, float] = WIDER_AREA_RANGE
+    face_size_range: tuple[float, float] = (150.0, 450.0)
+    max_rotation: float = 30.0
+    color: bool = True
+    val_max_side: int | None = 1024
+    val_max_images: int | None = None
+    val_score_threshold: float = 0.02
+    num_workers: int = 4
+    seed: int = 0
+    amp: str = "auto"  # auto (on CUDA: bf16 if supported else fp16), fp16, bf16, off
+    device: str = "auto"
+    resume: bool = True  # continue from output_dir/last.pth when it exists
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+class WarmupPlateauLR:
+    """lr(it) = linear warm-up, then base * decay^k (k = number of plateaus seen), floored."""
+
+    def __init__(self, base_lr: float, warmup_iters: int, warmup_start_lr: float, min_lr: float,
+                 decay: float, patience: int):
+        self.base_lr, self.warmup_iters, self.warmup_start_lr = base_lr, warmup_iters, warmup_start_lr
+        self.min_lr, self.decay, self.patience = min_lr, decay, patience
+        self.num_decays = 0
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.finished = False  # at the floor and no longer improving
+
+    def lr(self, iteration: int) -> float:
+        if iteration < self.warmup_iters:
+            t = iteration / max(1, self.warmup_iters)
+            return self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * t
+        return max(self.min_lr, self.base_lr * self.decay ** self.num_decays)
+
+    def at_floor(self) -> bool:
+        return self.base_lr * self.decay ** self.num_decays <= self.min_lr * (1 + 1e-9)
+
+    def report(self, metric: float, iteration: int) -> bool:
+        """Record a validation metric (higher is better); True when it is a new best."""
+        if self.best is None or metric > self.best:
+            self.best, self.bad_evals = float(metric), 0
+            return True
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience and iteration >= self.warmup_iters:
+            self.bad_evals = 0
+            if self.at_floor():
+                self.finished = True
+            else:
+                self.num_decays += 1
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_decays": self.num_decays, "best": self.best, "bad_evals": self.bad_evals,
+                "finished": self.finished}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.num_decays = int(state["num_decays"])
+        self.best = None if state["best"] is None else float(state["best"])
+        self.bad_evals = int(state["bad_evals"])
+        self.finished = bool(state["finished"])
+
+
+# ----------------------------------------------------------------------------- data order
+
+class TrainBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of (index, epoch) keys, a pure function of (seed, iteration, rank).
+
+    Epoch e is a permutation of the dataset drawn from (seed, e), cut into global batches of
+    batch_size * world_size (tiled when the dataset is smaller); rank r takes its slice. Starting
+    at `start_iter` skips exactly the batches already trained on.
+    """
+
+    def __init__(self, dataset_len: int, batch_size: int, seed: int = 0, start_iter: int = 0,
+                 world_size: int = 1, rank: int = 0):
+        if dataset_len <= 0:
+            raise ValueError("cannot train on an empty dataset")
+        self.n, self.batch_size, self.seed = dataset_len, batch_size, seed
+        self.start_iter, self.world_size, self.rank = start_iter, world_size, rank
+        self.global_batch = batch_size * world_size
+        self.iters_per_epoch = max(1, dataset_len // self.global_batch)
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        epoch, b = divmod(iteration, self.iters_per_epoch)
+        perm = np.random.default_rng([self.seed, 7919, epoch]).permutation(self.n)
+        need = self.iters_per_epoch * self.global_batch
+        if need > self.n:
+            perm = np.tile(perm, -(-need // self.n))
+        start = b * self.global_batch + self.rank * self.batch_size
+        return [(int(i), epoch) for i in perm[start:start + self.batch_size]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        it = self.start_iter
+        while True:
+            yield self.batch(it)
+            it += 1
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def apply_overrides(cfg: MaskFaceConfig, overrides: dict[str, Any]) -> MaskFaceConfig:
+    """Set nested config fields from {"section": {"field": value}} or {"section.field": value}."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", overrides)
+    for key, value in flat.items():
+        obj = cfg
+        *path, name = key.split(".")
+        for part in path:
+            if not hasattr(obj, part):
+                raise ValueError(f"unknown config field {key!r}")
+            obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+            raise ValueError(f"unknown config field {key!r}")
+        setattr(obj, name, tuple(value) if isinstance(value, list) else value)
+    return cfg
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"], "state": {"key": np.asarray(n["key"], np.uint32),
+                         "pos": n["pos"]}, "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def default_val_split(kind: str) -> str:
+    return "val" if kind == "widerface" else "test"
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group (env RANK / WORLD_SIZE / LOCAL_RANK) when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer:
+    def __init__(self, options: TrainOptions):
+        self.opts = options
+        self.out = Path(options.output_dir)
+        self.device = self._pick_device(options.device)
+        self.dist = setup_distributed(self.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        kind = options.data.partition(":")[0].lower()
+        self.kind = "300w" if kind == "w300" else kind
+        self.train_set = self._train_dataset()
+        self.val_set = self._val_dataset()
+        cfg = get_config(options.config, num_landmarks=self.train_set.num_landmarks)
+        apply_overrides(cfg, options.model_overrides)
+        if options.backbone_weights:
+            cfg.backbone.weights = str(options.backbone_weights)
+        self.cfg = cfg
+        torch.manual_seed(options.seed)
+        self.model = MaskFace(cfg).to(self.device)
+        self.cfg.backbone.weights = None  # checkpoints carry the trained backbone
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=options.warmup_start_lr, momentum=options.momentum,
+                                         weight_decay=options.weight_decay)
+        self.schedule = WarmupPlateauLR(options.base_lr, options.warmup_iters, options.warmup_start_lr,
+                                        options.min_lr, options.lr_decay, options.patience)
+        self.amp_dtype = self._amp_dtype(options.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.iteration = 0
+        if options.resume and (self.out / LAST).is_file():
+            self.load(self.out / LAST)
+        self.ddp_model = self.model
+        if self.dist.enabled:
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # ---- construction helpers
+    @staticmethod
+    def _pick_device(name: str) -> torch.device:
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(name)
+
+    def _amp_dtype(self, amp: str):
+        if self.device.type != "cuda" or amp == "off":
+            return None
+        if amp == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if amp in ("fp16", "bf16"):
+            return torch.float16 if amp == "fp16" else torch.bfloat16
+        raise ValueError(f"amp must be auto, fp16, bf16 or off, got {amp!r}")
+
+    def _train_dataset(self) -> FaceDataset:
+        o = self.opts
+        if self.kind == "widerface":
+            transform = WiderFaceTrainTransform(crop_size=o.crop_size or 640, scale_range=tuple(o.scale_range),
+                                                area_range=tuple(o.area_range), color=o.color)
+        else:
+            transform = LandmarkTrainTransform(crop_size=o.crop_size or 480, face_size_range=tuple(o.face_size_range),
+                                               max_rotation=o.max_rotation, color=o.color)
+        return build_dataset(o.data, split=o.train_split, transform=transform, seed=o.seed)
+
+    def _val_dataset(self) -> FaceDataset | None:
+        o = self.opts
+        if o.val_data == "none":
+            return None
+        split = o.val_split or default_val_split(self.kind)
+        transform = MaxSide(o.val_max_side) if o.val_max_side else None
+        try:
+            ds = build_dataset(o.val_data or o.data, split=split, transform=transform)
+        except FileNotFoundError as exc:
+            if o.val_data:  # asked for explicitly: a missing set is an error
+                raise
+            self._log_main(f"no validation set ({exc}); the lr will only follow the warm-up and max_iter")
+            return None
+        if o.val_max_images:
+            ds.records = ds.records[: o.val_max_images]
+        return ds
+
+    def _log_main(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"[maskface train] {message}", flush=True)
+
+    # ---- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "rng": rng_state(),
+            "train_options": json.loads(json.dumps(self.opts.to_dict())),
+        }
+
+    def save(self, name: str = LAST) -> Path:
+        path = self.out / name
+        save_checkpoint(path, self.model, self.cfg, **self.state())
+        return path
+
+    def load(self, path: str | Path) -> None:
+        data = read_checkpoint(path)
+        load_weights(self.model, data)
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.schedule.load_state_dict(data["scheduler"])
+        if data.get("scaler"):
+            self.scaler.load_state_dict(data["scaler"])
+        self.iteration = int(data["iteration"])
+        set_rng_state(data["rng"])
+        self._log_main(f"resumed from {path} at iteration {self.iteration}")
+
+    # ---- logging
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / LOG, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # ---- validation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Face AP at IoU 0.5 (all faces pooled, VOC AP) on the validation set, by rank 0."""
+        from ..evaluation.ap import pooled_detection_ap
+
+        model = self.model
+        was_training = model.training
+        saved = model.cfg.inference.score_threshold
+        model.cfg.inference.score_threshold = self.opts.val_score_threshold
+        model.eval()
+        gts, boxes, scores = [], [], []
+        try:
+            loader = torch.utils.data.DataLoader(
+                self.val_set, batch_size=max(1, self.opts.batch_size // 2), shuffle=False,
+                num_workers=min(2, self.opts.num_workers),
+                collate_fn=functools.partial(collate, size_divisibility=self.cfg.input.size_divisibility))
+            for images, targets in loader:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    results = model(images.to(self.device))
+                for r, t in zip(results, targets):
+                    gts.append(t["boxes"].numpy())
+                    boxes.append(r["boxes"].float().cpu().numpy())
+                    scores.append(r["scores"].float().cpu().numpy())
+        finally:
+            model.cfg.inference.score_threshold = saved
+            model.train(was_training)
+        result = pooled_detection_ap(gts, boxes, scores, iou_threshold=0.5)
+        return {"ap50": float(result.ap), "num_faces": int(result.num_faces),
+                "num_detections": int(result.num_detections)}
+
+    def _validate(self) -> None:
+        metrics = None
+        if self.dist.is_main:
+            metrics = self.evaluate()
+            improved = self.schedule.report(metrics["ap50"], self.iteration)
+            metrics.update(best=self.schedule.best, improved=improved)
+            self.log({"type": "val", "iter": self.iteration, **metrics,
+                      "lr_next": self.schedule.lr(self.iteration)})
+            if improved:
+                self.save(BEST)
+        if self.dist.enabled:  # every rank must follow the same schedule
+            box = [self.schedule.state_dict()]
+            dist.broadcast_object_list(box, src=0)
+            self.schedule.load_state_dict(box[0])
+
+    # ---- the loop
+    def train(self) -> dict[str, Any]:
+        o = self.opts
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.log({"type": "start", "iter": self.iteration, "world_size": self.dist.world_size,
+                  "device": str(self.device), "amp": str(self.amp_dtype), "num_train_images": len(self.train_set),
+                  "num_val_images": len(self.val_set) if self.val_set is not None else 0,
+                  "config": self.cfg.name, "options": json.loads(json.dumps(o.to_dict()))})
+        sampler = TrainBatchSampler(len(self.train_set), o.batch_size, o.seed, self.iteration,
+                                    self.dist.world_size, self.dist.rank)
+        loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=o.num_workers, pin_memory=self.device.type == "cuda",
+                                             persistent_workers=False)
+        bar = None
+        if o.progress and self.dist.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=o.max_iter, initial=self.iteration, desc="train", dynamic_ncols=True)
+        self.model.train()
+        last: dict[str, float] = {}
+        t_last = time.perf_counter()
+        data_iter = iter(loader)
+        try:
+            while self.iteration < o.max_iter and not self.schedule.finished:
+                t0 = time.perf_counter()
+                images, targets = next(data_iter)
+                data_time = time.perf_counter() - t0
+                images = images.to(self.device, non_blocking=True)
+                targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+                lr = self.schedule.lr(self.iteration)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    losses = self.ddp_model(images, targets)
+                losses = {k: v.float() for k, v in losses.items()}
+                total = sum(losses.values())
+                if not torch.isfinite(total):
+                    raise FloatingPointError(
+                        f"non-finite loss at iteration {self.iteration}: "
+                        f"{ {k: float(v) for k, v in losses.items()} } (lr {lr:g})")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.iteration += 1
+                last = {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({**{k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, "lr": f"{lr:.2e}"})
+                if self.iteration % o.log_period == 0 or self.iteration == 1:
+                    now = time.perf_counter()
+                    self.log({"type": "train", "iter": self.iteration, "lr": lr, **last,
+                              "data_time": round(data_time, 4),
+                              "sec_per_iter": round((now - t_last) / (o.log_period if self.iteration > 1 else 1), 4)})
+                    t_last = now
+                if self.val_set is not None and self.iteration % o.eval_period == 0:
+                    self._validate()
+                if self.iteration % o.checkpoint_period == 0 and self.dist.is_main:
+                    path = self.save(LAST)
+                    self.log({"type": "checkpoint", "iter": self.iteration, "path": str(path)})
+        finally:
+            if bar is not None:
+                bar.close()
+        extra = {}
+        if self.dist.enabled:
+            extra["ddp_max_param_diff"] = self.max_param_diff_across_ranks()
+        if self.dist.is_main:
+            self.save(LAST)
+            self.save(FINAL)
+            self.log({"type": "end", "iter": self.iteration, "best": self.schedule.best, **last, **extra})
+        if self.dist.enabled:
+            dist.barrier()
+        return {"iteration": self.iteration, "best": self.schedule.best, **last, **extra}
+
+    @torch.no_grad()
+    def max_param_diff_across_ranks(self) -> float:
+        """Largest |w - w_rank0| over all weights and ranks (0.0 when DDP kept them in sync)."""
+        worst = torch.zeros((), dtype=torch.float64, device=self.device)
+        for p in self.model.state_dict().values():
+            if not torch.is_floating_point(p):
+                continue
+            ref = p.detach().clone()
+            dist.broadcast(ref, src=0)
+            worst = torch.maximum(worst, (p.detach() - ref).abs().max().double() if p.numel() else worst)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        return float(worst)
+
+    def close(self) -> None:
+        if self.dist.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(options: TrainOptions) -> dict[str, Any]:
+    trainer = Trainer(options)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+__all__ = ["SMOKE_MODEL_OVERRIDES", "TrainOptions", "Trainer", "TrainBatchSampler", "WarmupPlateauLR",
+           "apply_overrides", "train"]

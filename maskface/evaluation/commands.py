@@ -1,0 +1,206 @@
+"""CLI: ``maskface evaluate widerface|landmarks`` and ``maskface predict-widerface``.
+
+    maskface evaluate widerface --pred DIR [--gt DIR] [--plot pr.png] [--json ap.json]
+        [--protocol matlab|continuous] [--allow-missing] [--events EVENT ...]
+    maskface evaluate landmarks --pred FILE --gt FILE --normaliser box|interocular
+        [--iou 0.4] [--threshold 0.08] [--plot ced.png] [--json nme.json]
+    maskface predict-widerface --checkpoint CKPT --images WIDER_val/images --out DIR [--tta]
+
+File formats: WIDER FACE submission layout (maskface.evaluation.widerface) and the landmark
+JSON/NPZ format (maskface.evaluation.landmarks). Outputs are written atomically. Exit codes:
+0 success, 2 bad input (missing folder/file, malformed file) with a one-line error on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+
+def _write_json(path: str, obj) -> None:
+    from maskface.evaluation.widerface import _atomic_write_text
+
+    _atomic_write_text(Path(path), json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _fail(prefix: str, exc: BaseException) -> int:
+    print(f"maskface {prefix}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_widerface(args: argparse.Namespace) -> int:
+    from maskface.evaluation import widerface as wf
+
+    try:
+        t0 = time.perf_counter()
+        gt = wf.load_widerface_gt(args.gt)
+        if args.events:
+            gt = gt.subset(args.events)  # only these events' files are read and scored
+        preds = wf.read_predictions(args.pred, gt, allow_missing=args.allow_missing, progress=not args.quiet)
+        result = wf.evaluate_widerface(preds, gt, protocol=args.protocol)
+        result.seconds = time.perf_counter() - t0
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
+        return _fail("evaluate widerface", exc)
+    print(f"WIDER FACE val ({result.protocol} protocol, {result.num_images} images, "
+          f"{result.num_predictions} predictions, {result.seconds:.1f} s)")
+    print(result.summary())
+    if args.json:
+        _write_json(args.json, result.to_dict(with_curves=True))
+        print(f"json -> {args.json}")
+    if args.plot:
+        from maskface.evaluation.plots import plot_pr_curves
+
+        plot_pr_curves(result, args.plot, title=f"WIDER FACE val ({result.protocol})")
+        print(f"plot -> {args.plot}")
+    return 0
+
+
+def run_landmarks(args: argparse.Namespace) -> int:
+    from maskface.evaluation import landmarks as lm
+
+    try:
+        gt = lm.load_landmark_file(args.gt)
+        pred = lm.load_landmark_file(args.pred)
+        result = lm.evaluate_landmarks(gt, pred, normaliser=args.normaliser, iou_threshold=args.iou,
+                                       threshold=args.threshold, ced_max_error=args.max_error)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return _fail("evaluate landmarks", exc)
+    print(result.summary())
+    if args.json:
+        _write_json(args.json, result.to_dict(with_errors=args.per_face))
+        print(f"json -> {args.json}")
+    if args.plot:
+        from maskface.evaluation.plots import plot_ced_curves
+
+        label = f"{args.normaliser} NME, IoU {args.iou:g}"
+        plot_ced_curves({label: result.errors}, args.plot, max_error=result.ced_max_error,
+                        threshold=args.threshold, xlabel=f"NME ({args.normaliser})")
+        print(f"plot -> {args.plot}")
+    return 0
+
+
+def _list_widerface_images(images_dir: Path, gt_dir: str | None) -> list[tuple[str, Path]]:
+    """(event, image path) pairs: from the ground-truth list when --gt is given (every val image
+    must exist), else every <event>/<image>.jpg/.png under the folder."""
+    if gt_dir is not None:
+        from maskface.evaluation.widerface import load_widerface_gt
+
+        gt = load_widerface_gt(gt_dir)
+        pairs = []
+        for event, name in zip(gt.image_events, gt.image_names):
+            path = images_dir / event / f"{name}.jpg"
+            if not path.is_file():
+                raise FileNotFoundError(f"image {path} listed in the ground truth not found")
+            pairs.append((event, path))
+        return pairs
+    pairs = sorted(
+        (p.parent.name, p) for p in images_dir.glob("*/*")
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file()
+    )
+    if not pairs:
+        raise FileNotFoundError(f"no <event>/<image>.jpg files under {images_dir} (pass WIDER_val/images)")
+    return pairs
+
+
+def run_predict_widerface(args: argparse.Namespace) -> int:
+    from maskface.evaluation.widerface import prediction_path, write_predictions
+
+    images_dir = Path(args.images)
+    try:
+        if not images_dir.is_dir():
+            raise FileNotFoundError(f"image folder not found: {images_dir}")
+        if not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        pairs = _list_widerface_images(images_dir, args.gt)
+        scales = tuple(float(s) for s in args.tta_scales.split(",")) if args.tta else (1.0,)
+        if any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise ValueError(f"--tta-scales must be positive numbers, got {args.tta_scales!r}")
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail("predict-widerface", exc)
+    if args.limit:
+        pairs = pairs[: args.limit]
+
+    from tqdm import tqdm
+
+    from maskface.checkpoint import load_model
+    from maskface.engine.predictor import Predictor
+    from maskface.engine.tta import TTAConfig, tta_predict
+    from maskface.io_utils import read_image
+
+    model = load_model(args.checkpoint, map_location=args.device)
+    model.cfg.inference.score_threshold = args.score_threshold
+    if args.max_detections:
+        model.cfg.inference.max_detections = args.max_detections
+    predictor = Predictor(model, device=args.device, max_side=args.max_side or None)
+    cfg = TTAConfig(scales=scales, flip=True, soft_nms_method=args.soft_nms,
+                    max_detections=args.max_detections or TTAConfig.max_detections)
+    out = Path(args.out)
+    done = 0
+    for event, path in tqdm(pairs, desc="predict-widerface", unit="img", disable=args.quiet):
+        if args.resume and prediction_path(out, event, path.stem).is_file():
+            continue
+        image = read_image(path)
+        if args.tta:
+            result = tta_predict(lambda img, s: predictor(img, scale=s), image, cfg)
+        else:
+            result = predictor(image)
+        write_predictions(out, event, path.stem, result["boxes"], result["scores"], box_format="xyxy")
+        done += 1
+    print(f"wrote {done} prediction files under {out}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    ev = subparsers.add_parser("evaluate", help="evaluate predictions (WIDER FACE AP, landmark NME)")
+    sub = ev.add_subparsers(dest="evaluate_command", required=True)
+
+    w = sub.add_parser("widerface", help="official WIDER FACE validation protocol (easy/medium/hard AP)")
+    w.add_argument("--pred", required=True, help="submission folder: <pred>/<event>/<image>.txt")
+    w.add_argument("--gt", default=None, help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat "
+                   "(default: $MASKFACE_WIDER_GT or ../shared/data/widerface_val_gt beside the repository)")
+    w.add_argument("--protocol", choices=("matlab", "continuous"), default="matlab",
+                   help="matlab: the official script's arithmetic (default); continuous: real-valued IoU "
+                   "as in the common Python port")
+    w.add_argument("--allow-missing", action="store_true",
+                   help="treat missing prediction files as images without detections (official behaviour)")
+    w.add_argument("--events", nargs="*", default=None, help="evaluate only these events")
+    w.add_argument("--plot", default=None, help="write the precision-recall curves to this .png")
+    w.add_argument("--json", default=None, help="write AP and curves to this .json")
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+    w.set_defaults(func=run_widerface)
+
+    lmk = sub.add_parser("landmarks", help="landmark NME / CED / AUC / failure rate after IoU matching")
+    lmk.add_argument("--pred", required=True, help="predictions (.json or .npz, with scores)")
+    lmk.add_argument("--gt", required=True, help="ground truth (.json or .npz)")
+    lmk.add_argument("--normaliser", choices=("box", "interocular"), required=True,
+                     help="box: sqrt(w*h) of the face box (AFLW); interocular: outer eye corners (300W)")
+    lmk.add_argument("--iou", type=float, default=0.4, help="IoU to match a prediction to a face (paper: 0.3/0.4)")
+    lmk.add_argument("--threshold", type=float, default=0.08, help="AUC / failure-rate threshold (e.g. 0.08, 0.10)")
+    lmk.add_argument("--max-error", type=float, default=None, help="x range of the CED plot")
+    lmk.add_argument("--plot", default=None, help="write the CED curve to this .png")
+    lmk.add_argument("--json", default=None, help="write the metrics to this .json")
+    lmk.add_argument("--per-face", action="store_true", help="include every face's error in the JSON")
+    lmk.set_defaults(func=run_landmarks)
+
+    p = subparsers.add_parser("predict-widerface", help="write WIDER FACE submission files for a folder of images")
+    p.add_argument("--checkpoint", required=True, help="a MaskFace checkpoint")
+    p.add_argument("--images", required=True, help="WIDER_val/images (event folders with .jpg files)")
+    p.add_argument("--out", required=True, help="output folder (<out>/<event>/<image>.txt)")
+    p.add_argument("--gt", default=None, help="take the image list from this ground-truth folder")
+    p.add_argument("--tta", action="store_true", help="flip + image pyramid + Soft-NMS + box voting (paper §4.2)")
+    p.add_argument("--tta-scales", default="0.5,1,1.5", help="pyramid scales for --tta (comma separated)")
+    p.add_argument("--soft-nms", choices=("linear", "gaussian"), default="linear")
+    p.add_argument("--score-threshold", type=float, default=0.02,
+                   help="detection score threshold (low, as AP needs the whole curve)")
+    p.add_argument("--max-detections", type=int, default=0,
+                   help="detections kept per image (per pass and after voting; 0: the checkpoint's setting / 1000)")
+    p.add_argument("--max-side", type=int, default=0, help="without --tta: resize so the longer side is at most "
+                   "this (0: original size, the usual WIDER FACE evaluation)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
+    p.add_argument("--resume", action="store_true", help="skip images whose prediction file exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_predict_widerface)
