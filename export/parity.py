@@ -11,7 +11,6 @@ so that NMS ties cannot hide differences, and reports landmark errors in pixels 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -21,9 +21,9 @@ from pathlib import Path
 
 
 def _write_json(path: str, obj) -> None:
-    from maskface.evaluation.widerface import _atomic_write_text
+    from maskface.io_utils import atomic_write_bytes
 
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
 def _fail(prefix: str, exc: BaseException) -> int:

@@ -39,13 +39,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
 from maskface.data.landmark_sets import LEFT_EYE, OUTER_EYE_CORNERS_68, RIGHT_EYE
 from maskface.evaluation.ap import as_boxes, box_iou
+from maskface.io_utils import atomic_write
 
 NORMALISERS = ("box", "interocular")
 
@@ -300,19 +300,6 @@ def load_landmark_file(path: str | os.PathLike) -> LandmarkFile:
     raise ValueError(f"{path}: unknown landmark file type (use .json or .npz)")
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_landmark_file(path: str | os.PathLike, data: LandmarkFile) -> Path:
     """Write ``data`` as ``.json`` or ``.npz`` (by suffix), atomically."""
     path = Path(path)
@@ -331,9 +318,8 @@ def save_landmark_file(path: str | os.PathLike, data: LandmarkFile) -> Path:
             images.append({"image": im.image, "faces": faces})
         text = json.dumps({"num_landmarks": k, "images": images})
 
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(text)
+        def write(f):
+            f.write(text.encode())
 
     elif path.suffix.lower() == ".npz":
         ids = [im.image for im in data.images for _ in range(im.boxes.shape[0])]
@@ -350,13 +336,12 @@ def save_landmark_file(path: str | os.PathLike, data: LandmarkFile) -> Path:
         if data.images and all(im.valid is not None for im in data.images):
             arrays["valid"] = np.concatenate([im.valid for im in data.images]).reshape(-1, k)
 
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        def write(f):
+            np.savez(f, **arrays)
 
     else:
         raise ValueError(f"{path}: use a .json or .npz file name")
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

@@ -7,11 +7,12 @@ to a temporary name in the target folder and renamed into place.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from maskface.io_utils import atomic_write
 
 _COLOURS = {"easy": "tab:green", "medium": "tab:orange", "hard": "tab:red"}
 
@@ -29,16 +30,7 @@ def _save(fig, out_path: str | os.PathLike) -> Path:
     out = Path(out_path)
     if out.suffix.lower() != ".png":
         raise ValueError(f"{out}: plots are written as .png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
     return out
 
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from maskface.evaluation.ap import first_occurrence, voc_ap, xyxy_to_xywh
+from maskface.io_utils import atomic_write_bytes
 
 SETTINGS = ("easy", "medium", "hard")
 GT_FILES = {
@@ -256,21 +256,6 @@ def prediction_path(pred_dir: str | os.PathLike, event: str, image_name: str) ->
     return Path(pred_dir) / event / f"{_strip_image_ext(image_name)}.txt"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_predictions(
     out_dir: str | os.PathLike,
     event: str,
@@ -301,7 +286,7 @@ def write_predictions(
     lines = [stem, str(b.shape[0])]
     lines += [f"{x:.4f} {y:.4f} {w:.4f} {h:.4f} {sc:.9g}" for (x, y, w, h), sc in zip(b.tolist(), s.tolist())]
     path = prediction_path(out_dir, event, stem)
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
 
 

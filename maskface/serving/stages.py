@@ -1,0 +1,333 @@
+"""The logic of the Triton ensemble's Python-backend models, as plain numpy functions.
+
+`triton_models/*/1/model.py` are thin adapters: they read their config.pbtxt parameters, call the
+stage objects below and turn exceptions into error responses. The stages themselves call the
+library (maskface.preprocess, maskface.postprocess via onnx_graphs.nms_step) so the server runs
+exactly the code of `OnnxPredictor` / the PyTorch predictor, and they can be tested in-process.
+
+Tensors between the stages (all per request, batch 1; see triton_models/README.md):
+
+    preprocess   IMAGE uint8 [n]  ->  images f32 [1,3,H,W], scale_xy f64 [2], original_size i32 [2]
+    detector     images           ->  scores [1,k], boxes [1,k,4], m2..m6 [1,C,H/s,W/s]
+    nms          scores, boxes    ->  rois f32 [N,5] (batch index 0, x1, y1, x2, y2), det_scores [N]
+    keypoints    m2..m6, rois     ->  landmarks [N,K,2], landmark_scores [N,K]
+    postprocess  everything above ->  BOXES [N,4], SCORES [N], LANDMARKS [N,K,2], LANDMARK_SCORES [N,K]
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..config import InferenceConfig, InputConfig
+from ..preprocess import MAX_INPUT_PIXELS, Prepared, decode_image, prepare_image
+
+FEATURE_NAMES = ("m2", "m3", "m4", "m5", "m6")
+
+
+class RequestError(ValueError):
+    """A problem with the client's request (answered with INVALID_ARG); the server stays healthy."""
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+class Parameters:
+    """The `parameters { key: ... value: { string_value: ... } }` of a model config, typed."""
+
+    def __init__(self, values: Mapping[str, str], model_name: str = "model"):
+        self.values = dict(values)
+        self.model_name = model_name
+
+    @classmethod
+    def from_model_config(cls, model_config: Mapping[str, Any] | str) -> "Parameters":
+        config = json.loads(model_config) if isinstance(model_config, str) else model_config
+        raw = config.get("parameters", {}) or {}
+        values = {k: (v.get("string_value", "") if isinstance(v, Mapping) else str(v)) for k, v in raw.items()}
+        return cls(values, config.get("name", "model"))
+
+    def _get(self, key: str, default: Any, convert: Callable[[str], Any]):
+        if key not in self.values or self.values[key] == "":
+            if default is _REQUIRED:
+                raise ValueError(f"{self.model_name}: config.pbtxt parameter {key!r} is missing")
+            return default
+        try:
+            return convert(self.values[key])
+        except ValueError as exc:
+            raise ValueError(f"{self.model_name}: config.pbtxt parameter {key!r} = {self.values[key]!r}: {exc}") from None
+
+    def get_str(self, key: str, default: Any = None) -> str:
+        return self._get(key, _REQUIRED if default is None else default, str)
+
+    def get_int(self, key: str, default: Any = None) -> int:
+        return self._get(key, _REQUIRED if default is None else default, int)
+
+    def get_float(self, key: str, default: Any = None) -> float:
+        return self._get(key, _REQUIRED if default is None else default, float)
+
+    def get_floats(self, key: str, default: Any = None) -> tuple[float, ...]:
+        return self._get(key, _REQUIRED if default is None else default,
+                         lambda s: tuple(float(x) for x in s.replace(",", " ").split()))
+
+
+_REQUIRED = object()
+
+
+# ----------------------------------------------------------------------------- image limits
+
+
+def encoded_image_size(data: bytes | memoryview | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) read from a PNG or JPEG header without decoding; None if not recognised.
+
+    Lets the server refuse a decompression bomb (a few kB of PNG that decode to gigapixels)
+    before OpenCV allocates the pixels.
+    """
+    buf = bytes(memoryview(np.asarray(data, np.uint8).reshape(-1))[:1 << 20]) if isinstance(data, np.ndarray) else bytes(data[:1 << 20])
+    if buf[:8] == b"\x89PNG\r\n\x1a\n" and len(buf) >= 24 and buf[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", buf[16:24])
+        return int(width), int(height)
+    if buf[:2] == b"\xff\xd8":
+        i = 2
+        while i + 4 <= len(buf):
+            if buf[i] != 0xFF:
+                return None
+            marker = buf[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+                i += 2
+                continue
+            (length,) = struct.unpack(">H", buf[i + 2:i + 4])
+            # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                if i + 9 > len(buf):
+                    return None
+                height, width = struct.unpack(">HH", buf[i + 5:i + 9])
+                return int(width), int(height)
+            i += 2 + length
+    return None
+
+
+@dataclass
+class PreprocessOutput:
+    images: np.ndarray  # float32 [1, 3, H, W]
+    scale_xy: np.ndarray  # float64 [2]: resized / original along x and y
+    original_size: np.ndarray  # int32 [2]: (height, width) of the decoded image
+
+
+class Preprocessor:
+    """Encoded JPEG/PNG bytes -> the detector's input, with the serving limits enforced."""
+
+    def __init__(self, max_side: int | None = 640, max_image_pixels: int = MAX_INPUT_PIXELS,
+                 max_request_bytes: int = 32 << 20, input_cfg: InputConfig | None = None):
+        if max_image_pixels < 1 or max_image_pixels > MAX_INPUT_PIXELS:
+            raise ValueError(f"max_image_pixels must be in 1..{MAX_INPUT_PIXELS} (maskface.preprocess.MAX_INPUT_PIXELS)")
+        if max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be positive")
+        self.max_side = max_side
+        self.max_image_pixels = int(max_image_pixels)
+        self.max_request_bytes = int(max_request_bytes)
+        self.input_cfg = input_cfg or InputConfig()
+
+    @classmethod
+    def from_parameters(cls, p: Parameters) -> "Preprocessor":
+        max_side = p.get_int("max_side", 640)
+        cfg = InputConfig(pixel_mean=p.get_floats("pixel_mean", InputConfig().pixel_mean),
+                          pixel_std=p.get_floats("pixel_std", InputConfig().pixel_std),
+                          size_divisibility=p.get_int("size_divisibility", InputConfig().size_divisibility))
+        return cls(max_side if max_side > 0 else None, p.get_int("max_image_pixels", MAX_INPUT_PIXELS),
+                   p.get_int("max_request_bytes", 32 << 20), cfg)
+
+    def __call__(self, encoded: np.ndarray) -> PreprocessOutput:
+        encoded = np.asarray(encoded)
+        if encoded.dtype != np.uint8:
+            raise RequestError(f"IMAGE must be UINT8 encoded image bytes, got {encoded.dtype}")
+        if encoded.ndim != 1:
+            raise RequestError(f"IMAGE must be a 1-D byte array [n], got shape {list(encoded.shape)}")
+        if encoded.size == 0:
+            raise RequestError("empty request: IMAGE holds no bytes (send an encoded JPEG or PNG)")
+        if encoded.size > self.max_request_bytes:
+            raise RequestError(f"IMAGE of {encoded.size} bytes exceeds the limit of {self.max_request_bytes} bytes "
+                               "(parameter max_request_bytes)")
+        size = encoded_image_size(encoded)
+        if size is not None:
+            self._check_pixels(*size)
+        try:
+            image = decode_image(encoded)
+        except ValueError as exc:
+            raise RequestError(f"{exc}") from None
+        self._check_pixels(image.shape[1], image.shape[0])
+        try:
+            prepared = prepare_image(image, self.input_cfg, self.max_side)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return PreprocessOutput(
+            images=prepared.image[None],
+            scale_xy=np.asarray(prepared.scale_xy, np.float64),
+            original_size=np.asarray(prepared.original_size, np.int32),
+        )
+
+    def _check_pixels(self, width: int, height: int) -> None:
+        if width < 1 or height < 1:
+            raise RequestError(f"image of {width}x{height} pixels is empty")
+        if width * height > self.max_image_pixels:
+            raise RequestError(f"image of {width}x{height} = {width * height} pixels exceeds the limit of "
+                               f"{self.max_image_pixels} pixels (parameter max_image_pixels)")
+
+
+# ----------------------------------------------------------------------------- NMS
+
+
+class CandidateSelector:
+    """Score threshold + NMS + max detections on one image's candidates (maskface.postprocess)."""
+
+    def __init__(self, cfg: InferenceConfig | None = None):
+        self.cfg = cfg or InferenceConfig()
+
+    @classmethod
+    def from_parameters(cls, p: Parameters) -> "CandidateSelector":
+        default = InferenceConfig()
+        cfg = InferenceConfig(score_threshold=p.get_float("score_threshold", default.score_threshold),
+                              pre_nms_topk=p.get_int("pre_nms_topk", default.pre_nms_topk),
+                              nms_threshold=p.get_float("nms_threshold", default.nms_threshold),
+                              max_detections=p.get_int("max_detections", default.max_detections))
+        return cls(cfg)
+
+    def __call__(self, scores: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from .onnx_graphs import nms_step  # imports torch: only in the NMS model
+
+        scores = np.asarray(scores, np.float32)
+        boxes = np.asarray(boxes, np.float32)
+        if scores.ndim != 2 or scores.shape[0] != 1 or boxes.shape != (1, scores.shape[1], 4):
+            raise RequestError(f"expected scores [1, k] and boxes [1, k, 4], got {list(scores.shape)} and {list(boxes.shape)}")
+        keep = nms_step(scores[0], boxes[0], self.cfg)
+        kept = boxes[0][keep]
+        rois = np.concatenate([np.zeros((len(keep), 1), np.float32), kept], axis=1).astype(np.float32)
+        return rois.reshape(-1, 5), scores[0][keep].astype(np.float32).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- back to original pixels
+
+
+def to_original_pixels(rois: np.ndarray, det_scores: np.ndarray, landmarks: np.ndarray,
+                       landmark_scores: np.ndarray, scale_xy: np.ndarray, original_size: np.ndarray) -> dict[str, np.ndarray]:
+    """The ensemble's outputs: the same mapping as OnnxPredictor (maskface.preprocess.Prepared)."""
+    rois = np.asarray(rois, np.float32).reshape(-1, 5)
+    n = rois.shape[0]
+    landmarks = np.asarray(landmarks, np.float32)
+    landmark_scores = np.asarray(landmark_scores, np.float32)
+    if landmarks.ndim != 3 or landmarks.shape[0] != n or landmarks.shape[2] != 2 or landmark_scores.shape != landmarks.shape[:2]:
+        raise RequestError(f"landmarks {list(landmarks.shape)} / landmark_scores {list(landmark_scores.shape)} "
+                           f"do not match {n} boxes")
+    sx, sy = (float(v) for v in np.asarray(scale_xy, np.float64).reshape(2))
+    height, width = (int(v) for v in np.asarray(original_size).reshape(2))
+    prepared = Prepared(image=np.empty((0,), np.float32), scale_xy=(sx, sy), original_size=(height, width))
+    return {
+        "BOXES": prepared.boxes_to_original(rois[:, 1:5]).reshape(n, 4),
+        "SCORES": np.asarray(det_scores, np.float32).reshape(n),
+        "LANDMARKS": prepared.to_original(landmarks).astype(np.float32),
+        "LANDMARK_SCORES": landmark_scores,
+    }
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime (cpu target)
+
+
+class OnnxModel:
+    """One exported graph in ONNX Runtime, the `cpu` target's stand-in for a TensorRT plan."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        from .onnx_graphs import ort_session
+
+        self.session = ort_session(path, threads or None)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise RequestError(f"missing inputs {sorted(missing)}")
+        outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+    def run_batched(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """Run requests of equal input shapes as one batch (concatenated on dim 0), split the results.
+
+        What Triton's dynamic batcher hands the detector: several requests in one execute() call.
+        Requests whose shapes differ run as separate groups; a failing group fails only its requests.
+        """
+        groups: dict[tuple, list[int]] = {}
+        for i, feeds in enumerate(requests):
+            key = tuple((name, np.asarray(feeds[name]).shape) for name in self.input_names if name in feeds)
+            groups.setdefault(key, []).append(i)
+        results: list[dict[str, np.ndarray] | Exception] = [None] * len(requests)  # type: ignore[list-item]
+        for indices in groups.values():
+            try:
+                if len(indices) == 1:
+                    results[indices[0]] = self.run(requests[indices[0]])
+                    continue
+                sizes = [int(np.asarray(requests[i][self.input_names[0]]).shape[0]) for i in indices]
+                feeds = {name: np.concatenate([requests[i][name] for i in indices]) for name in self.input_names}
+                out = self.run(feeds)
+                offsets = np.cumsum([0] + sizes)
+                for j, i in enumerate(indices):
+                    results[i] = {k: v[offsets[j]:offsets[j + 1]] for k, v in out.items()}
+            except Exception as exc:  # noqa: BLE001 - reported per request
+                for i in indices:
+                    results[i] = exc
+        return results
+
+
+# ----------------------------------------------------------------------------- Python-backend glue
+
+
+def error_response(pb_utils, exc: BaseException):
+    """An InferenceResponse carrying the error: INVALID_ARG for request problems, INTERNAL otherwise."""
+    codes = getattr(pb_utils, "TritonError", None)
+    if isinstance(exc, RequestError):
+        message, code = str(exc), getattr(codes, "INVALID_ARG", None)
+    else:
+        message, code = f"{type(exc).__name__}: {exc}", getattr(codes, "INTERNAL", None)
+    try:
+        error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    except TypeError:  # older python backends: message only
+        error = pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def input_arrays(pb_utils, request, names: Sequence[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for name in names:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            raise RequestError(f"input {name!r} is missing")
+        out[name] = tensor.as_numpy()
+    return out
+
+
+def output_response(pb_utils, outputs: Mapping[str, np.ndarray]):
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()])
+
+
+def respond(pb_utils, requests, inputs: Sequence[str], handler: Callable[..., Mapping[str, np.ndarray]]) -> list:
+    """One response per request: handler(**inputs) -> outputs, or an error response for that request only."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(output_response(pb_utils, handler(**input_arrays(pb_utils, request, inputs))))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error response
+            responses.append(error_response(pb_utils, exc))
+    return responses
+
+
+def model_file(args: Mapping[str, str], name: str) -> Path:
+    """A file of a Python-backend model's version folder (args of TritonPythonModel.initialize)."""
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(args["model_repository"]) / str(args["model_version"]) / path
+    return path
