@@ -72,12 +72,26 @@ def random_rois(n: int, seed: int, height: int, width: int) -> torch.Tensor:
     return torch.cat([torch.zeros(n, 1), xy, xy + wh], dim=1)
 
 
+@pytest.fixture(scope="module")
+def context_features(export_model):
+    """M2..M6 of one seeded image per size, computed once."""
+    cache = {}
+
+    def get(size):
+        if size not in cache:
+            images = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 3, *size)).astype(np.float32))
+            with torch.no_grad():
+                cache[size] = export_model.context_features(images)
+        return cache[size]
+
+    return get
+
+
 @pytest.mark.parametrize("num_rois", [0, 1, 37])
 @pytest.mark.parametrize("size", [(448, 640), (320, 192)], ids=["640x448", "192x320"])
-def test_keypoint_head_heatmaps_and_landmarks_match_pytorch(heatmap_graph, export_model, num_rois, size):
-    images = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 3, *size)).astype(np.float32))
+def test_keypoint_head_heatmaps_and_landmarks_match_pytorch(heatmap_graph, export_model, context_features, num_rois, size):
+    features = context_features(size)
     with torch.no_grad():
-        features = export_model.context_features(images)
         rois = random_rois(num_rois, num_rois, *size)
         t_points, t_scores, t_heatmaps = export_model.landmarks(features, rois)
     feeds = {n: f.numpy() for n, f in zip(KEYPOINT_INPUTS, features)}
