@@ -1,6 +1,17 @@
-"""MaskFace: multi-task face and landmark detector (Yashunin, Baydasov, Vlasov)."""
+"""MaskFace: multi-task face and landmark detector (Yashunin, Baydasov, Vlasov).
+
+The model classes are imported on first use, so that light users (preprocessing in a Triton
+Python-backend model, the evaluation tools, the CLI's argument parsing) do not pay for torch.
+"""
 from .config import MaskFaceConfig, get_config
-from .modeling.maskface import MaskFace, build_model
 
 __version__ = "0.1.0"
 __all__ = ["MaskFace", "MaskFaceConfig", "build_model", "get_config", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("MaskFace", "build_model"):
+        from .modeling import maskface as _modeling
+
+        return getattr(_modeling, name)
+    raise AttributeError(f"module 'maskface' has no attribute {name!r}")

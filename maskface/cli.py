@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "maskface.engine.detect",
     "maskface.evaluation.commands",
     "maskface.engine.train_cli",
+    "maskface.serving.commands",
 )
 
 

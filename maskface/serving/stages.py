@@ -58,7 +58,8 @@ class Parameters:
         try:
             return convert(self.values[key])
         except ValueError as exc:
-            raise ValueError(f"{self.model_name}: config.pbtxt parameter {key!r} = {self.values[key]!r}: {exc}") from None
+            raise ValueError(f"{self.model_name}: config.pbtxt parameter {key!r} = {self.values[key]!r}: "
+                             f"{exc}") from None
 
     def get_str(self, key: str, default: Any = None) -> str:
         return self._get(key, _REQUIRED if default is None else default, str)
@@ -86,7 +87,8 @@ def encoded_image_size(data: bytes | memoryview | np.ndarray) -> tuple[int, int]
     Lets the server refuse a decompression bomb (a few kB of PNG that decode to gigapixels)
     before OpenCV allocates the pixels.
     """
-    buf = bytes(memoryview(np.asarray(data, np.uint8).reshape(-1))[:1 << 20]) if isinstance(data, np.ndarray) else bytes(data[:1 << 20])
+    head = np.asarray(data, np.uint8).reshape(-1)[:1 << 20] if isinstance(data, np.ndarray) else data[:1 << 20]
+    buf = bytes(head)
     if buf[:8] == b"\x89PNG\r\n\x1a\n" and len(buf) >= 24 and buf[12:16] == b"IHDR":
         width, height = struct.unpack(">II", buf[16:24])
         return int(width), int(height)
@@ -126,7 +128,8 @@ class Preprocessor:
     def __init__(self, max_side: int | None = 640, max_image_pixels: int = MAX_INPUT_PIXELS,
                  max_request_bytes: int = 32 << 20, input_cfg: InputConfig | None = None):
         if max_image_pixels < 1 or max_image_pixels > MAX_INPUT_PIXELS:
-            raise ValueError(f"max_image_pixels must be in 1..{MAX_INPUT_PIXELS} (maskface.preprocess.MAX_INPUT_PIXELS)")
+            raise ValueError(f"max_image_pixels must be in 1..{MAX_INPUT_PIXELS} "
+                             "(maskface.preprocess.MAX_INPUT_PIXELS)")
         if max_request_bytes < 1:
             raise ValueError("max_request_bytes must be positive")
         self.max_side = max_side
@@ -187,7 +190,10 @@ class CandidateSelector:
     """Score threshold + NMS + max detections on one image's candidates (maskface.postprocess)."""
 
     def __init__(self, cfg: InferenceConfig | None = None):
+        from .onnx_graphs import nms_step  # imports torch/torchvision: only the NMS model pays for it
+
         self.cfg = cfg or InferenceConfig()
+        self._nms_step = nms_step
 
     @classmethod
     def from_parameters(cls, p: Parameters) -> "CandidateSelector":
@@ -199,13 +205,12 @@ class CandidateSelector:
         return cls(cfg)
 
     def __call__(self, scores: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from .onnx_graphs import nms_step  # imports torch: only in the NMS model
-
         scores = np.asarray(scores, np.float32)
         boxes = np.asarray(boxes, np.float32)
         if scores.ndim != 2 or scores.shape[0] != 1 or boxes.shape != (1, scores.shape[1], 4):
-            raise RequestError(f"expected scores [1, k] and boxes [1, k, 4], got {list(scores.shape)} and {list(boxes.shape)}")
-        keep = nms_step(scores[0], boxes[0], self.cfg)
+            raise RequestError(f"expected scores [1, k] and boxes [1, k, 4], got {list(scores.shape)} "
+                               f"and {list(boxes.shape)}")
+        keep = self._nms_step(scores[0], boxes[0], self.cfg)
         kept = boxes[0][keep]
         rois = np.concatenate([np.zeros((len(keep), 1), np.float32), kept], axis=1).astype(np.float32)
         return rois.reshape(-1, 5), scores[0][keep].astype(np.float32).reshape(-1)
@@ -214,14 +219,15 @@ class CandidateSelector:
 # ----------------------------------------------------------------------------- back to original pixels
 
 
-def to_original_pixels(rois: np.ndarray, det_scores: np.ndarray, landmarks: np.ndarray,
-                       landmark_scores: np.ndarray, scale_xy: np.ndarray, original_size: np.ndarray) -> dict[str, np.ndarray]:
+def to_original_pixels(rois: np.ndarray, det_scores: np.ndarray, landmarks: np.ndarray, landmark_scores: np.ndarray,
+                       scale_xy: np.ndarray, original_size: np.ndarray) -> dict[str, np.ndarray]:
     """The ensemble's outputs: the same mapping as OnnxPredictor (maskface.preprocess.Prepared)."""
     rois = np.asarray(rois, np.float32).reshape(-1, 5)
     n = rois.shape[0]
     landmarks = np.asarray(landmarks, np.float32)
     landmark_scores = np.asarray(landmark_scores, np.float32)
-    if landmarks.ndim != 3 or landmarks.shape[0] != n or landmarks.shape[2] != 2 or landmark_scores.shape != landmarks.shape[:2]:
+    if (landmarks.ndim != 3 or landmarks.shape[0] != n or landmarks.shape[2] != 2
+            or landmark_scores.shape != landmarks.shape[:2]):
         raise RequestError(f"landmarks {list(landmarks.shape)} / landmark_scores {list(landmark_scores.shape)} "
                            f"do not match {n} boxes")
     sx, sy = (float(v) for v in np.asarray(scale_xy, np.float64).reshape(2))
@@ -242,9 +248,18 @@ class OnnxModel:
     """One exported graph in ONNX Runtime, the `cpu` target's stand-in for a TensorRT plan."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        from .onnx_graphs import ort_session
+        # onnxruntime directly, not onnx_graphs.ort_session: that module imports torch, which would
+        # add seconds to every stub's start-up for nothing.
+        import onnxruntime as ort
 
-        self.session = ort_session(path, threads or None)
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX graph {path} not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -311,7 +326,8 @@ def input_arrays(pb_utils, request, names: Sequence[str]) -> dict[str, np.ndarra
 
 
 def output_response(pb_utils, outputs: Mapping[str, np.ndarray]):
-    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()])
+    tensors = [pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()]
+    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 def respond(pb_utils, requests, inputs: Sequence[str], handler: Callable[..., Mapping[str, np.ndarray]]) -> list:

@@ -1,0 +1,202 @@
+"""`maskface serve` and `maskface client`.
+
+    maskface serve --target cpu --repo runs/triton_repo --onnx-dir artifacts/onnx
+    maskface serve --target tensorrt --repo runs/triton_repo --engines-dir artifacts/engines \\
+        --plugin plugins/build/cmake/libmaskface_plugins.so
+    maskface client photo.jpg other.png --url 127.0.0.1:8000 [--protocol grpc --url 127.0.0.1:8001] [--json]
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+PLUGIN_ENV = "MASKFACE_PLUGIN_LIBRARY"
+PLUGIN_NAME = "libmaskface_plugins.so"
+
+
+def add_parser(subparsers) -> None:
+    serve = subparsers.add_parser("serve", help="render the Triton model repository and run tritonserver on it",
+                                  description="Render triton_models/ for a target and serve it with a real "
+                                              "tritonserver (system install, else the one bundled in nvidia-pytriton).")
+    serve.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
+    serve.add_argument("--repo", required=True, help="model repository folder to render (and serve)")
+    serve.add_argument("--onnx-dir", default="artifacts/onnx",
+                       help="cpu: folder with detector.onnx + keypoint_head_portable.onnx (default %(default)s)")
+    serve.add_argument("--engines-dir", default="artifacts/engines",
+                       help="tensorrt: folder with detector.plan, keypoint_head.plan, engines.json "
+                            "(default %(default)s)")
+    serve.add_argument("--plugin", help=f"tensorrt: {PLUGIN_NAME} (default ${PLUGIN_ENV}, else plugins/build/**)")
+    serve.add_argument("--no-render", action="store_true", help="serve --repo as it is")
+    serve.add_argument("--render-only", action="store_true", help="render the repository and exit")
+    serve.add_argument("--exit-after-ready", action="store_true", help="start, wait until ready, stop (a smoke test)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    serve.add_argument("--http-port", type=int, default=8000, help="0 = a free port (default %(default)s)")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="0 = a free port (default %(default)s)")
+    serve.add_argument("--metrics-port", type=int, help="enable metrics on this port (default: off)")
+    serve.add_argument("--tritonserver", help="tritonserver binary (default: system, else nvidia-pytriton's)")
+    serve.add_argument("--ready-timeout", type=float, default=180.0)
+    serve.add_argument("--num-landmarks", type=int, help="K (default: read from the graphs / engines.json, else 5)")
+    serve.add_argument("--score-threshold", type=float)
+    serve.add_argument("--nms-threshold", type=float)
+    serve.add_argument("--max-detections", type=int)
+    serve.add_argument("--max-side", type=int, help="longer image side after resizing (0: no resize)")
+    serve.add_argument("--max-image-pixels", type=int)
+    serve.add_argument("--max-request-bytes", type=int)
+    serve.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other ServingParams field, e.g. detector_max_batch_size=8, preprocess_instances=4")
+    serve.set_defaults(func=run_serve)
+
+    client = subparsers.add_parser("client", help="send images to a running maskface ensemble",
+                                   description="Detect faces with a running Triton `maskface` ensemble.")
+    client.add_argument("images", nargs="+", help="JPEG/PNG files")
+    client.add_argument("--url", help="host:port (default 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)")
+    client.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    client.add_argument("--model", default="maskface")
+    client.add_argument("--timeout", type=float, default=60.0)
+    client.add_argument("--json", action="store_true", help="print JSON instead of text")
+    client.add_argument("--out", help="also write the JSON results to this file")
+    client.set_defaults(func=run_client)
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def find_plugin_library(explicit: str | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(PLUGIN_ENV):
+        return Path(os.environ[PLUGIN_ENV])
+    root = Path(__file__).resolve().parents[2] / "plugins" / "build"
+    built = sorted(root.glob(f"*/{PLUGIN_NAME}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = [root / "cmake" / PLUGIN_NAME] + built
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _serving_params(args):
+    from .repository import ServingParams
+
+    fields = {f.name: f for f in dataclasses.fields(ServingParams)}
+    values = {}
+    for key in ("score_threshold", "nms_threshold", "max_detections", "max_side", "max_image_pixels",
+                "max_request_bytes"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    for item in args.param:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        default = getattr(ServingParams(), key)
+        if isinstance(default, tuple):
+            values[key] = tuple(float(v) for v in raw.replace(",", " ").split())
+        elif isinstance(default, float):
+            values[key] = float(raw)
+        else:
+            values[key] = int(raw)
+    return ServingParams(**values)
+
+
+def run_serve(args) -> int:
+    from .repository import render_repository
+    from .server import ServerError, TritonServer
+
+    plugin = None
+    if args.target == "tensorrt":
+        plugin = find_plugin_library(args.plugin)
+        if (plugin is None or not plugin.is_file()) and not args.render_only:
+            print(f"serve: the tensorrt target needs the MultiLevelRoIAlign plugin ({PLUGIN_NAME}): pass --plugin "
+                  f"or set ${PLUGIN_ENV} (build it with plugins/binding.py build_plugin_library or CMake, "
+                  "see plugins/README.md)", file=sys.stderr)
+            return 2
+    try:
+        if not args.no_render:
+            params = _serving_params(args)
+            repo = render_repository(
+                args.target, args.repo, onnx_dir=args.onnx_dir if args.target == "cpu" else None,
+                engines_dir=args.engines_dir if args.target == "tensorrt" else None,
+                num_landmarks=args.num_landmarks, plugin_library=plugin if plugin and plugin.is_file() else None,
+                params=params)
+            print(f"serve: rendered the {args.target} repository in {repo}")
+        if args.render_only:
+            return 0
+        server = TritonServer(args.repo, http_port=args.http_port or None, grpc_port=args.grpc_port or None,
+                              metrics_port=args.metrics_port, host=args.host, binary=args.tritonserver,
+                              plugins=[plugin] if plugin is not None else (), ready_timeout=args.ready_timeout)
+    except (ValueError, FileNotFoundError, FileExistsError, ServerError) as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start()
+        except ServerError as exc:
+            print(f"serve: {exc}", file=sys.stderr)
+            return 1
+        print(f"serve: ready  http={server.http_url}  grpc={server.grpc_url}  model=maskface  pid={server.pid}  "
+              f"log={server.log_path}  (Ctrl-C stops)", flush=True)
+        if args.exit_after_ready:
+            return 0
+        while stop["signal"] is None:
+            if not server.is_running():
+                print(f"serve: tritonserver exited unexpectedly:\n{server.log_text(3000)}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        report = server.stop()
+        print(f"serve: stopped (exit code {report.returncode}"
+              + ("" if report.clean else f"; cleaned up: forced={report.forced}, "
+                 f"processes={report.leftover_processes}, shm={report.leftover_shm}; log kept: {server.log_path}")
+              + ")", flush=True)
+        if report.clean:
+            server.cleanup()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------- client
+
+
+def run_client(args) -> int:
+    from .client import MaskFaceClient, ServingError, faces_to_json
+
+    url = args.url or ("127.0.0.1:8000" if args.protocol == "http" else "127.0.0.1:8001")
+    results, failures = [], 0
+    try:
+        client = MaskFaceClient(url, args.protocol, args.model, timeout=args.timeout)
+    except Exception as exc:  # noqa: BLE001 - bad URL etc.
+        print(f"client: {exc}", file=sys.stderr)
+        return 2
+    with client:
+        for path in args.images:
+            try:
+                faces = client.detect(path)
+            except (ServingError, OSError, ValueError) as exc:
+                failures += 1
+                print(f"client: {path}: {exc}", file=sys.stderr)
+                results.append({"image": path, "error": str(exc)})
+                continue
+            entry = {"image": path, "faces": faces_to_json(faces)}
+            results.append(entry)
+            if not args.json:
+                print(f"{path}: {len(entry['faces'])} face(s)")
+                for face in entry["faces"]:
+                    box = ", ".join(f"{v:.1f}" for v in face["box"])
+                    points = " ".join(f"({x:.1f}, {y:.1f})" for x, y in face["landmarks"])
+                    print(f"  score {face['score']:.3f}  box [{box}]  landmarks {points}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 1 if failures else 0

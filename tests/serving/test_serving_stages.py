@@ -1,0 +1,166 @@
+"""The Python-backend stages in-process: limits, header parsing, and the chained stages == OnnxPredictor."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from maskface.config import InferenceConfig
+from maskface.preprocess import decode_image
+from maskface.serving import stages
+from maskface.serving.stages import (
+    CandidateSelector, OnnxModel, Parameters, Preprocessor, RequestError, encoded_image_size, to_original_pixels,
+)
+
+from serving_testlib import MAX_SIDE, low_inference
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature + IHDR claiming width x height, and no pixel data (a decompression-bomb stand-in)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk
+
+
+def encode(ext: str, image: np.ndarray, *params) -> np.ndarray:
+    ok, buf = cv2.imencode(ext, image, list(params))
+    assert ok
+    return buf.reshape(-1)
+
+
+def test_encoded_image_size_reads_png_and_jpeg_headers():
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    assert encoded_image_size(encode(".png", image)) == (53, 37)
+    assert encoded_image_size(encode(".jpg", image)) == (53, 37)
+    assert encoded_image_size(encode(".jpg", image, cv2.IMWRITE_JPEG_PROGRESSIVE, 1)) == (53, 37)  # SOF2
+    assert encoded_image_size(png_header_only(70000, 60000)) == (70000, 60000)
+    assert encoded_image_size(b"GIF89a....") is None
+    assert encoded_image_size(b"\xff\xd8\xff") is None
+
+
+def test_preprocessor_limits_and_errors():
+    pre = Preprocessor(max_side=MAX_SIDE, max_image_pixels=10_000, max_request_bytes=50_000)
+    good = encode(".png", np.full((90, 100, 3), 128, np.uint8))
+    out = pre(good)
+    assert out.images.shape == (1, 3, 192, 192) and out.images.dtype == np.float32  # 173x192, padded
+    assert out.scale_xy.dtype == np.float64 and out.original_size.tolist() == [90, 100]
+    cases = [
+        (np.zeros(0, np.uint8), "empty request"),
+        (np.frombuffer(b"this is not an image at all", np.uint8), "could not decode"),
+        (np.frombuffer(png_header_only(200, 100), np.uint8), "200x100 = 20000 pixels exceeds the limit of 10000"),
+        (encode(".png", np.zeros((101, 100, 3), np.uint8)), "exceeds the limit of 10000 pixels"),
+        (np.zeros(60_000, np.uint8), "exceeds the limit of 50000 bytes"),
+        (np.zeros(10, np.float32), "must be UINT8"),
+        (np.zeros((2, 5), np.uint8), "1-D byte array"),
+    ]
+    for data, message in cases:
+        with pytest.raises(RequestError, match=message):
+            pre(data)
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        Preprocessor(max_image_pixels=10**12)
+
+
+def test_parameters_from_model_config():
+    config = {"name": "maskface_nms", "parameters": {
+        "score_threshold": {"string_value": "0.25"}, "max_detections": {"string_value": "9"},
+        "nms_threshold": {"string_value": "0.5"}, "pixel_mean": {"string_value": "1 2 3"}}}
+    p = Parameters.from_model_config(config)
+    assert CandidateSelector.from_parameters(p).cfg == InferenceConfig(score_threshold=0.25, max_detections=9,
+                                                                        nms_threshold=0.5)
+    assert p.get_floats("pixel_mean") == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match="maskface_nms: config.pbtxt parameter 'onnx_file' is missing"):
+        p.get_str("onnx_file")
+    with pytest.raises(ValueError, match="'score_threshold' = 'abc'"):
+        Parameters({"score_threshold": "abc"}).get_float("score_threshold")
+
+
+def test_chained_stages_equal_onnx_predictor(onnx_dir, photos, reference):
+    """The five models' logic, run in-process in the ensemble's order, gives OnnxPredictor's answer."""
+    pre = Preprocessor(max_side=MAX_SIDE)
+    detector = OnnxModel(onnx_dir / "detector.onnx")
+    keypoints = OnnxModel(onnx_dir / "keypoint_head_portable.onnx")
+    select = CandidateSelector(low_inference())
+    for name, data in photos.items():
+        p = pre(np.frombuffer(data, np.uint8))
+        det = detector.run({"images": p.images})
+        rois, det_scores = select(det["scores"], det["boxes"])
+        kp = keypoints.run({**{f"m{i}": det[f"m{i}"] for i in range(2, 7)}, "rois": rois})
+        out = to_original_pixels(rois, det_scores, kp["landmarks"], kp["landmark_scores"], p.scale_xy, p.original_size)
+        ref = reference[name]
+        assert len(ref["scores"]) > 0
+        for key in ("boxes", "scores", "landmarks", "landmark_scores"):
+            np.testing.assert_array_equal(out[key.upper()], ref[key], err_msg=f"{name} {key}")
+
+
+def test_batched_detector_equals_single_runs(onnx_dir, photos):
+    pre = Preprocessor(max_side=MAX_SIDE)
+    detector = OnnxModel(onnx_dir / "detector.onnx")
+    # chelsea and coffee both resize to 128x192: one batch of 2; astronaut (192x192) runs alone
+    feeds = [{"images": pre(np.frombuffer(photos[n], np.uint8)).images} for n in ("chelsea", "astronaut", "coffee")]
+    batched = detector.run_batched(feeds)
+    for f, result in zip(feeds, batched):
+        single = detector.run(f)
+        for key, value in single.items():
+            np.testing.assert_allclose(result[key], value, atol=1e-5, rtol=1e-5)
+    bad = detector.run_batched([{"images": np.zeros((1, 2, 64, 64), np.float32)}, feeds[1]])  # 2 channels
+    assert isinstance(bad[0], Exception) and isinstance(bad[1], dict)
+
+
+def test_empty_detections_and_shape_checks():
+    out = to_original_pixels(np.zeros((0, 5), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32),
+                             np.zeros((0, 5), np.float32), np.array([0.5, 0.5]), np.array([100, 200], np.int32))
+    assert [out[k].shape for k in ("BOXES", "SCORES", "LANDMARKS", "LANDMARK_SCORES")] == [(0, 4), (0,), (0, 5, 2), (0, 5)]
+    with pytest.raises(RequestError, match="do not match"):
+        to_original_pixels(np.zeros((2, 5), np.float32), np.zeros(2, np.float32), np.zeros((1, 5, 2), np.float32),
+                           np.zeros((1, 5), np.float32), np.array([1.0, 1.0]), np.array([10, 10], np.int32))
+    rois, scores = CandidateSelector(InferenceConfig())(np.full((1, 50), 0.01, np.float32), np.zeros((1, 50, 4), np.float32))
+    assert rois.shape == (0, 5) and scores.shape == (0,)
+
+
+class FakePbUtils:
+    """Just enough of triton_python_backend_utils to check the response glue."""
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.output_tensors, self.error = list(output_tensors), error
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return FakePbUtils.Tensor(name, request[name]) if name in request else None
+
+
+def test_respond_turns_failures_into_per_request_errors():
+    def handler(x):
+        if x.size == 0:
+            raise RequestError("empty")
+        if x.size == 2:
+            raise RuntimeError("boom")
+        return {"y": x * 2}
+
+    responses = stages.respond(FakePbUtils, [{"x": np.ones(3)}, {"x": np.ones(0)}, {"x": np.ones(2)}, {}], ["x"], handler)
+    assert responses[0].error is None and responses[0].output_tensors[0].array.tolist() == [2, 2, 2]
+    assert (responses[1].error.code, responses[1].error.message) == ("INVALID_ARG", "empty")
+    assert (responses[2].error.code, responses[2].error.message) == ("INTERNAL", "RuntimeError: boom")
+    assert responses[3].error.code == "INVALID_ARG" and "'x' is missing" in responses[3].error.message
+
+
+def test_decode_matches_library(photos):
+    pre = Preprocessor(max_side=MAX_SIDE)
+    for data in photos.values():
+        assert pre(np.frombuffer(data, np.uint8)).original_size.tolist() == list(decode_image(data).shape[:2])

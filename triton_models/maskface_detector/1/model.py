@@ -1,0 +1,67 @@
+"""maskface_detector (cpu target): detector.onnx in ONNX Runtime.
+
+Stand-in for the TensorRT plan of the `tensorrt` target (same tensor names): images [B, 3, H, W]
+-> scores [B, k], boxes [B, k, 4], m2..m6. Triton's dynamic batcher hands several requests to one
+execute(); those of equal image size run as one ONNX Runtime batch.
+"""
+import json
+import os
+import sys
+
+import triton_python_backend_utils as pb_utils
+
+OUTPUTS = ["scores", "boxes", "m2", "m3", "m4", "m5", "m6"]
+
+
+def _import_maskface(config):
+    """Make maskface.* importable without running maskface/__init__.py, which loads the PyTorch
+    model code (seconds of start-up per stub); the stages import only what they use."""
+    import importlib.util
+    import types
+
+    if "maskface" in sys.modules:
+        return
+    # The checkout that rendered this repository (parameter maskface_root), else the installed one.
+    root = config.get("parameters", {}).get("maskface_root", {}).get("string_value", "")
+    if root and os.path.isfile(os.path.join(root, "maskface", "__init__.py")):
+        locations = [os.path.join(root, "maskface")]
+    else:
+        spec = importlib.util.find_spec("maskface")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"maskface is not importable and maskface_root={root!r} does not hold it")
+        locations = list(spec.submodule_search_locations)
+    package = types.ModuleType("maskface")
+    package.__path__ = locations
+    package.__file__ = os.path.join(locations[0], "__init__.py")
+    sys.modules["maskface"] = package
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        _import_maskface(config)
+        from maskface.serving import stages
+
+        params = stages.Parameters.from_model_config(config)
+        self.stages = stages
+        self.graph = stages.OnnxModel(stages.model_file(args, params.get_str("onnx_file")),
+                                      params.get_int("ort_threads", 0))
+
+    def execute(self, requests):
+        feeds, errors = [], {}
+        for i, request in enumerate(requests):
+            try:
+                feeds.append(self.stages.input_arrays(pb_utils, request, ["images"]))
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = exc
+                feeds.append(None)
+        valid = [i for i, f in enumerate(feeds) if f is not None]
+        results = dict(zip(valid, self.graph.run_batched([feeds[i] for i in valid])))
+        responses = []
+        for i in range(len(requests)):
+            result = errors.get(i, results.get(i))
+            if isinstance(result, Exception):
+                responses.append(self.stages.error_response(pb_utils, result))
+            else:
+                responses.append(self.stages.output_response(pb_utils, {k: result[k] for k in OUTPUTS}))
+        return responses

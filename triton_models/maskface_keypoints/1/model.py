@@ -1,0 +1,55 @@
+"""maskface_keypoints (cpu target): the portable keypoint-head graph in ONNX Runtime.
+
+Stand-in for the TensorRT plan of the `tensorrt` target (same tensor names): m2..m6 + rois [N, 5]
+-> landmarks [N, K, 2], landmark_scores [N, K]. N = 0 gives empty outputs. The graph file and
+the ONNX Runtime thread count are config.pbtxt parameters (onnx_file, ort_threads).
+"""
+import json
+import os
+import sys
+
+import triton_python_backend_utils as pb_utils
+
+INPUTS = ["m2", "m3", "m4", "m5", "m6", "rois"]
+
+
+def _import_maskface(config):
+    """Make maskface.* importable without running maskface/__init__.py, which loads the PyTorch
+    model code (seconds of start-up per stub); the stages import only what they use."""
+    import importlib.util
+    import types
+
+    if "maskface" in sys.modules:
+        return
+    # The checkout that rendered this repository (parameter maskface_root), else the installed one.
+    root = config.get("parameters", {}).get("maskface_root", {}).get("string_value", "")
+    if root and os.path.isfile(os.path.join(root, "maskface", "__init__.py")):
+        locations = [os.path.join(root, "maskface")]
+    else:
+        spec = importlib.util.find_spec("maskface")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"maskface is not importable and maskface_root={root!r} does not hold it")
+        locations = list(spec.submodule_search_locations)
+    package = types.ModuleType("maskface")
+    package.__path__ = locations
+    package.__file__ = os.path.join(locations[0], "__init__.py")
+    sys.modules["maskface"] = package
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        _import_maskface(config)
+        from maskface.serving import stages
+
+        params = stages.Parameters.from_model_config(config)
+        self.stages = stages
+        self.graph = stages.OnnxModel(stages.model_file(args, params.get_str("onnx_file")),
+                                      params.get_int("ort_threads", 0))
+
+    def _handle(self, **feeds):
+        out = self.graph.run(feeds)
+        return {"landmarks": out["landmarks"], "landmark_scores": out["landmark_scores"]}
+
+    def execute(self, requests):
+        return self.stages.respond(pb_utils, requests, INPUTS, self._handle)
