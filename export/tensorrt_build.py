@@ -1,0 +1,689 @@
+"""TensorRT engines from the exported ONNX graphs (ARCHITECTURE.md §4, §5; issue 5).
+
+    from export.tensorrt_build import tensorrt_status, build_engines
+    ok, reason = tensorrt_status()
+    if ok:
+        meta = build_engines(onnx_paths, "artifacts/engines", plugin_library=lib, fp16=True)
+
+writes ``detector.plan``, ``keypoint_head.plan`` and ``engines.json`` (TensorRT version, GPU,
+precision, profiles, sha256 of the ONNX inputs and of the plugin library, build times), each
+through a temporary file and a rename.
+
+Precision, per TensorRT major version (decided from ``tensorrt.__version__``):
+
+* TensorRT 11 has only strongly typed networks (no BuilderFlag.FP16). FP16 = the FP16 ONNX graph
+  written by export/fp16.py (FP16 backbone / FPN / context / keypoint conv tower, FP32 GroupNorm,
+  heads, Sigmoid / TopK / box decoding, RoIAlign and heatmap decoding; FP32 graph inputs/outputs).
+* TensorRT 10, default ("weak" typing): the FP32 graph with BuilderFlag.FP16, and every layer
+  outside the FP16 scopes of export/fp16.py pinned to FP32 (layer precision + output types, with
+  BuilderFlag.OBEY_PRECISION_CONSTRAINTS): Sigmoid, TopK, box decoding, the RoIAlign plugin,
+  Softmax / ArgMax / heatmap decoding. ``typing="strong"`` builds the FP16 graph as on TRT 11.
+* FP32 engines clear BuilderFlag.TF32 unless ``tf32=True`` (an FP32 engine is a reference).
+
+Optimisation profiles (one per engine) come from the image-size range: images
+[1, 3, 64, 64] / [opt_batch, 3, 512, 640] / [max_batch, 3, max_size, max_size] (opt_size (480, 640),
+a 640x480 photo, is rounded up to the 64-multiple preprocessing pads it to, and clamped to
+max_size); the keypoint
+engine's maps m<k> [B, C, ceil(H / 2^k), ceil(W / 2^k)] over the same range, and rois [N, 5] with
+N from ``min_faces`` (0: the graph appends one padding ROI itself, so N = 0 is legal; if TensorRT
+refuses a zero dimension in the profile, 1 is used and recorded) over 16 to ``max_faces``.
+
+The plugin library (plugins/, ``libmaskface_plugins.so``) is loaded into the plugin registry before
+the keypoint graph is parsed: the parser turns the ``MultiLevelRoIAlign`` node into the plugin by op
+type + the ``plugin_namespace`` / ``plugin_version`` attributes. Parse errors list every parser error.
+
+Nothing here imports TensorRT at module import time.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from maskface.io_utils import atomic_write_bytes
+
+SUPPORTED_MAJORS = (10, 11)
+DETECTOR = "detector"
+KEYPOINT_HEAD = "keypoint_head"
+ENGINE_NAMES = (DETECTOR, KEYPOINT_HEAD)
+PLAN_FILES = {DETECTOR: "detector.plan", KEYPOINT_HEAD: "keypoint_head.plan"}
+METADATA_FILE = "engines.json"
+METADATA_FORMAT = 1
+DEFAULT_OUT_DIR = Path("artifacts/engines")
+
+PLUGIN_NAME = "MultiLevelRoIAlign"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "maskface"
+
+IMAGE_INPUT = "images"
+ROIS_INPUT = "rois"
+SIZE_MULTIPLE = 64
+DEFAULT_MAX_FACES = 256
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT (with a builder) or a CUDA GPU is missing; the message says which."""
+
+
+class OnnxParseError(RuntimeError):
+    """TensorRT's ONNX parser refused a graph; ``errors`` holds one line per parser error."""
+
+    def __init__(self, path: Path, errors: list[str]):
+        self.path = Path(path)
+        self.errors = list(errors)
+        lines = "\n".join(f"  [{i}] {e}" for i, e in enumerate(self.errors)) or "  (the parser reported no error detail)"
+        super().__init__(f"TensorRT could not parse {path} ({len(self.errors)} parser error(s)):\n{lines}")
+
+
+class EngineBuildError(RuntimeError):
+    """build_serialized_network failed, or a profile was refused; the message holds TensorRT's log."""
+
+
+class PluginLoadError(RuntimeError):
+    """The plugin library could not be loaded, or it did not register the MultiLevelRoIAlign creator."""
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+def _version_major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return -1
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module with a builder and an ONNX parser, else TensorRTUnavailable(reason)."""
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as exc:
+        reason = f"Python module 'tensorrt' is not installed ({exc})"
+        if importlib.util.find_spec("tensorrt_lean") is not None:
+            reason += "; only 'tensorrt_lean' is, a runtime without builder or ONNX parser"
+        raise TensorRTUnavailable(reason) from exc
+    except Exception as exc:  # a broken install: missing libnvinfer, wrong CUDA, ...
+        raise TensorRTUnavailable(f"'import tensorrt' failed: {type(exc).__name__}: {exc}") from exc
+    version = getattr(trt, "__version__", "?")
+    missing = [name for name in ("Builder", "OnnxParser") if not hasattr(trt, name)]
+    if missing:
+        raise TensorRTUnavailable(
+            f"tensorrt {version} has no {' / '.join(missing)}: a runtime-only (lean / dispatch) package cannot build engines")
+    if _version_major(version) not in SUPPORTED_MAJORS:
+        raise TensorRTUnavailable(f"tensorrt {version} is not supported (major versions {SUPPORTED_MAJORS})")
+    return trt
+
+
+def _cuda_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the project
+        return "torch is not installed, so no CUDA device can be checked"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (torch.cuda.is_available() is False)"
+    return None
+
+
+def tensorrt_status(require_gpu: bool = True) -> tuple[bool, str]:
+    """(available, reason): TensorRT with a builder, a supported major version and (by default) a
+    CUDA GPU. The reason names what is missing, or what was found."""
+    try:
+        trt = import_tensorrt()
+    except TensorRTUnavailable as exc:
+        return False, str(exc)
+    if require_gpu:
+        missing = _cuda_reason()
+        if missing:
+            return False, f"tensorrt {trt.__version__} is installed but there is {missing}"
+        return True, f"tensorrt {trt.__version__} on {gpu_info().get('name', 'a CUDA GPU')}"
+    return True, f"tensorrt {trt.__version__}"
+
+
+def gpu_info() -> dict[str, Any]:
+    """Name, compute capability, memory and CUDA version of GPU 0 (empty without one)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        props = torch.cuda.get_device_properties(0)
+        return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                "memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+                "count": torch.cuda.device_count()}
+    except Exception as exc:  # noqa: BLE001  # pragma: no cover - depends on the driver
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# --------------------------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class ProfileRanges:
+    """The shapes the engines accept. Image sides are multiples of 64 (the detector's contract)."""
+
+    max_size: int = 1024
+    max_batch: int = 1
+    max_faces: int = DEFAULT_MAX_FACES
+    min_size: int = SIZE_MULTIPLE
+    opt_size: tuple[int, int] = (480, 640)  # (H, W)
+    opt_batch: int = 1
+    min_faces: int = 0
+    opt_faces: int = 16
+
+    def __post_init__(self):
+        for name in ("max_size", "min_size"):
+            value = getattr(self, name)
+            if value <= 0 or value % SIZE_MULTIPLE:
+                raise ValueError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} > max_size {self.max_size}")
+        if not 1 <= self.max_batch:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not 0 <= self.min_faces <= self.max_faces or self.max_faces < 1:
+            raise ValueError(f"need 0 <= min_faces <= max_faces and max_faces >= 1, got {self.min_faces}, {self.max_faces}")
+
+    def resolved(self) -> ProfileRanges:
+        """opt values clamped into [min, max] and rounded to multiples of 64."""
+        def side(v: int) -> int:
+            v = int(math.ceil(v / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+            return min(max(v, self.min_size), self.max_size)
+
+        return ProfileRanges(
+            max_size=self.max_size, max_batch=self.max_batch, max_faces=self.max_faces, min_size=self.min_size,
+            opt_size=(side(self.opt_size[0]), side(self.opt_size[1])),
+            opt_batch=min(max(self.opt_batch, 1), self.max_batch),
+            min_faces=self.min_faces, opt_faces=min(max(self.opt_faces, self.min_faces, 1), self.max_faces),
+        )
+
+
+Shape = tuple[int, ...]
+ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]
+
+
+def _feature_stride(name: str) -> int | None:
+    """m2..m6 -> 4..64 (the exporter's names: m<level>, stride 2^level)."""
+    if len(name) >= 2 and name[0] == "m" and name[1:].isdigit():
+        return 2 ** int(name[1:])
+    return None
+
+
+def _fill(name: str, declared: Sequence[int], wanted: Sequence[int]) -> Shape:
+    if len(declared) != len(wanted):
+        raise ValueError(f"input {name}: the graph declares rank {len(declared)} {tuple(declared)}, the profile needs rank {len(wanted)}")
+    out = []
+    for axis, (d, w) in enumerate(zip(declared, wanted)):
+        if w is None:
+            if d is None or d < 0:
+                raise ValueError(f"input {name}: axis {axis} is dynamic in the graph but has no profile range")
+            out.append(int(d))
+        else:
+            if d is not None and d >= 0 and d != w:
+                raise ValueError(f"input {name}: axis {axis} is {d} in the graph, the profile asks {w}")
+            out.append(int(w))
+    return tuple(out)
+
+
+def profile_shapes(input_shapes: Mapping[str, Sequence[int]], ranges: ProfileRanges) -> ProfileShapes:
+    """(min, opt, max) shape of every network input, from the input's declared shape (-1 = dynamic;
+    static axes such as channels are kept) and the image / face ranges.
+
+    images [B, 3, H, W]; m<k> [B, C, ceil(H / 2^k), ceil(W / 2^k)]; rois [N, 5].
+    """
+    r = ranges.resolved()
+    sizes = {"min": (1, r.min_size, r.min_size), "opt": (r.opt_batch, *r.opt_size),
+             "max": (r.max_batch, r.max_size, r.max_size)}
+    faces = {"min": r.min_faces, "opt": r.opt_faces, "max": r.max_faces}
+    out: ProfileShapes = {}
+    for name, declared in input_shapes.items():
+        declared = [None if d is None else int(d) for d in declared]
+        stride = _feature_stride(name)
+        triple = []
+        for which in ("min", "opt", "max"):
+            b, h, w = sizes[which]
+            if name == IMAGE_INPUT:
+                wanted = (b, None, h, w)
+            elif stride is not None:
+                wanted = (b, None, -(-h // stride), -(-w // stride))
+            elif name == ROIS_INPUT:
+                wanted = (faces[which], None)
+            else:
+                raise ValueError(f"no profile rule for input {name!r} (known: images, m<level>, rois)")
+            triple.append(_fill(name, declared, wanted))
+        out[name] = tuple(triple)
+    return out
+
+
+def _profiles_json(shapes: ProfileShapes) -> dict[str, dict[str, list[int]]]:
+    return {n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()}
+
+
+# --------------------------------------------------------------------------------------------- precision
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How one TensorRT version gets the requested precision."""
+
+    precision: str  # "fp16" | "fp32"
+    typing: str  # "strong" | "weak"
+    onnx_variant: str  # "fp16" (export/fp16.py graph) | "fp32"
+    builder_flags: tuple[str, ...]  # BuilderFlag names set
+    cleared_flags: tuple[str, ...]  # BuilderFlag names cleared
+    pin_fp32_layers: bool  # TRT 10 weak FP16: layers outside the FP16 scopes pinned to FP32
+
+
+def precision_plan(major: int, fp16: bool, typing: str = "auto", tf32: bool = False) -> PrecisionPlan:
+    """Decide flags and graph for TensorRT `major` (10 or 11). typing: auto | strong | weak."""
+    if major not in SUPPORTED_MAJORS:
+        raise ValueError(f"TensorRT major version {major} is not supported ({SUPPORTED_MAJORS})")
+    if typing not in ("auto", "strong", "weak"):
+        raise ValueError(f"typing must be auto, strong or weak, got {typing!r}")
+    if major >= 11:
+        if typing == "weak":
+            raise ValueError("TensorRT 11 has no weakly typed networks (no BuilderFlag.FP16): use typing='strong'")
+        typing = "strong"
+    elif typing == "auto":
+        typing = "weak"
+    cleared = () if tf32 else ("TF32",)
+    if not fp16:
+        return PrecisionPlan("fp32", typing, "fp32", (), cleared, False)
+    if typing == "strong":
+        return PrecisionPlan("fp16", "strong", "fp16", (), cleared, False)
+    return PrecisionPlan("fp16", "weak", "fp32", ("FP16", "OBEY_PRECISION_CONSTRAINTS"), cleared, True)
+
+
+def network_flags(trt, major: int, strongly_typed: bool) -> int:
+    """create_network flags: TRT 11 networks are strongly typed by default (its STRONGLY_TYPED flag
+    is deprecated and ignored, so none is passed); TRT 10 sets STRONGLY_TYPED when asked."""
+    if major >= 11 or not strongly_typed:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _is_float(trt, dtype) -> bool:
+    return dtype in (trt.DataType.FLOAT, trt.DataType.HALF)
+
+
+def pin_sensitive_layers(trt, network, fp16_scopes: Sequence[str]) -> dict[str, Any]:
+    """TRT 10 weak typing: every layer whose name is outside `fp16_scopes` (the parser names layers
+    after their ONNX node) and that reads or writes a float tensor computes in FP32, and its float
+    outputs are FP32 (TopK / ArgMax included: their float inputs must not be rounded to FP16).
+    Constant and shape layers are left alone. Returns counts and the pinned layer names."""
+    skip_types = {getattr(trt.LayerType, t) for t in ("CONSTANT", "SHAPE") if hasattr(trt.LayerType, t)}
+    pinned, free = [], 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if any(layer.name.startswith(s) for s in fp16_scopes):
+            free += 1
+            continue
+        if layer.type in skip_types:
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
+        float_out = [j for j, o in enumerate(outputs) if o is not None and _is_float(trt, o.dtype)]
+        if not float_out and not any(t is not None and _is_float(trt, t.dtype) for t in inputs):
+            continue
+        layer.precision = trt.float32
+        for j in float_out:
+            layer.set_output_type(j, trt.float32)
+        pinned.append(layer.name)
+    return {"fp16_scope_layers": free, "fp32_pinned_layers": len(pinned), "fp32_pinned": pinned}
+
+
+# --------------------------------------------------------------------------------------------- plugin
+
+
+def _tensorrt_headers_for_major(major: int) -> Path | None:
+    """TensorRT include folder whose NvInferVersion.h has the runtime's major version."""
+    from plugins import binding
+
+    candidates: list[Path] = []
+    for var, sub in (("TensorRT_INCLUDE_DIR", ""), ("TensorRT_ROOT", "include")):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]) / sub)
+    candidates += sorted((binding.REPO_ROOT / "third_party").glob("TensorRT*/include"), reverse=True)
+    candidates += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include/aarch64-linux-gnu"),
+                   Path("/usr/local/TensorRT/include"), Path("/usr/include")]
+    for c in candidates:
+        headers = (c / "NvInferRuntime.h").is_file() and (c / "NvInferVersion.h").is_file()
+        if headers and _version_major(binding.tensorrt_header_version(c)) == major:
+            return c.resolve()
+    return None
+
+
+def resolve_plugin_library(path: str | os.PathLike | None = None, trt_major: int | None = None,
+                           archs: str | Sequence[str] | None = None) -> Path:
+    """The plugin library to load: `path`, else $MASKFACE_PLUGIN_LIBRARY, else built from plugins/
+    against TensorRT headers of the same major version as the runtime (a plugin compiled against
+    TensorRT 11 headers does not load into TensorRT 10 and vice versa). Raises PluginLoadError."""
+    if path is None and os.environ.get("MASKFACE_PLUGIN_LIBRARY"):
+        path = os.environ["MASKFACE_PLUGIN_LIBRARY"]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise PluginLoadError(f"plugin library {path} not found")
+        return path.resolve()
+    from plugins import binding
+
+    include = _tensorrt_headers_for_major(trt_major) if trt_major is not None else binding.find_tensorrt_include()
+    if include is None:
+        raise PluginLoadError(
+            f"no TensorRT {trt_major or ''} headers to build {binding.PLUGIN_LIBRARY} (set TensorRT_ROOT / "
+            "TensorRT_INCLUDE_DIR, or pass a prebuilt library)")
+    try:
+        return binding.build_plugin_library(archs=archs, tensorrt_include=include)
+    except binding.BuildError as exc:
+        raise PluginLoadError(f"cannot build {binding.PLUGIN_LIBRARY}: {exc}") from exc
+
+
+def load_plugin_library(trt, path: str | os.PathLike, check_creator: bool = True):
+    """Load the library into `trt`'s plugin registry (``tensorrt`` or ``tensorrt_lean``) and check
+    that the MultiLevelRoIAlign creator is registered. Returns the library handle."""
+    path = Path(path)
+    if not path.is_file():
+        raise PluginLoadError(f"plugin library {path} not found")
+    registry = trt.get_plugin_registry()
+    handle = registry.load_library(str(path))
+    if handle is None:
+        raise PluginLoadError(
+            f"{trt.__name__} {getattr(trt, '__version__', '?')} could not load {path} (built against another "
+            "TensorRT major version, or missing CUDA libraries?)")
+    if check_creator:
+        creator = registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+        if creator is None:
+            raise PluginLoadError(f"{path} loaded but registered no {PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION} creator")
+    return handle
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _make_logger(trt, echo: Callable[[str], None] | None, verbose: bool):
+    """A trt.ILogger that keeps every message (errors go into exceptions) and echoes warnings+."""
+
+    class _RecordingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[int, str]] = []
+
+        def log(self, severity, msg):
+            level = int(severity)
+            self.messages.append((level, str(msg)))
+            if echo is not None and (level <= 2 or (verbose and level <= 3)):
+                echo(f"[TensorRT {getattr(severity, 'name', level)}] {msg}")
+
+        def errors(self) -> list[str]:
+            return [m for level, m in self.messages if level <= 1]
+
+    return _RecordingLogger()
+
+
+def _error_field(error, attr: str, default=None):
+    fn = getattr(error, attr, None)
+    try:
+        return fn() if callable(fn) else default
+    except Exception:  # noqa: BLE001  # pragma: no cover - the bindings differ between versions
+        return default
+
+
+def _parser_errors(parser) -> list[str]:
+    """One line per parser error: description, node index / name / operator, code, source location."""
+    errors = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+
+        def get(attr, default=None, error=e):
+            return _error_field(error, attr, default)
+
+        parts = [str(get("desc", e))]
+        node, name, op = get("node", -1), get("node_name", ""), get("node_operator", "")
+        if (node is not None and node >= 0) or name:
+            parts.append(f"node {node} {name!r} ({op})")
+        code = get("code")
+        if code is not None:
+            parts.append(f"code {getattr(code, 'name', code)}")
+        where = get("file")
+        if where:
+            parts.append(f"at {where}:{get('line', '?')} {get('func', '')}".rstrip())
+        errors.append("; ".join(parts))
+    return errors
+
+
+def _network_input_shapes(network) -> dict[str, tuple[int, ...]]:
+    return {network.get_input(i).name: tuple(int(d) for d in network.get_input(i).shape)
+            for i in range(network.num_inputs)}
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def build_engine(
+    trt, onnx_path: Path, plan_path: Path, ranges: ProfileRanges, plan: PrecisionPlan, *, major: int,
+    workspace_bytes: int, fp16_scopes: Sequence[str], plugin_library: Path | None = None,
+    embed_plugin: bool = False, version_compatible: bool = False, echo: Callable[[str], None] | None = print,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Parse one ONNX graph, set its profile and flags, build and write the plan. Returns its metadata."""
+    logger = _make_logger(trt, echo, verbose)
+    start = time.perf_counter()
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, major, plan.typing == "strong"))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise OnnxParseError(onnx_path, _parser_errors(parser) or logger.errors())
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in plan.cleared_flags:
+        if hasattr(trt.BuilderFlag, flag):
+            config.clear_flag(getattr(trt.BuilderFlag, flag))
+    layers = pin_sensitive_layers(trt, network, fp16_scopes) if plan.pin_fp32_layers else None
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
+    if embed_plugin and plugin_library is not None:
+        config.plugins_to_serialize = [str(plugin_library)]
+
+    declared = _network_input_shapes(network)
+    notes: list[str] = []
+    profile_errors: list[str] = []
+    shapes = profile_shapes(declared, ranges)
+    index = _add_profile(builder, config, shapes, profile_errors)
+    if index < 0 and ROIS_INPUT in shapes and ranges.min_faces == 0:
+        # The graph accepts N = 0 (it pads one ROI itself); a TensorRT that refuses zero-sized
+        # profile dimensions gets N >= 1 and the caller must skip the engine for zero faces.
+        notes.append("TensorRT refused N = 0 in the rois profile; the engine accepts N >= 1")
+        ranges = _replace(ranges, min_faces=1)
+        shapes = profile_shapes(declared, ranges)
+        index = _add_profile(builder, config, shapes, profile_errors)
+    if index < 0:
+        raise EngineBuildError(f"{onnx_path.name}: TensorRT refused the optimisation profile {_profiles_json(shapes)}:\n"
+                               + "\n".join(profile_errors + logger.errors()))
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"building {onnx_path.name} failed:\n" + "\n".join(logger.errors() or ["(no error logged)"]))
+    data = memoryview(serialized)
+    atomic_write_bytes(plan_path, data)
+    info: dict[str, Any] = {
+        "plan": plan_path.name, "plan_sha256": sha256_file(plan_path), "plan_bytes": plan_path.stat().st_size,
+        "built_from": str(onnx_path), "built_from_sha256": sha256_file(onnx_path),
+        "profile": _profiles_json(shapes), "build_seconds": round(time.perf_counter() - start, 3),
+        "num_layers": int(network.num_layers),
+        "inputs": {n: list(s) for n, s in declared.items()},
+        "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
+        "warnings": [m for level, m in logger.messages if level == 2][:50],
+    }
+    if layers is not None:
+        info["precision_constraints"] = {k: v for k, v in layers.items() if k != "fp32_pinned"}
+        info["precision_constraints"]["fp32_pinned_examples"] = layers["fp32_pinned"][:20]
+    if notes:
+        info["notes"] = notes
+    return info
+
+
+def _replace(ranges: ProfileRanges, **changes) -> ProfileRanges:
+    values = asdict(ranges)
+    values.update(changes)
+    values["opt_size"] = tuple(values["opt_size"])
+    return ProfileRanges(**values)
+
+
+def _add_profile(builder, config, shapes: ProfileShapes, errors: list[str] | None = None) -> int:
+    """Index of the added profile, or -1 when TensorRT refuses it (some versions raise instead)."""
+    profile = builder.create_optimization_profile()
+    try:
+        for name, (mn, opt, mx) in shapes.items():
+            profile.set_shape(name, mn, opt, mx)
+        return int(config.add_optimization_profile(profile))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        if errors is not None:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        return -1
+
+
+def build_engines(
+    onnx_paths: Mapping[str, str | os.PathLike],
+    out_dir: str | os.PathLike = DEFAULT_OUT_DIR,
+    plugin_library: str | os.PathLike | None = None,
+    fp16: bool = True,
+    max_size: int = 1024,
+    max_batch: int = 1,
+    max_faces: int = DEFAULT_MAX_FACES,
+    *,
+    opt_size: tuple[int, int] = (480, 640),
+    opt_batch: int = 1,
+    opt_faces: int = 16,
+    min_faces: int = 0,
+    min_size: int = SIZE_MULTIPLE,
+    workspace_gb: float = 4.0,
+    typing: str = "auto",
+    tf32: bool = False,
+    fp16_policy=None,
+    fp16_dir: str | os.PathLike | None = None,
+    engines: Sequence[str] = ENGINE_NAMES,
+    embed_plugin: bool = False,
+    version_compatible: bool = False,
+    require_gpu: bool = True,
+    verbose: bool = False,
+    echo: Callable[[str], None] | None = print,
+    model_info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build detector.plan and keypoint_head.plan from ``onnx_paths`` (export_all's dict: keys
+    "detector" and "keypoint_head", the custom-node graph) into ``out_dir`` and write engines.json.
+
+    fp16: FP16 engines (see the module docstring for TRT 10 vs 11); max_size: largest image side
+    (multiple of 64); max_batch; max_faces: largest ROI count of the keypoint engine. Returns the
+    metadata written to engines.json. Raises TensorRTUnavailable, PluginLoadError, OnnxParseError,
+    EngineBuildError. ``model_info`` goes to engines.json under "model".
+    """
+    from export import fp16 as fp16_mod
+
+    trt = import_tensorrt()
+    if require_gpu:
+        missing = _cuda_reason()
+        if missing:
+            raise TensorRTUnavailable(f"tensorrt {trt.__version__} is installed but there is {missing}")
+    major = _version_major(trt.__version__)
+    ranges = ProfileRanges(max_size=max_size, max_batch=max_batch, max_faces=max_faces, min_size=min_size,
+                           opt_size=tuple(opt_size), opt_batch=opt_batch, min_faces=min_faces, opt_faces=opt_faces)
+    plan = precision_plan(major, fp16, typing, tf32)
+    policy = fp16_policy or fp16_mod.Fp16Policy()
+    unknown = [e for e in engines if e not in ENGINE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown engine(s) {unknown}; known: {ENGINE_NAMES}")
+    missing_onnx = [e for e in engines if e not in onnx_paths]
+    if missing_onnx:
+        raise ValueError(f"onnx_paths has no {missing_onnx} (keys: {sorted(onnx_paths)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    plugin_path = None
+    plugin_meta = None
+    if KEYPOINT_HEAD in engines:
+        plugin_path = resolve_plugin_library(plugin_library, major)
+        load_plugin_library(trt, plugin_path)
+        plugin_meta = {"path": str(plugin_path), "sha256": sha256_file(plugin_path), "embedded": bool(embed_plugin),
+                       "creator": f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION}"}
+        if echo:
+            echo(f"tensorrt_build: loaded plugin library {plugin_path}")
+
+    results: dict[str, Any] = {}
+    inputs_meta: dict[str, Any] = {}
+    for name in engines:
+        src = Path(onnx_paths[name])
+        if not src.is_file():
+            raise FileNotFoundError(f"ONNX graph {src} not found")
+        inputs_meta[name] = {"onnx": str(src), "sha256": sha256_file(src)}
+        build_src = src
+        if plan.onnx_variant == "fp16":
+            build_src = fp16_mod.fp16_path(src) if fp16_dir is None else Path(fp16_dir) / fp16_mod.fp16_path(src).name
+            report = fp16_mod.convert_file(src, build_src, policy)
+            inputs_meta[name]["fp16_onnx"] = str(build_src)
+            inputs_meta[name]["fp16_onnx_sha256"] = sha256_file(build_src)
+            inputs_meta[name]["fp16_conversion"] = {k: v for k, v in report.to_dict().items() if k != "policy"}
+        if echo:
+            echo(f"tensorrt_build: building {PLAN_FILES[name]} from {build_src} ({plan.precision}, {plan.typing} typing)")
+        results[name] = build_engine(
+            trt, build_src, out / PLAN_FILES[name], ranges, plan, major=major,
+            workspace_bytes=int(workspace_gb * 2**30), fp16_scopes=policy.scopes,
+            plugin_library=plugin_path, embed_plugin=embed_plugin, version_compatible=version_compatible,
+            echo=echo, verbose=verbose,
+        )
+
+    metadata: dict[str, Any] = {
+        "format": METADATA_FORMAT,
+        "tensorrt_version": trt.__version__,
+        "tensorrt_major": major,
+        "gpu": gpu_info(),
+        "precision": plan.precision,
+        "typing": plan.typing,
+        "precision_plan": asdict(plan),
+        "fp16_policy": policy.to_dict() if plan.precision == "fp16" else None,
+        "profiles": {name: info["profile"] for name, info in results.items()},
+        "limits": {"max_size": ranges.max_size, "min_size": ranges.min_size, "max_batch": ranges.max_batch,
+                   "max_faces": ranges.max_faces, "min_faces": ranges.min_faces, "size_multiple": SIZE_MULTIPLE},
+        "workspace_gb": workspace_gb,
+        "version_compatible": bool(version_compatible),
+        "inputs": inputs_meta,
+        "plugin_library": plugin_meta,
+        "engines": results,
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": {"python": sys.version.split()[0], "platform": platform.platform()},
+    }
+    if model_info:
+        # Shape facts the Triton renderer reads (num_landmarks, feature_channels, pre_nms_topk).
+        metadata["model"] = dict(model_info)
+    metadata = json.loads(json.dumps(metadata))  # what engines.json holds (tuples become lists)
+    atomic_write_bytes(out / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
+    if echo:
+        echo(f"tensorrt_build: wrote {', '.join(PLAN_FILES[n] for n in engines)} and {METADATA_FILE} to {out}")
+    return metadata
+
+
+def read_metadata(engine_dir: str | os.PathLike) -> dict[str, Any]:
+    """engines.json of a build folder."""
+    return json.loads((Path(engine_dir) / METADATA_FILE).read_text())

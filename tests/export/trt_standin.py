@@ -1,0 +1,517 @@
+"""A stand-in for the ``tensorrt`` Python module that records every call (tests only).
+
+``make_tensorrt(version)`` returns a module object with the parts of the TensorRT 10 / 11 API that
+export/tensorrt_build.py and export/engine_runner.py use, shaped like the real bindings:
+
+* builder side: Builder, network (inputs / layers read from the ONNX file with onnx, so layer names
+  are the ONNX node names as TensorRT's parser gives them), OnnxParser (a node outside the default
+  ONNX domain becomes a plugin only if the registry holds a creator for its op type +
+  ``plugin_version`` / ``plugin_namespace`` attributes, as in TensorRT; otherwise a parser error),
+  builder config (flags, memory pools, profiles validated like TensorRT: min <= opt <= max, ranks,
+  zero dimensions optionally refused), build_serialized_network -> a "plan" that is JSON describing
+  what was built. Version differences: TRT 11 has no BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS
+  and no ILayer.precision / set_output_type; on TRT 10 a strongly typed network refuses them.
+* plugin registry: load_library(path) registers the MultiLevelRoIAlign creator for an existing file.
+* runtime side: Runtime.deserialize_cuda_engine(plan JSON) -> engine / execution context that
+  "execute" on CPU memory: inputs are read from the bound addresses, ``module.executor(inputs)``
+  (numpy in, numpy out) computes the outputs, which are written to the bound addresses or through
+  an IOutputAllocator for names in ``module.data_dependent``.
+
+Every call is appended to ``module.calls`` as a tuple (name, *arguments).
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+PLUGIN_CREATORS = {("MultiLevelRoIAlign", "1", "maskface")}
+
+_LAYER_TYPES = {
+    "Conv": "CONVOLUTION", "ConvTranspose": "DECONVOLUTION", "Relu": "ACTIVATION", "Clip": "ACTIVATION",
+    "Sigmoid": "ACTIVATION", "Add": "ELEMENTWISE", "Mul": "ELEMENTWISE", "Sub": "ELEMENTWISE", "Div": "ELEMENTWISE",
+    "Constant": "CONSTANT", "Shape": "SHAPE", "TopK": "TOPK", "Softmax": "SOFTMAX", "Cast": "CAST",
+    "InstanceNormalization": "NORMALIZATION", "Resize": "RESIZE", "Concat": "CONCATENATION", "Exp": "UNARY",
+    "ArgMax": "REDUCE", "Gather": "GATHER", "GatherElements": "GATHER", "MaxPool": "POOLING",
+}
+_ONNX_TO_TRT = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT64: "INT64",
+                onnx.TensorProto.INT32: "INT32", onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.INT8: "INT8",
+                onnx.TensorProto.UINT8: "UINT8"}
+_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_,
+          "INT8": np.int8, "UINT8": np.uint8}
+
+
+def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, fail_build: bool = False,
+                  unsupported_ops: tuple[str, ...] = (), name: str = "tensorrt") -> types.ModuleType:
+    major = int(version.split(".")[0])
+    trt = types.ModuleType(name)
+    trt.__version__ = version
+    trt.calls = []
+    trt.executor = None
+    trt.data_dependent = set()
+    calls = trt.calls
+
+    DataType = enum.IntEnum("DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64"], start=0)
+    trt.DataType = DataType
+    trt.float32, trt.float16, trt.int32, trt.int64, trt.bool = (DataType.FLOAT, DataType.HALF, DataType.INT32,
+                                                                DataType.INT64, DataType.BOOL)
+    trt.LayerType = enum.IntEnum("LayerType", sorted(set(_LAYER_TYPES.values()) | {"PLUGIN_V3", "SHUFFLE"}))
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM"], start=0)
+    trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"], start=0)
+    if major >= 11:
+        trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {
+            "STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2})
+        trt.BuilderFlag = enum.IntEnum("BuilderFlag", {
+            "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6, "SPARSE_WEIGHTS": 7,
+            "VERSION_COMPATIBLE": 12, "EXCLUDE_LEAN_RUNTIME": 13})
+    else:
+        trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {
+            "EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_JIT_PYTHON_PLUGINS": 2, "PREFER_AOT_PYTHON_PLUGINS": 3})
+        trt.BuilderFlag = enum.IntEnum("BuilderFlag", {
+            "FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6,
+            "SPARSE_WEIGHTS": 7, "OBEY_PRECISION_CONSTRAINTS": 9, "PREFER_PRECISION_CONSTRAINTS": 10,
+            "VERSION_COMPATIBLE": 13, "EXCLUDE_LEAN_RUNTIME": 14, "BF16": 17})
+
+    # ------------------------------------------------------------------ logging
+    class ILogger:
+        Severity = enum.IntEnum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"], start=0)
+
+        def __init__(self):
+            pass
+
+        def log(self, severity, msg):  # pragma: no cover - overridden
+            pass
+
+    class Logger(ILogger):
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = tuple(ILogger.Severity)
+
+        def __init__(self, min_severity=None):
+            super().__init__()
+            self.min_severity = min_severity
+
+    trt.ILogger, trt.Logger = ILogger, Logger
+
+    # ------------------------------------------------------------------ plugin registry
+    class PluginRegistry:
+        def __init__(self):
+            self.creators: set[tuple[str, str, str]] = set()
+            self.libraries: dict[int, str] = {}
+
+        def load_library(self, path):
+            calls.append(("load_library", str(path)))
+            if not Path(path).is_file():
+                return None
+            handle = len(self.libraries) + 1
+            self.libraries[handle] = str(path)
+            self.creators |= PLUGIN_CREATORS
+            return handle
+
+        def deregister_library(self, handle):
+            calls.append(("deregister_library", handle))
+            self.libraries.pop(handle, None)
+            if not self.libraries:
+                self.creators.clear()
+
+        def get_creator(self, name, version, namespace=""):
+            return (name, version, namespace) if (name, version, namespace) in self.creators else None
+
+    registry = PluginRegistry()
+    trt.get_plugin_registry = lambda: registry
+    trt.registry = registry
+
+    # ------------------------------------------------------------------ network
+    class Tensor:
+        def __init__(self, name, shape, dtype):
+            self.name, self.shape, self.dtype = name, tuple(shape), dtype
+
+    class Layer:
+        def __init__(self, network, name, type_, inputs, outputs):
+            self._network = network
+            self.name, self.type, self._inputs, self._outputs = name, type_, inputs, outputs
+            self._precision = None
+            self.output_types = {}
+
+        @property
+        def num_outputs(self):
+            return len(self._outputs)
+
+        def get_output(self, i):
+            return self._outputs[i]
+
+        @property
+        def num_inputs(self):
+            return len(self._inputs)
+
+        def get_input(self, i):
+            return self._inputs[i]
+
+        if major < 11:
+            @property
+            def precision(self):
+                return self._precision if self._precision is not None else DataType.FLOAT
+
+            @precision.setter
+            def precision(self, value):
+                if self._network.strongly_typed:
+                    raise RuntimeError(f"strongly typed network: setPrecision not allowed on {self.name}")
+                calls.append(("layer.precision", self.name, DataType(value).name))
+                self._precision = value
+
+            def set_output_type(self, index, dtype):
+                if self._network.strongly_typed:
+                    raise RuntimeError(f"strongly typed network: setOutputType not allowed on {self.name}")
+                if self._outputs[index].dtype not in (DataType.FLOAT, DataType.HALF):
+                    raise RuntimeError(f"{self.name}: output {index} is {self._outputs[index].dtype.name}, not a float")
+                calls.append(("layer.set_output_type", self.name, index, DataType(dtype).name))
+                self.output_types[index] = dtype
+        else:  # TensorRT 11 removed ILayer.precision / set_output_type (strong typing only)
+            @property
+            def precision(self):
+                raise AttributeError("ILayer.precision was removed in TensorRT 11")
+
+            @precision.setter
+            def precision(self, value):
+                raise AttributeError("ILayer.precision was removed in TensorRT 11")
+
+    class Network:
+        def __init__(self, flags):
+            self.flags = flags
+            self.strongly_typed = major >= 11 or bool(flags & (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+            self.inputs: list[Tensor] = []
+            self.outputs: list[Tensor] = []
+            self.layers: list[Layer] = []
+
+        num_inputs = property(lambda self: len(self.inputs))
+        num_outputs = property(lambda self: len(self.outputs))
+        num_layers = property(lambda self: len(self.layers))
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+        def get_output(self, i):
+            return self.outputs[i]
+
+        def get_layer(self, i):
+            return self.layers[i]
+
+    class ParserError:
+        def __init__(self, desc, node=-1, node_name="", node_operator="", code="UNSUPPORTED_NODE"):
+            self._desc, self._node, self._name, self._op, self._code = desc, node, node_name, node_operator, code
+
+        def desc(self):
+            return self._desc
+
+        def node(self):
+            return self._node
+
+        def node_name(self):
+            return self._name
+
+        def node_operator(self):
+            return self._op
+
+        def code(self):
+            return types.SimpleNamespace(name=self._code)
+
+        def file(self):
+            return "ModelImporter.cpp"
+
+        def line(self):
+            return 42
+
+        def func(self):
+            return "parseNode"
+
+    def _dtype(elem):
+        return DataType[_ONNX_TO_TRT.get(elem, "INT32")]
+
+    def _shape(value_info):
+        dims = value_info.type.tensor_type.shape.dim
+        return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            calls.append(("OnnxParser",))
+            self.network, self.logger, self.errors = network, logger, []
+
+        @property
+        def num_errors(self):
+            return len(self.errors)
+
+        def get_error(self, i):
+            return self.errors[i]
+
+        def clear_errors(self):
+            self.errors.clear()
+
+        def parse_from_file(self, path):
+            calls.append(("parse_from_file", str(path)))
+            try:
+                model = onnx.load(str(path))
+            except Exception as exc:  # noqa: BLE001 - any load failure is a parser error
+                self.errors.append(ParserError(f"failed to load the model: {exc}", code="MODEL_DESERIALIZE_FAILED"))
+                return False
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            types_ = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(model.graph.input)
+                      + list(model.graph.output)}
+            for init in model.graph.initializer:
+                types_[init.name] = init.data_type
+            inits = {i.name for i in model.graph.initializer}
+            net = self.network
+            net.inputs = [Tensor(i.name, _shape(i), _dtype(i.type.tensor_type.elem_type)) for i in model.graph.input
+                          if i.name not in inits]
+            net.outputs = [Tensor(o.name, _shape(o), _dtype(o.type.tensor_type.elem_type)) for o in model.graph.output]
+            for index, node in enumerate(model.graph.node):
+                if node.op_type in unsupported_ops:
+                    self.errors.append(ParserError(f"No importer registered for op: {node.op_type}", index, node.name, node.op_type))
+                    continue
+                kind = _LAYER_TYPES.get(node.op_type, "SHUFFLE")
+                if node.domain not in ("", "ai.onnx"):
+                    attrs = {a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING}
+                    key = (node.op_type, attrs.get("plugin_version", "1"), attrs.get("plugin_namespace", ""))
+                    if registry.get_creator(*key) is None:
+                        self.errors.append(ParserError(
+                            f"No importer registered for op: {node.op_type}. Attempting to import as plugin. "
+                            f"Plugin creator registration failed: {key}", index, node.name, node.op_type))
+                        continue
+                    kind = "PLUGIN_V3"
+                outs = [Tensor(o, (), _dtype(types_.get(o, onnx.TensorProto.FLOAT))) for o in node.output]
+                ins = [Tensor(i, (), _dtype(types_.get(i, onnx.TensorProto.FLOAT))) if i else None for i in node.input]
+                net.layers.append(Layer(net, node.name, trt.LayerType[kind], ins, outs))
+            return not self.errors
+
+    # ------------------------------------------------------------------ builder
+    class OptimizationProfile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, min, opt, max):
+            calls.append(("set_shape", name, tuple(min), tuple(opt), tuple(max)))
+            self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+
+        def get_shape(self, name):
+            return self.shapes.get(name)
+
+    class BuilderConfig:
+        def __init__(self, logger):
+            self.logger = logger
+            self.flags: set[str] = {"TF32"}
+            self.pools = {}
+            self.profiles: list[OptimizationProfile] = []
+            self.plugins_to_serialize = []
+
+        def set_flag(self, flag):
+            calls.append(("set_flag", trt.BuilderFlag(flag).name))
+            self.flags.add(trt.BuilderFlag(flag).name)
+
+        def clear_flag(self, flag):
+            calls.append(("clear_flag", trt.BuilderFlag(flag).name))
+            self.flags.discard(trt.BuilderFlag(flag).name)
+
+        def get_flag(self, flag):
+            return trt.BuilderFlag(flag).name in self.flags
+
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("set_memory_pool_limit", trt.MemoryPoolType(pool).name, int(size)))
+            self.pools[trt.MemoryPoolType(pool).name] = int(size)
+
+        def add_optimization_profile(self, profile):
+            calls.append(("add_optimization_profile", dict(profile.shapes)))
+            lowest = 1 if refuse_zero_dims else 0
+            for tensor, (mn, opt, mx) in profile.shapes.items():
+                ok = len(mn) == len(opt) == len(mx) and all(lowest <= a <= b <= c for a, b, c in zip(mn, opt, mx))
+                if not ok:
+                    self.logger.log(ILogger.Severity.ERROR, f"profile for {tensor} invalid: {mn} {opt} {mx}")
+                    return -1
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+    class HostMemory(bytes):
+        pass
+
+    class Builder:
+        def __init__(self, logger):
+            calls.append(("Builder",))
+            self.logger = logger
+
+        def create_network(self, flags=0):
+            calls.append(("create_network", int(flags)))
+            return Network(int(flags))
+
+        def create_builder_config(self):
+            return BuilderConfig(self.logger)
+
+        def create_optimization_profile(self):
+            return OptimizationProfile()
+
+        def build_serialized_network(self, network, config):
+            calls.append(("build_serialized_network", [i.name for i in network.inputs]))
+            if fail_build:
+                self.logger.log(ILogger.Severity.ERROR, "stand-in: build failed on purpose")
+                return None
+            if "FP16" in config.flags and network.strongly_typed:
+                self.logger.log(ILogger.Severity.ERROR, "FP16 flag with a strongly typed network")
+                return None
+            if len(config.profiles) != 1:
+                self.logger.log(ILogger.Severity.ERROR, f"{len(config.profiles)} profiles")
+                return None
+            profile = config.profiles[0].shapes
+            for t in network.inputs:
+                if -1 in t.shape and t.name not in profile:
+                    self.logger.log(ILogger.Severity.ERROR, f"dynamic input {t.name} has no profile")
+                    return None
+                if t.name in profile:
+                    for shape in profile[t.name]:
+                        if len(shape) != len(t.shape) or any(d >= 0 and d != s for d, s in zip(t.shape, shape)):
+                            self.logger.log(ILogger.Severity.ERROR, f"profile {shape} does not fit {t.name} {t.shape}")
+                            return None
+            plan = {
+                "standin": True, "version": version, "network_flags": network.flags,
+                "strongly_typed": network.strongly_typed, "flags": sorted(config.flags), "pools": config.pools,
+                "plugins_to_serialize": list(config.plugins_to_serialize),
+                "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in network.inputs],
+                "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in network.outputs],
+                "profile": {n: [list(s) for s in v] for n, v in profile.items()},
+                "layers": {layer.name: {"precision": DataType(layer._precision).name if layer._precision is not None else None,
+                                        "output_types": {str(k): DataType(v).name for k, v in layer.output_types.items()}}
+                           for layer in network.layers},
+            }
+            return HostMemory(json.dumps(plan).encode())
+
+    trt.Builder, trt.OnnxParser, trt.IOptimizationProfile = Builder, OnnxParser, OptimizationProfile
+
+    # ------------------------------------------------------------------ runtime
+    class IOutputAllocator:
+        def __init__(self):
+            pass
+
+    trt.IOutputAllocator = IOutputAllocator
+
+    def _read(ptr, shape, dtype):
+        count = int(np.prod(shape)) if len(shape) else 1
+        if count == 0:
+            return np.zeros(shape, dtype)
+        nbytes = count * np.dtype(dtype).itemsize
+        buf = (ctypes.c_char * nbytes).from_address(ptr)
+        return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape).copy()
+
+    def _write(ptr, array):
+        array = np.ascontiguousarray(array)
+        if array.size:
+            ctypes.memmove(ptr, array.ctypes.data, array.nbytes)
+
+    class ExecutionContext:
+        def __init__(self, engine):
+            self.engine = engine
+            self.shapes, self.addresses, self.allocators = {}, {}, {}
+            self._results = None
+
+        def set_input_shape(self, name, shape):
+            calls.append(("set_input_shape", name, tuple(shape)))
+            mn, _, mx = self.engine.profile[name]
+            ok = len(shape) == len(mn) and all(a <= s <= b for a, s, b in zip(mn, shape, mx))
+            if ok:
+                self.shapes[name] = tuple(shape)
+                self._results = None
+            return ok
+
+        def set_tensor_address(self, name, ptr):
+            calls.append(("set_tensor_address", name))
+            self.addresses[name] = int(ptr)
+            if name in self.engine.profile:  # an input moved: recompute
+                self._results = None
+            return True
+
+        def infer_shapes(self):
+            return [i["name"] for i in self.engine.plan["inputs"] if i["name"] not in self.shapes]
+
+        def _compute(self):
+            if self._results is None:
+                inputs = {i["name"]: _read(self.addresses[i["name"]], self.shapes[i["name"]], _NUMPY[i["dtype"]])
+                          for i in self.engine.plan["inputs"]}
+                self._results = {k: np.asarray(v) for k, v in trt.executor(inputs).items()}
+            return self._results
+
+        def get_tensor_shape(self, name):
+            if name in self.shapes:
+                return self.shapes[name]
+            shape = list(self._compute()[name].shape)
+            if name in trt.data_dependent:
+                shape[0] = -1
+            return tuple(shape)
+
+        def set_output_allocator(self, name, allocator):
+            calls.append(("set_output_allocator", name))
+            self.allocators[name] = allocator
+            return True
+
+        def execute_async_v3(self, stream_handle):
+            calls.append(("execute_async_v3", stream_handle))
+            results = self._compute()
+            for o in self.engine.plan["outputs"]:
+                value = results[o["name"]].astype(_NUMPY[o["dtype"]])
+                if o["name"] in self.allocators:
+                    ptr = self.allocators[o["name"]].reallocate_output_async(o["name"], 0, value.nbytes, 256, stream_handle)
+                    _write(ptr, value)
+                    self.allocators[o["name"]].notify_shape(o["name"], value.shape)
+                else:
+                    _write(self.addresses[o["name"]], value)
+            return True
+
+    class CudaEngine:
+        def __init__(self, plan):
+            self.plan = plan
+            self.io = [(i["name"], trt.TensorIOMode.INPUT, i) for i in plan["inputs"]] + \
+                      [(o["name"], trt.TensorIOMode.OUTPUT, o) for o in plan["outputs"]]
+            self.profile = {n: tuple(tuple(s) for s in v) for n, v in plan["profile"].items()}
+
+        num_io_tensors = property(lambda self: len(self.io))
+
+        def get_tensor_name(self, i):
+            return self.io[i][0]
+
+        def _info(self, name):
+            return next(x for x in self.io if x[0] == name)
+
+        def get_tensor_mode(self, name):
+            return self._info(name)[1]
+
+        def get_tensor_dtype(self, name):
+            return DataType[self._info(name)[2]["dtype"]]
+
+        def get_tensor_shape(self, name):
+            return tuple(self._info(name)[2]["shape"])
+
+        def get_tensor_profile_shape(self, name, index):
+            return [list(s) for s in self.profile[name]]
+
+        def create_execution_context(self):
+            return ExecutionContext(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            calls.append(("Runtime",))
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data):
+            calls.append(("deserialize_cuda_engine", len(data)))
+            try:
+                plan = json.loads(bytes(data))
+            except ValueError:
+                return None
+            return CudaEngine(plan) if plan.get("standin") else None
+
+    trt.Runtime = Runtime
+    return trt
+
+
+def make_tensorrt_lean(version: str = "11.4.0.106") -> types.ModuleType:
+    """Like the real tensorrt-lean: a runtime and a plugin registry, but no Builder / OnnxParser."""
+    trt = make_tensorrt(version, name="tensorrt_lean")
+    del trt.Builder, trt.OnnxParser
+    return trt
