@@ -1,0 +1,153 @@
+"""Smoke tests of benchmarks/latency.py with tiny settings (mbv2, 128x128, 2 runs, faces 1 and 2).
+
+No test asserts a wall-clock time: speed is reported by the benchmarks, never checked here.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import latency
+
+STATS = {"median", "p90", "min", "mean", "n"}
+ROW_FIELDS = {
+    "backbone", "backbone_name", "size", "input_hw", "backend", "engine", "precision", "device_kind", "device_name",
+    "threads", "batch", "trained", "checkpoint", "seed", "runs", "warmup", "preprocess_included", "e2e_faces",
+    "detector_ms", "nms_ms", "nms_full_ms", "nms_kept", "nms_full_kept", "nms_full_candidates", "num_candidates",
+    "keypoints", "e2e_keypoints_ms", "e2e_ms", "checks", "notes", "gflop", "gflops_achieved", "peak_fraction",
+}
+TOP_FIELDS = {"schema_version", "complete", "created", "command", "environment", "settings", "definitions",
+              "preprocess_ms", "paper_table7", "rows", "ratios", "skipped"}
+ENV_FIELDS = {"torch", "cpu", "device", "device_name", "threads", "cpu_available", "peak", "onnxruntime"}
+TINY = ["--backbones", "mbv2", "--sizes", "128x128", "--runs", "2", "--warmup", "1", "--faces", "1,2",
+        "--e2e-faces", "2", "--device", "cpu", "--threads", "2", "--no-progress"]
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    out, cache = root / "out", root / "cache"
+    code = latency.main(TINY + ["--out", str(out), "--cache-dir", str(cache)])
+    return code, out, cache
+
+
+def test_tiny_run_writes_every_field(tiny_run):
+    code, out, _ = tiny_run
+    assert code == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert TOP_FIELDS <= set(report)
+    assert report["complete"] is True
+    assert ENV_FIELDS <= set(report["environment"])
+    peak = report["environment"]["peak"]
+    assert peak["estimate"] is True and "formula" in peak
+
+    expected = {"torch-fp32", "onnxruntime"} if _has("onnxruntime") else {"torch-fp32"}
+    assert {r["backend"] for r in report["rows"]} == expected
+    for row in report["rows"]:
+        missing = ROW_FIELDS - set(row)
+        assert not missing, f"{row['backend']} lacks {missing}"
+        assert row["backbone"] == "mbv2" and row["size"] == "128x128" and row["input_hw"] == [128, 128]
+        assert row["trained"] is False and row["seed"] == 0 and row["preprocess_included"] is False
+        assert row["threads"] == 2 and row["runs"] == 2 and row["device_kind"] == "cpu"
+        for stage in ("detector_ms", "nms_ms", "nms_full_ms", "e2e_ms", "e2e_keypoints_ms"):
+            assert STATS <= set(row[stage]), stage
+            assert row[stage]["n"] == 2 and 0 < row[stage]["median"] <= row[stage]["p90"] + 1e-9
+        assert set(row["keypoints"]) == {"1", "2"}
+        for v in row["keypoints"].values():
+            assert STATS <= set(v["total_ms"]) and STATS <= set(v["per_face_ms"])
+        # The e2e chain contains the detector and the NMS it is stamped from.
+        assert row["e2e_ms"]["median"] >= row["detector_ms"]["median"]
+        assert row["gflop"]["detector"] > 0 and row["gflop"]["keypoint_per_face"] > 0
+        assert row["gflop"]["e2e"] == pytest.approx(row["gflop"]["detector"] + 2 * row["gflop"]["keypoint_per_face"])
+        assert {"detector", "e2e", "keypoints_1", "keypoints_2"} <= set(row["gflops_achieved"])
+        if peak["gflops"]:
+            assert row["peak_fraction"]["detector"] == pytest.approx(
+                row["gflops_achieved"]["detector"] / peak["gflops"])
+        assert 0 < row["nms_full_candidates"] <= row["num_candidates"] == 5000
+    if expected == {"torch-fp32", "onnxruntime"}:
+        assert len(report["ratios"]) == 1 and report["ratios"][0]["detector"] > 0
+    assert set(report["preprocess_ms"]) == {"128x128"}
+    assert [p["method"] for p in report["paper_table7"]].count("MaskFace") == 2
+
+
+def test_markdown_has_the_papers_rows_and_png_exists(tiny_run):
+    _, out, _ = tiny_run
+    md = (out / "latency.md").read_text()
+    for text in ("RetinaFace", "RefineFace", "DFS", "ResNeXt-152", "NVIDIA GeForce RTX 2080 Ti", "NVIDIA Tesla P40",
+                 "NVIDIA GeForce GTX 1080 Ti", "| 20.0 |", "| 55.0 |", "| 75.0 |", "| 35.0 |", "| 57.0 |", "0.11",
+                 "paper Table 7", "untrained", "preprocessing EXCLUDED", "an ESTIMATE"):
+        assert text in md, text
+    assert "| MobileNetV2 | 128x128 (128x128) | torch-fp32 | FP32 | cpu | 2 |" in md
+    png = (out / "latency.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_onnx_cache_is_reused_while_the_key_matches(tiny_run):
+    pytest.importorskip("onnxruntime")
+    _, _, cache = tiny_run
+    folder = cache / "onnx" / "mbv2"
+    meta = json.loads((folder / "export_meta.json").read_text())
+    torch.manual_seed(0)
+    model, _ = latency.load_model("mbv2", None, 0)
+    key = latency.model_key(model.cfg, 0, None)
+    assert meta["key"] == key
+    stamp = (folder / "detector.onnx").stat().st_mtime_ns
+    messages = []
+    latency.onnx_graphs(model, key, cache, messages.append)
+    assert (folder / "detector.onnx").stat().st_mtime_ns == stamp and "reusing" in messages[0]
+    # Another seed or another config is another key (so a stale export is never reused).
+    assert latency.model_key(model.cfg, 1, None) != key
+    other = latency.load_model("mbv2", None, 0)[0].cfg
+    other.inference.pre_nms_topk = 1000
+    assert latency.model_key(other, 0, None) != key
+
+
+def test_cuda_backends_are_skipped_with_a_reason_on_cpu(tmp_path):
+    code = latency.main(TINY + ["--backends", "torch-fp16,tensorrt-fp16", "--out", str(tmp_path)])
+    assert code == 1  # no row could run
+    report = json.loads((tmp_path / "latency.json").read_text())
+    assert report["rows"] == []
+    assert {s["backend"] for s in report["skipped"]} == {"torch-fp16", "tensorrt-fp16"}
+    assert all("cuda" in s["reason"].lower() for s in report["skipped"])
+    assert "## Skipped" in (tmp_path / "latency.md").read_text()
+
+
+def test_peak_estimate_formula():
+    info = {"flags": ["avx", "avx2", "fma"], "physical_cores": 8, "max_mhz": 3000.0, "mhz_source": "test"}
+    peak = latency.cpu_peak_gflops(info, threads=4)
+    assert peak["gflops"] == pytest.approx(4 * 3.0 * 8 * 2 * 2) and peak["estimate"] is True
+    assert latency.cpu_peak_gflops({**info, "flags": ["avx512f", "fma"]}, 16)["gflops"] == pytest.approx(8 * 3 * 16 * 2 * 2)
+    assert latency.cpu_peak_gflops({**info, "flags": ["sse2"]}, 1)["gflops"] == pytest.approx(3 * 4 * 1 * 2)
+    assert latency.cpu_peak_gflops({**info, "max_mhz": None}, 1)["gflops"] is None
+
+
+def test_arguments():
+    assert latency.parse_size("640x480") == (640, 480)
+    with pytest.raises(SystemExit):
+        latency.parse_args(["--sizes", "640by480"])
+    with pytest.raises(SystemExit):
+        latency.parse_args(["--backends", "tensorflow"])
+    args = latency.parse_args(["--device", "cpu"])
+    assert args.backbones == ["r50"] and args.sizes == [(640, 480)] and args.faces == [1, 4, 16, 64]
+    assert args.backends == ["torch-fp32", "onnxruntime"] and args.runs == 10
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            latency.parse_args(["--device", "cuda"])
+
+
+def test_e2e_rois_are_nms_survivors_topped_up_with_candidates():
+    torch_runner = latency.TorchRunner.__new__(latency.TorchRunner)
+    ort_runner = latency.OrtRunner(graphs=None, engine="test")
+    for runner, kept in ((torch_runner, torch.tensor([3, 1])), (ort_runner, np.array([3, 1]))):
+        assert list(runner.fill(kept, 10, 4)) == [3, 1, 0, 2]
+        assert list(runner.fill(kept, 10, 1)) == [3]
+        assert list(runner.fill(kept[:0], 10, 2)) == [0, 1]
