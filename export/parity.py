@@ -135,7 +135,11 @@ def parity_inputs(model: MaskFace, max_side: int = 640, seed: int = 0) -> list[t
 
 
 def run_parity(model: MaskFace, graphs, backend: str, tolerance: dict | None = None, **kwargs) -> dict:
-    cases = [compare(model, graphs, name, image) for name, image in parity_inputs(model, **kwargs)]
+    from tqdm import tqdm
+
+    inputs = parity_inputs(model, **kwargs)
+    cases = [compare(model, graphs, name, image)
+             for name, image in tqdm(inputs, desc=f"parity vs {backend}", unit="input", leave=False)]
     tol = tolerance or FP32_TOLERANCE
     worst = {
         "scores": max(c.scores_max_abs for c in cases),
