@@ -36,7 +36,6 @@ Nothing here imports TensorRT at module import time.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -51,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from maskface.io_utils import atomic_write_bytes
+from maskface.io_utils import atomic_write_bytes, sha256_file
 
 SUPPORTED_MAJORS = (10, 11)
 DETECTOR = "detector"
@@ -407,14 +406,6 @@ def load_plugin_library(trt, path: str | os.PathLike, check_creator: bool = True
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _make_logger(trt, echo: Callable[[str], None] | None, verbose: bool):

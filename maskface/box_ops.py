@@ -9,6 +9,13 @@ import torch
 MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
+def centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cx, cy, w, h) of [..., 4] boxes given as (x1, y1, x2, y2)."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
 class BoxCoder:
     def __init__(self, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)):
         self.weights = tuple(float(w) for w in weights)
@@ -16,14 +23,8 @@ class BoxCoder:
     def encode(self, anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Deltas that take `anchors` [..., 4] to `boxes` [..., 4] (both x1, y1, x2, y2)."""
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
-        bw = boxes[..., 2] - boxes[..., 0]
-        bh = boxes[..., 3] - boxes[..., 1]
-        bx = boxes[..., 0] + 0.5 * bw
-        by = boxes[..., 1] + 0.5 * bh
+        ax, ay, aw, ah = centre_size(anchors)
+        bx, by, bw, bh = centre_size(boxes)
         return torch.stack(
             [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
         )
@@ -31,10 +32,7 @@ class BoxCoder:
     def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Boxes from `deltas` [..., 4] relative to `anchors` [..., 4] (broadcast)."""
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
+        ax, ay, aw, ah = centre_size(anchors)
         dx, dy, dw, dh = deltas.unbind(-1)
         dw = torch.clamp(dw / ww, max=MAX_LOG_SCALE)
         dh = torch.clamp(dh / wh, max=MAX_LOG_SCALE)

@@ -1,6 +1,7 @@
 """Small file helpers: atomic writes, safe image reading."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -45,6 +46,15 @@ def atomic_write_image(path: str | Path, image: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"could not encode an image for {path}")
     atomic_write_bytes(path, encoded.tobytes())
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (graphs, plans and checkpoints are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -217,11 +217,16 @@ class WiderFaceTrainTransform:
             y0 = _window_start(rng, 0.0, sample.height * s, c)
         out = warp_affine(sample, translation(-x0, -y0) @ scaling(s), (c, c), min_visible=self.min_visible)
         out = filter_by_area(out, *self.area_range)
-        if rng.random() < self.flip_prob:
-            out = hflip(out)
-        if self.color:
-            out = Sample(color_distort(out.image, rng), out.boxes, out.landmarks, out.landmark_valid)
-        return out
+        return flip_and_colour(out, rng, self.flip_prob, self.color)
+
+
+def flip_and_colour(sample: Sample, rng: np.random.Generator, flip_prob: float, color: bool) -> Sample:
+    """The last two §3.3 steps shared by both training transforms: random flip, colour distortion."""
+    if rng.random() < flip_prob:
+        sample = hflip(sample)
+    if color:
+        sample = Sample(color_distort(sample.image, rng), sample.boxes, sample.landmarks, sample.landmark_valid)
+    return sample
 
 
 @dataclass
@@ -253,11 +258,7 @@ class LandmarkTrainTransform:
             x0, y0 = _window_start(rng, fx1, fx2, c), _window_start(rng, fy1, fy2, c)
             m = translation(-x0, -y0) @ m
         out = warp_affine(sample, m, (c, c), min_visible=self.min_visible)
-        if rng.random() < self.flip_prob:
-            out = hflip(out)
-        if self.color:
-            out = Sample(color_distort(out.image, rng), out.boxes, out.landmarks, out.landmark_valid)
-        return out
+        return flip_and_colour(out, rng, self.flip_prob, self.color)
 
 
 @dataclass
