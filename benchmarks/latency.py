@@ -64,6 +64,7 @@ import torch  # noqa: E402
 
 import maskface  # noqa: E402
 from maskface.config import InferenceConfig, MaskFaceConfig  # noqa: E402
+from maskface.io_utils import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: E402
 from maskface.modeling.maskface import MaskFace, build_model  # noqa: E402
 from maskface.postprocess import PAD_SCORE, select_detections, top_candidates  # noqa: E402
 
@@ -555,14 +556,6 @@ class OrtRunner:
 # ------------------------------------------------------------------------------------------------ backends
 
 
-def _hash_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_key(cfg: MaskFaceConfig, seed: int, checkpoint: str | None) -> str:
     """Hash of what decides the exported graphs: config, seed / checkpoint content, opset, versions."""
     try:
@@ -570,7 +563,7 @@ def model_key(cfg: MaskFaceConfig, seed: int, checkpoint: str | None) -> str:
     except ImportError:  # onnx missing: the key is only used where exporting works
         DEFAULT_OPSET = None
     payload = {"config": cfg.to_dict(), "seed": None if checkpoint else seed,
-               "checkpoint_sha256": _hash_file(checkpoint) if checkpoint else None, "opset": DEFAULT_OPSET,
+               "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None, "opset": DEFAULT_OPSET,
                "torch": torch.__version__, "maskface": maskface.__version__, "export_version": ONNX_EXPORT_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -597,8 +590,7 @@ def onnx_graphs(model: MaskFace, key: str, cache_dir: Path, log: Callable[[str],
     t0 = time.perf_counter()
     meta_path.unlink(missing_ok=True)
     paths = {k: Path(v) for k, v in export_all(model, folder).items()}
-    meta_path.write_text(json.dumps({"key": key, "preset": model.cfg.name,
-                                     "files": {k: p.name for k, p in paths.items()}}, indent=2) + "\n")
+    atomic_write_json(meta_path, {"key": key, "preset": model.cfg.name, "files": {k: p.name for k, p in paths.items()}})
     log(f"latency: exported in {time.perf_counter() - t0:.1f} s")
     return paths
 
@@ -614,19 +606,19 @@ def tensorrt_runner(model: MaskFace, key: str, cache_dir: Path, onnx_paths: Call
         raise Skip(f"TensorRT not available: {reason}")
     try:
         from export.engine_runner import TrtGraphs
-        from plugins.binding import build_plugin_library
 
-        plugin = build_plugin_library()
         folder = cache_dir / "engines" / f"{model.cfg.name}-fp16-{max_side}-{max_faces}"
         meta_path = folder / "bench_meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if meta.get("key") != key:
             log(f"latency: building FP16 TensorRT engines in {folder} ...")
-            metadata = build_engines(onnx_paths(), folder, plugin_library=plugin, fp16=True, max_size=max_side,
+            # plugin_library=None: built against the headers of the runtime's TensorRT major version.
+            metadata = build_engines(onnx_paths(), folder, plugin_library=None, fp16=True, max_size=max_side,
                                      max_batch=1, max_faces=max_faces, workspace_gb=4.0)
-            meta_path.write_text(json.dumps({"key": key, "metadata": metadata}, indent=2, default=str) + "\n")
             meta = {"key": key, "metadata": metadata}
+            atomic_write_json(meta_path, meta)
         version = (meta.get("metadata") or {}).get("tensorrt_version", "?")
+        plugin = meta["metadata"]["plugin_library"]["path"]
         return TrtRunner(TrtGraphs(folder, plugin), model, f"TensorRT {version} engines (FP16)")
     except Skip:
         raise
@@ -1034,8 +1026,8 @@ def main(argv: list[str] | None = None) -> int:
     def write(final: bool) -> dict[str, Any]:
         """Rewrite JSON + markdown (after every row, so a run cut short still leaves its rows)."""
         report = build_report(args, env, command, preprocess, rows, skipped, complete=final)
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        md_path.write_text(to_markdown(report))
+        atomic_write_json(json_path, report)
+        atomic_write_bytes(md_path, to_markdown(report).encode())
         return report
 
     names = [args.backbones[0]] if args.checkpoint else args.backbones

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import platform
 import shlex
 import sys
@@ -33,6 +32,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+
+from maskface.io_utils import atomic_write_bytes, atomic_write_json
 
 MODEL = "maskface"
 INPUT = "IMAGE"
@@ -408,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         "images": [{k: (len(v) if k == "bytes" else v) for k, v in i.items()} for i in images],
         "levels": levels,
     }
-    (out / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "serving.json", report)
     md = to_markdown(report)
-    (out / "serving.md").write_text(md)
+    atomic_write_bytes(out / "serving.md", md.encode())
     plotted = plot(report, out / "serving.png")
     print(md)
     print(f"serving: wrote {out / 'serving.json'}, {out / 'serving.md'}" + (f", {out / 'serving.png'}" if plotted else ""))
