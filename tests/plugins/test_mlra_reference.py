@@ -184,7 +184,7 @@ def test_bad_arguments_raise_clear_errors(mlra_lib):
         binding.multilevel_roi_align_cpu(features[:4] + [features[4].astype(np.float16)], rois)
     with pytest.raises(ValueError, match=r"rois must be \[N, 5\]"):
         binding.multilevel_roi_align_cpu(features, rois[:, :4])
-    with pytest.raises(binding.MlraError, match="sampling_ratio must be >= 0"):
+    with pytest.raises(binding.MlraError, match=r"sampling_ratio must be in \[0, 64\]"):
         binding.multilevel_roi_align_cpu(features, rois, sampling_ratio=-1)
     with pytest.raises(binding.MlraError, match="spatial scales"):
         binding.multilevel_roi_align_cpu(features, rois, spatial_scales=[0.25, 0.125, 0.0, 0.03125, 0.015625])

@@ -29,6 +29,12 @@ namespace mlra
 constexpr int kMaxLevels = 8;
 //! Largest output_size accepted (the kernel has no per-size limit; this only catches garbage attributes).
 constexpr int kMaxOutputSize = 1024;
+//! Most bilinear samples per bin axis. sampling_ratio must not exceed it, and the adaptive grid of
+//! sampling_ratio == 0, ceil(roi_side / output_size) in torchvision (unbounded: a 1e30-pixel ROI would
+//! loop ~1e57 times and overflow int), is clamped to it. Exact (torchvision's value) for every ROI whose
+//! side on its level is at most 64 * output_size feature pixels: 896 px at output_size 14, i.e. 57,344
+//! input pixels on level 6 (stride 64) - far beyond any image the engines accept (max_size <= 4096).
+constexpr int kMaxSamplesPerAxis = 64;
 
 //! Status codes of the C entry points (mlra_api.h). Positive values are cudaError_t codes.
 enum Status : int
@@ -86,7 +92,7 @@ inline int make_params(Params* out, int num_levels, int output_size, int samplin
     {
         return kErrOutputSize;
     }
-    if (sampling_ratio < 0)
+    if (sampling_ratio < 0 || sampling_ratio > kMaxSamplesPerAxis)
     {
         return kErrSamplingRatio;
     }
@@ -132,7 +138,7 @@ inline char const* status_text(int status)
     case kErrNumLevels: return "number of feature maps must equal max_level - min_level + 1 (1..8)";
     case kErrLevelRange: return "invalid level range (need 0 <= min_level <= max_level <= 62)";
     case kErrOutputSize: return "output_size must be in [1, 1024]";
-    case kErrSamplingRatio: return "sampling_ratio must be >= 0";
+    case kErrSamplingRatio: return "sampling_ratio must be in [0, 64] (0 = adaptive, clamped to 64)";
     case kErrCanonicalSize: return "canonical_size must be a finite positive number";
     case kErrSpatialScale: return "spatial scales must be finite positive numbers";
     case kErrShape: return "invalid tensor shape";
@@ -165,7 +171,9 @@ MLRA_HD int assign_level(
 //! Where one ROI samples: level, batch and the bin grid on that level's map (torchvision's roi_align).
 struct RoiGeometry
 {
-    int batch;       //!< batch index, -1 when out of [0, batch_size): the ROI then pools zeros
+    int batch;       //!< batch index; -1 (the ROI pools zeros) when out of [0, batch_size), NaN, or when a
+                     //!< coordinate is NaN / inf
+
     int level_index; //!< feature map index: level - min_level
     float start_x;
     float start_y;
@@ -176,13 +184,29 @@ struct RoiGeometry
     float count; //!< number of samples averaged in a bin (at least 1)
 };
 
+//! Adaptive samples per axis for sampling_ratio == 0: ceil(roi_side / output_size) as in torchvision,
+//! clamped to [0, kMaxSamplesPerAxis] before the float -> int conversion (inf would be UB). A negative
+//! side (inverted ROI, aligned mode) gives 0 samples: the bin is 0, as torchvision's empty loop gives.
+MLRA_HD int adaptive_samples(float roi_side, float pooled)
+{
+    float const n = ceilf(roi_side / pooled);
+    if (!(n > 0.0f)) // also NaN
+    {
+        return 0;
+    }
+    return n < static_cast<float>(kMaxSamplesPerAxis) ? static_cast<int>(n) : kMaxSamplesPerAxis;
+}
+
 //! roi: (batch index, x1, y1, x2, y2) in input pixels.
 MLRA_HD RoiGeometry roi_geometry(float const* roi, Params const& p, int batch_size)
 {
     RoiGeometry g;
     float const b = roi[0];
-    // torchvision truncates the float batch index to int; indices outside the batch pool zeros here.
-    g.batch = (b >= 0.0f && b < static_cast<float>(batch_size)) ? static_cast<int>(b) : -1;
+    // torchvision truncates the float batch index to int; indices outside the batch pool zeros here. The
+    // comparisons are false for NaN, so a NaN index is -1 before any float -> int conversion. A ROI with a
+    // NaN / inf coordinate also pools zeros (torchvision would sample garbage or hit UB there).
+    bool const finite = isfinite(roi[1]) && isfinite(roi[2]) && isfinite(roi[3]) && isfinite(roi[4]);
+    g.batch = (finite && b >= 0.0f && b < static_cast<float>(batch_size)) ? static_cast<int>(b) : -1;
     int const level
         = assign_level(roi[1], roi[2], roi[3], roi[4], p.canonical_level, p.canonical_size, p.min_level, p.max_level);
     g.level_index = level - p.min_level;
@@ -203,8 +227,8 @@ MLRA_HD RoiGeometry roi_geometry(float const* roi, Params const& p, int batch_si
     float const pooled = static_cast<float>(p.output_size);
     g.bin_w = roi_w / pooled;
     g.bin_h = roi_h / pooled;
-    g.grid_w = p.sampling_ratio > 0 ? p.sampling_ratio : static_cast<int>(ceilf(roi_w / pooled));
-    g.grid_h = p.sampling_ratio > 0 ? p.sampling_ratio : static_cast<int>(ceilf(roi_h / pooled));
+    g.grid_w = p.sampling_ratio > 0 ? p.sampling_ratio : adaptive_samples(roi_w, pooled);
+    g.grid_h = p.sampling_ratio > 0 ? p.sampling_ratio : adaptive_samples(roi_h, pooled);
     int const n = g.grid_w * g.grid_h;
     g.count = static_cast<float>(n > 1 ? n : 1);
     return g;
@@ -212,10 +236,12 @@ MLRA_HD RoiGeometry roi_geometry(float const* roi, Params const& p, int batch_si
 
 //! Bilinear sample at (y, x) of one [height, width] plane, read through `load(flat_index) -> float`.
 //! torchvision's boundary rules: outside [-1, size] contributes 0, clamp to 0 below, clamp at size - 1 above.
+//! Written as "not inside" so that a NaN position (0 * inf bins of a huge ROI) also contributes 0 and never
+//! reaches the float -> int conversion below.
 template <typename Load>
 MLRA_HD float bilinear(Load const& load, int height, int width, float y, float x)
 {
-    if (y < -1.0f || y > static_cast<float>(height) || x < -1.0f || x > static_cast<float>(width))
+    if (!(y >= -1.0f && y <= static_cast<float>(height) && x >= -1.0f && x <= static_cast<float>(width)))
     {
         return 0.0f;
     }
