@@ -91,10 +91,11 @@ class KeypointConfig:
     proposal_score_threshold: float = 0.02
     proposal_nms_threshold: float = 0.6
     proposal_iou_threshold: float = 0.6
-    # Not in the paper: the ground-truth boxes join the proposals (as in Mask R-CNN) so that the
-    # keypoint loss is defined from the first iteration; proposals are capped per image to bound
-    # the keypoint head's cost (about 1 G multiply-adds each).
-    add_gt_as_proposals: bool = True
+    # Not in the paper (options): the matched detections are capped per image to bound the
+    # keypoint head's cost (about 1 G multiply-adds each), after the IoU filter; with
+    # add_gt_as_proposals the ground-truth boxes join them (as in Mask R-CNN, so that the keypoint
+    # loss is defined from the first iteration), outside the cap. Off by default, as in the paper.
+    add_gt_as_proposals: bool = False
     max_proposals_per_image: int = 32
 
 

@@ -161,26 +161,38 @@ class MaskFace(nn.Module):
         return keypoint_loss_sum(heatmaps, index, valid) / (kcfg.num_landmarks * rois_t.shape[0])
 
     def _keypoint_proposals(self, scores, boxes, target) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Proposal boxes and the index of their ground truth (§3.2), at most max_proposals_per_image."""
+        """Proposal boxes and the index of their ground truth (§3.2).
+
+        The paper's rule: detections with score >= 0.02 after NMS at 0.6 whose IoU with a
+        ground-truth face (one with landmarks) is > 0.6. The IoU filter runs on every such
+        detection; only then are the matched detections capped at `max_proposals_per_image`
+        (highest scores first). With `add_gt_as_proposals` (not in the paper, off by default) the
+        ground-truth boxes are added *beside* that cap, so they never take a detection's slot.
+        Returns ground-truth proposals first, then the detections.
+        """
         kcfg = self.cfg.keypoints
         gt_boxes = target["boxes"].to(boxes)
         has_landmarks = target["landmark_valid"].any(dim=1) if "landmark_valid" in target else torch.zeros(
             len(gt_boxes), dtype=torch.bool, device=boxes.device)
         if gt_boxes.numel() == 0 or not bool(has_landmarks.any()):
             return None
+        # No cap here: capping before the IoU filter would let unmatched detections take the slots.
         keep = select_detections(scores, boxes, kcfg.proposal_score_threshold, kcfg.proposal_nms_threshold,
-                                 kcfg.max_proposals_per_image)
-        candidates = boxes[keep]
-        if kcfg.add_gt_as_proposals:
-            candidates = torch.cat([gt_boxes[has_landmarks], candidates])
-        iou = box_iou(candidates, gt_boxes)
+                                 scores.shape[0])
+        detections = boxes[keep]
+        iou = box_iou(detections, gt_boxes)
         iou[:, ~has_landmarks] = -1.0
         best_iou, gt_index = iou.max(dim=1)
-        selected = torch.nonzero(best_iou > kcfg.proposal_iou_threshold, as_tuple=True)[0][: kcfg.max_proposals_per_image]
-        if selected.numel() == 0:
+        matched = torch.nonzero(best_iou > kcfg.proposal_iou_threshold, as_tuple=True)[0]
+        matched = matched[: kcfg.max_proposals_per_image]
+        prop_boxes, prop_gt = detections[matched], gt_index[matched]
+        if kcfg.add_gt_as_proposals:
+            gt_with_landmarks = torch.nonzero(has_landmarks, as_tuple=True)[0]
+            prop_boxes = torch.cat([gt_boxes[gt_with_landmarks], prop_boxes])
+            prop_gt = torch.cat([gt_with_landmarks, prop_gt])
+        if prop_boxes.numel() == 0:
             return None
-        return candidates[selected], gt_index[selected]
-
+        return prop_boxes, prop_gt
 
 def build_model(
     name: str = "r50", num_landmarks: int = 5, config: MaskFaceConfig | None = None,

@@ -34,8 +34,10 @@ def test_forward_in_both_modes(model, size):
     assert result["landmarks"].shape == (3, k, 2) and result["landmark_scores"].shape == (3, k)
     assert torch.all(result["boxes"][:, 2] <= size[1]) and torch.all(result["boxes"][:, 3] <= size[0])
     model.train()
+    model.cfg.keypoints.add_gt_as_proposals = True  # untrained: no detection reaches 0.02 (paper rule)
     with torch.no_grad():
         losses = model(images, [face_target(k)])
+    model.cfg.keypoints.add_gt_as_proposals = False
     assert set(losses) == {"loss_cls", "loss_box", "loss_keypoint"}
     assert all(torch.isfinite(v) and v.item() > 0 for v in losses.values())
     model.cfg.inference = get_config().inference
@@ -62,11 +64,17 @@ def test_landmark_counts(num_landmarks):
 
 
 def test_untrained_model_keeps_nothing_and_returns_empty_shapes():
+    """At the default threshold (0.5) an untrained model keeps nothing because the focal-loss prior
+    sets every score to about pi = 0.01 (bias -log((1 - pi) / pi)), not because of the threshold."""
     torch.manual_seed(0)
-    model = build_model("mbv2").eval()  # focal-loss prior: every score starts near 0.01
-    model.cfg.inference.score_threshold = 1.01
+    model = build_model("mbv2").eval()
+    assert model.cfg.inference.score_threshold == 0.5
+    images = torch.randn(2, 3, 192, 256)
     with torch.no_grad():
-        results = model(torch.randn(2, 3, 192, 256))
+        scores, _, _ = model.detect_candidates(images)
+        results = model(images)
+    print(f"\nuntrained candidate scores: min {scores.min():.4f}, max {scores.max():.4f}")
+    assert 0.002 < scores.min() and scores.max() < 0.05  # near the 0.01 prior, far below 0.5
     for r in results:
         assert r["boxes"].shape == (0, 4) and r["scores"].shape == (0,)
         assert r["landmarks"].shape == (0, 5, 2) and r["landmark_scores"].shape == (0, 5)
@@ -76,6 +84,7 @@ def test_a_few_sgd_steps_lower_the_loss():
     torch.manual_seed(0)
     model = build_model("mbv2").train()
     model.cfg.keypoints.max_proposals_per_image = 4  # keep the CPU cost of the keypoint head low
+    model.cfg.keypoints.add_gt_as_proposals = True  # so that the keypoint loss is defined from step 1
     images = torch.randn(1, 3, 128, 128)
     targets = [face_target(5, (30.0, 20.0, 100.0, 110.0))]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -95,6 +104,7 @@ def test_a_few_sgd_steps_lower_the_loss():
 def test_missing_landmark_values_do_not_change_the_loss():
     torch.manual_seed(0)
     model = build_model("mbv2").train()
+    model.cfg.keypoints.add_gt_as_proposals = True  # untrained: only ground-truth proposals
     images = torch.randn(1, 3, 128, 128)
     a = face_target(5, (30.0, 20.0, 100.0, 110.0))
     a["landmark_valid"][0, 3] = False
@@ -113,3 +123,64 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.randn(2, 3, 64, 64), [face_target(5)])
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model.eval()(torch.randn(1, 64, 64))
+
+
+# ---- §3.2 keypoint proposals -------------------------------------------------------------------
+
+def crowded_proposal_case():
+    """40 faces of 24x24 px on a grid. Candidates, best score first:
+    - 20 unmatched boxes far from every face (the highest scores),
+    - per face a box shifted 8 px left: IoU 16*24 / (2*576 - 16*24) = 0.5 (not > 0.6),
+    - per face a box shifted 2 px right: IoU 22*24 / (2*576 - 22*24) = 528/624 = 0.846 (matched),
+    - per face a near-copy of the matched box (shifted 3 px, IoU with it 0.92 > NMS 0.6, lower score),
+    - per face an exact box with score 0.01 (< 0.02: never a proposal)."""
+    gt = torch.tensor([[40.0 * c, 40.0 * r, 40.0 * c + 24, 40.0 * r + 24] for r in range(5) for c in range(8)])
+    n = len(gt)
+    shift = lambda d: gt + torch.tensor([d, 0.0, d, 0.0])  # noqa: E731
+    junk = torch.tensor([[400.0 + 30 * i, 400.0, 424.0 + 30 * i, 424.0] for i in range(20)])
+    boxes = torch.cat([junk, shift(-8.0), shift(2.0), shift(3.0), gt])
+    scores = torch.cat([
+        torch.linspace(0.99, 0.95, 20), torch.full((n,), 0.9),
+        0.8 - 0.001 * torch.arange(n), torch.full((n,), 0.5), torch.full((n,), 0.01),
+    ])
+    target = {"boxes": gt, "landmarks": torch.zeros(n, 5, 2), "landmark_valid": torch.ones(n, 5, dtype=torch.bool)}
+    return scores, boxes, target, shift(2.0)
+
+
+def test_keypoint_proposals_filter_by_iou_before_the_cap_and_gt_never_crowds_them_out():
+    torch.manual_seed(0)
+    model = build_model("mbv2")
+    kcfg = model.cfg.keypoints
+    assert (kcfg.proposal_score_threshold, kcfg.proposal_nms_threshold, kcfg.proposal_iou_threshold) == (0.02, 0.6, 0.6)
+    assert kcfg.max_proposals_per_image == 32 and kcfg.add_gt_as_proposals is False  # the paper's rule by default
+    scores, boxes, target, matched = crowded_proposal_case()
+
+    prop_boxes, gt_index = model._keypoint_proposals(scores, boxes, target)
+    # The 32 best-scoring matched detections (faces 0..31), none of the 20 higher-scored junk boxes,
+    # none of the IoU-0.5 boxes and no ground-truth box.
+    assert torch.equal(prop_boxes, matched[:32]) and torch.equal(gt_index, torch.arange(32))
+
+    # Option: ground-truth boxes join, beside the cap; the same 32 detections stay.
+    model.cfg.keypoints.add_gt_as_proposals = True
+    prop_boxes, gt_index = model._keypoint_proposals(scores, boxes, target)
+    assert prop_boxes.shape == (40 + 32, 4)
+    assert torch.equal(prop_boxes[:40], target["boxes"]) and torch.equal(gt_index[:40], torch.arange(40))
+    assert torch.equal(prop_boxes[40:], matched[:32]) and torch.equal(gt_index[40:], torch.arange(32))
+
+    # Faces without landmarks are never a proposal's ground truth.
+    model.cfg.keypoints.add_gt_as_proposals = False
+    target["landmark_valid"][:10] = False
+    prop_boxes, gt_index = model._keypoint_proposals(scores, boxes, target)
+    assert torch.equal(gt_index, torch.arange(10, 40)) and torch.equal(prop_boxes, matched[10:40])
+
+
+def test_keypoint_proposals_untrained_detector_gives_none_without_the_gt_option():
+    """The focal-loss prior puts every score near 0.01 < 0.02: no detection is a proposal yet."""
+    torch.manual_seed(0)
+    model = build_model("mbv2").train()
+    images = torch.randn(1, 3, 128, 128)
+    target = face_target(5, (30.0, 20.0, 100.0, 110.0))
+    with torch.no_grad():
+        assert model(images, [target])["loss_keypoint"].item() == 0.0
+        model.cfg.keypoints.add_gt_as_proposals = True
+        assert model(images, [target])["loss_keypoint"].item() > 0.0
