@@ -39,11 +39,14 @@ def top_candidates(
 
 
 def select_detections(
-    scores: torch.Tensor, boxes: torch.Tensor, score_threshold: float, nms_threshold: float, max_detections: int
+    scores: torch.Tensor, boxes: torch.Tensor, score_threshold: float, nms_threshold: float | None,
+    max_detections: int,
 ) -> torch.Tensor:
     """Indices (into one image's candidates) kept after threshold + NMS, best first, at most max_detections.
 
     Ties in score are broken by candidate index (torch.sort is stable), so results are deterministic.
+    `nms_threshold=None` skips NMS: the raw detections that §4.2's test-time augmentation feeds to
+    Soft-NMS.
     """
     keep = torch.nonzero(scores >= score_threshold, as_tuple=True)[0]
     if keep.numel() == 0:
@@ -53,6 +56,8 @@ def select_detections(
     keep = keep[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
     order = torch.sort(scores[keep], descending=True, stable=True).indices
     keep = keep[order]
+    if nms_threshold is None:
+        return keep[:max_detections]
     kept = nms(boxes[keep].float(), scores[keep].float(), nms_threshold)
     return keep[kept[:max_detections]]
 
@@ -72,8 +77,13 @@ def decode_heatmaps(heatmap_logits: torch.Tensor, rois: torch.Tensor) -> tuple[t
     ix = peak - iy * w
     scores = torch.softmax(flat, dim=2).gather(2, peak.unsqueeze(-1))[..., 0]
 
+    # Max / Min instead of clamp: an INT64 Clip is outside the TensorRT ONNX parser's support matrix
+    # (onnx-tensorrt operators.md: Clip on FP32 / FP16 / BF16); Max and Min take INT64.
+    zero = iy.new_zeros(())
+
     def logit_at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        idx = y.clamp(0, h - 1) * w + x.clamp(0, w - 1)
+        row = torch.minimum(torch.maximum(y, zero), zero + (h - 1))
+        idx = row * w + torch.minimum(torch.maximum(x, zero), zero + (w - 1))
         return flat.gather(2, idx.unsqueeze(-1))[..., 0]
 
     centre = logit_at(iy, ix)

@@ -39,13 +39,19 @@ class Prepared:
 
 
 def resize_scale(height: int, width: int, max_side: int | None, min_side: int | None = None) -> float:
-    """Scale so that the longer side is at most max_side (None: keep the original scale)."""
-    scale = 1.0
-    if max_side is not None and max(height, width) > 0:
-        scale = max_side / max(height, width)
+    """Scale so that the longer side is at most max_side (None: keep the original scale), or, with
+    min_side, so that the shorter side is exactly min_side (up or down; §4.2 uses 640), then
+    capped so that the longer side stays at most max_side when that is given too."""
     if min_side is not None:
-        scale = max(scale, min_side / min(height, width))
-    return scale
+        if min_side <= 0:
+            raise ValueError(f"min_side must be positive, got {min_side}")
+        scale = min_side / min(height, width)
+        if max_side is not None:
+            scale = min(scale, max_side / max(height, width))
+        return scale
+    if max_side is not None and max(height, width) > 0:
+        return max_side / max(height, width)
+    return 1.0
 
 
 def check_image(image: np.ndarray) -> None:
@@ -59,11 +65,12 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"image of {w}x{h} pixels exceeds the limit of {MAX_INPUT_PIXELS} pixels")
 
 
-def prepare_image(image_bgr: np.ndarray, cfg: InputConfig, max_side: int | None = 640, scale: float | None = None) -> Prepared:
+def prepare_image(image_bgr: np.ndarray, cfg: InputConfig, max_side: int | None = 640, scale: float | None = None,
+                  min_side: int | None = None) -> Prepared:
     check_image(image_bgr)
     h, w = image_bgr.shape[:2]
     if scale is None:
-        scale = resize_scale(h, w, max_side)
+        scale = resize_scale(h, w, max_side, min_side)
     if scale != 1.0:
         new_size = (max(1, round(w * scale)), max(1, round(h * scale)))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR

@@ -1,5 +1,10 @@
 """The paper's evaluation test-time augmentation (§4.2): horizontal flip and an image pyramid,
-Soft-NMS on each augmented image, then box voting over all of them.
+Soft-NMS on each augmented image's raw predictions, then box voting over all of them.
+
+"Raw" means before the model's own hard NMS (0.4): :func:`model_passes` runs the model with NMS
+switched off, so Soft-NMS sees (and rescores) every overlapping detection, as in the paper.
+``model_passes(..., hard_nms_first=True)`` keeps the model's hard NMS before Soft-NMS (an option,
+not the paper: Soft-NMS then only rescores boxes that already survived hard NMS).
 
 Everything runs on a callable ``predict(image_bgr, scale) -> dict`` with
 
@@ -33,8 +38,9 @@ Choices (configurable):
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -66,7 +72,7 @@ def _as_detections(out: dict, where: str) -> dict:
     if scores.shape[0] != n:
         raise ValueError(f"{where}: {n} boxes but {scores.shape[0]} scores")
     lms = out.get("landmarks")
-    lms = np.zeros((n, 0, 2)) if lms is None else np.asarray(lms, dtype=np.float64).reshape(n, -1, 2)
+    lms = np.zeros((n, 0, 2)) if lms is None or np.size(lms) == 0 else np.asarray(lms, dtype=np.float64).reshape(n, -1, 2)
     lsc = out.get("landmark_scores")
     lsc = None if lsc is None else np.asarray(lsc, dtype=np.float64).reshape(n, lms.shape[1])
     return {"boxes": boxes, "scores": scores, "landmarks": lms, "landmark_scores": lsc}
@@ -170,12 +176,12 @@ def box_voting(det: dict, iou_threshold: float = 0.3) -> dict:
             if lsc is not None:
                 out_ls.append(lsc[top].copy())
         out_s.append(scores[group].max())
-    k = lms.shape[1]
+    k, m = lms.shape[1], len(out_s)
     result = {
-        "boxes": np.array(out_b, dtype=np.float64).reshape(-1, 4),
+        "boxes": np.array(out_b, dtype=np.float64).reshape(m, 4),
         "scores": np.array(out_s, dtype=np.float64),
-        "landmarks": np.array(out_l, dtype=np.float64).reshape(-1, k, 2),
-        "landmark_scores": None if lsc is None else np.array(out_ls, dtype=np.float64).reshape(-1, k),
+        "landmarks": np.array(out_l, dtype=np.float64).reshape(m, k, 2),
+        "landmark_scores": None if lsc is None else np.array(out_ls, dtype=np.float64).reshape(m, k),
     }
     o = np.argsort(-result["scores"], kind="stable")
     return {key: (None if v is None else v[o]) for key, v in result.items()}
@@ -213,11 +219,12 @@ def tta_predict(predict: PredictFn, image_bgr: np.ndarray, cfg: TTAConfig | None
         if p["landmarks"].shape[1] != k:
             raise ValueError("passes returned different numbers of landmarks")
     has_lsc = all(p["landmark_scores"] is not None for p in passes)
+    n = sum(p["boxes"].shape[0] for p in passes)  # explicit: reshape(-1, 0, 2) is ambiguous when K = 0
     merged = {
         "boxes": np.concatenate([p["boxes"] for p in passes]),
         "scores": np.concatenate([p["scores"] for p in passes]),
-        "landmarks": np.concatenate([p["landmarks"] for p in passes]).reshape(-1, k, 2),
-        "landmark_scores": np.concatenate([p["landmark_scores"] for p in passes]).reshape(-1, k) if has_lsc else None,
+        "landmarks": np.concatenate([p["landmarks"] for p in passes]).reshape(n, k, 2),
+        "landmark_scores": np.concatenate([p["landmark_scores"] for p in passes]).reshape(n, k) if has_lsc else None,
     }
     voted = box_voting(merged, cfg.vote_iou)
     if cfg.max_detections is not None:
@@ -230,6 +237,37 @@ def tta_predict(predict: PredictFn, image_bgr: np.ndarray, cfg: TTAConfig | None
     if voted["landmark_scores"] is not None:
         out["landmark_scores"] = voted["landmark_scores"].astype(np.float32)
     return out
+
+
+@contextlib.contextmanager
+def raw_detections(model, max_detections: int | None = None) -> Iterator[None]:
+    """Switch the model's hard NMS off (and let up to ``max_detections``, default the pre-NMS
+    top-k, through) for the duration of the block; the settings are restored afterwards."""
+    inf = model.cfg.inference
+    saved = (inf.nms_threshold, inf.max_detections)
+    inf.nms_threshold = None
+    inf.max_detections = int(max_detections or inf.pre_nms_topk)
+    try:
+        yield
+    finally:
+        inf.nms_threshold, inf.max_detections = saved
+
+
+def model_passes(predictor, hard_nms_first: bool = False, with_landmarks: bool = True,
+                 raw_max_detections: int | None = None) -> PredictFn:
+    """The ``predict(image_bgr, scale)`` callable of :func:`tta_predict` for an
+    ``engine.predictor.Predictor``: its raw detections (score threshold only, no hard NMS), as
+    §4.2 feeds them to Soft-NMS. ``hard_nms_first=True``: the model's usual output (hard NMS at
+    its ``nms_threshold`` first; an option, not the paper). ``with_landmarks=False`` skips the
+    keypoint head (box-only evaluation such as WIDER FACE)."""
+
+    def run(image_bgr: np.ndarray, scale: float) -> dict:
+        if hard_nms_first:
+            return predictor(image_bgr, scale=scale, with_landmarks=with_landmarks)
+        with raw_detections(predictor.model, raw_max_detections):
+            return predictor(image_bgr, scale=scale, with_landmarks=with_landmarks)
+
+    return run
 
 
 def scaled(predictor: Callable[[np.ndarray], dict], interpolation: int | None = None) -> PredictFn:

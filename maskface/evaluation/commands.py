@@ -127,7 +127,7 @@ def run_predict_widerface(args: argparse.Namespace) -> int:
 
     from maskface.checkpoint import load_model
     from maskface.engine.predictor import Predictor
-    from maskface.engine.tta import TTAConfig, tta_predict
+    from maskface.engine.tta import TTAConfig, model_passes, tta_predict
     from maskface.io_utils import read_image
 
     model = load_model(args.checkpoint, map_location=args.device)
@@ -137,6 +137,8 @@ def run_predict_widerface(args: argparse.Namespace) -> int:
     predictor = Predictor(model, device=args.device, max_side=args.max_side or None)
     cfg = TTAConfig(scales=scales, flip=True, soft_nms_method=args.soft_nms,
                     max_detections=args.max_detections or TTAConfig.max_detections)
+    # §4.2: Soft-NMS on each pass's raw detections (no hard NMS first, unless asked); boxes only.
+    passes = model_passes(predictor, hard_nms_first=args.tta_hard_nms_first, with_landmarks=False)
     out = Path(args.out)
     done = 0
     for event, path in tqdm(pairs, desc="predict-widerface", unit="img", disable=args.quiet):
@@ -144,9 +146,9 @@ def run_predict_widerface(args: argparse.Namespace) -> int:
             continue
         image = read_image(path)
         if args.tta:
-            result = tta_predict(lambda img, s: predictor(img, scale=s), image, cfg)
+            result = tta_predict(passes, image, cfg)
         else:
-            result = predictor(image)
+            result = predictor(image, with_landmarks=False)
         write_predictions(out, event, path.stem, result["boxes"], result["scores"], box_format="xyxy")
         done += 1
     print(f"wrote {done} prediction files under {out}")
@@ -193,6 +195,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tta", action="store_true", help="flip + image pyramid + Soft-NMS + box voting (paper §4.2)")
     p.add_argument("--tta-scales", default="0.5,1,1.5", help="pyramid scales for --tta (comma separated)")
     p.add_argument("--soft-nms", choices=("linear", "gaussian"), default="linear")
+    p.add_argument("--tta-hard-nms-first", action="store_true",
+                   help="with --tta: run the model's hard NMS (0.4) before Soft-NMS (not the paper, which "
+                   "applies Soft-NMS to each pass's raw detections)")
     p.add_argument("--score-threshold", type=float, default=0.02,
                    help="detection score threshold (low, as AP needs the whole curve)")
     p.add_argument("--max-detections", type=int, default=0,

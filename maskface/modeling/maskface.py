@@ -89,13 +89,18 @@ class MaskFace(nn.Module):
         return self.inference(images)
 
     @torch.no_grad()
-    def inference(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    def inference(self, images: torch.Tensor, with_landmarks: bool = True) -> list[dict[str, torch.Tensor]]:
+        """Per image: boxes, scores, landmarks, landmark_scores. `with_landmarks=False` skips the
+        keypoint head (landmarks [N, 0, 2]): box-only evaluation of many raw detections."""
         scores, boxes, features = self.detect_candidates(images)
         kept = [self.select_detections(s, b) for s, b in zip(scores, boxes)]
         rois = torch.cat(
             [torch.cat([boxes.new_full((len(k), 1), i), boxes[i, k]], dim=1) for i, k in enumerate(kept)]
         )
-        points, point_scores, _ = self.landmarks(features, rois)
+        if with_landmarks:
+            points, point_scores, _ = self.landmarks(features, rois)
+        else:
+            points, point_scores = rois.new_zeros((len(rois), 0, 2)), rois.new_zeros((len(rois), 0))
         results, start = [], 0
         for i, k in enumerate(kept):
             end = start + len(k)

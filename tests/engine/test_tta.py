@@ -188,3 +188,74 @@ def test_scaled_adapter_maps_coordinates_back():
     np.testing.assert_allclose(out["landmarks"][0], pts, atol=1e-5)
     out1 = predict(image, 1.0)
     np.testing.assert_array_equal(out1["boxes"][0], box)
+
+
+# ---- §4.2: Soft-NMS on each augmented image's raw predictions ----------------------------------
+
+def two_pass_raw_predict(image: np.ndarray, scale: float) -> dict:
+    """Raw predictions (before any NMS) of two augmentations of a 100 px wide image whose first
+    column is marked: the plain pass sees A = (10, 10, 50, 50) @ 0.9 and B = (14, 10, 54, 50) @ 0.8
+    (IoU(A, B) = 1440 / 1760 = 9/11, which hard NMS at 0.4 would drop); the flipped pass sees
+    (52, 10, 92, 50) @ 0.7, i.e. C = (8, 10, 48, 50) once mapped back."""
+    assert scale == 1.0 and image.shape[1] == 100
+    if image[0, 0, 0] == 255:  # plain
+        return {"boxes": np.array([[10, 10, 50, 50], [14, 10, 54, 50]], float), "scores": np.array([0.9, 0.8])}
+    return {"boxes": np.array([[52, 10, 92, 50]], float), "scores": np.array([0.7])}
+
+
+def test_two_augmentations_soft_nms_then_voting_hand_computed():
+    image = np.zeros((60, 100, 3), np.uint8)
+    image[:, 0] = 255
+    cfg = TTAConfig(scales=(1.0,), flip=True, soft_nms_method="linear", soft_nms_iou=0.3, vote_iou=0.3)
+    out = tta_predict(two_pass_raw_predict, image, cfg)
+    # Soft-NMS, plain pass: A keeps 0.9; B decays to 0.8 * (1 - 9/11) = 1.6/11. Flipped pass: C 0.7.
+    # Voting: IoU(A, B) = 9/11, IoU(A, C) = 1520/1680 >= 0.3: one group, weights 0.9, 1.6/11, 0.7
+    # (sum 19.2/11); x1 = (0.9*10 + 1.6/11*14 + 0.7*8) / (19.2/11) = 183/19.2,
+    # x2 = (0.9*50 + 1.6/11*54 + 0.7*48) / (19.2/11) = 951/19.2; score = max = 0.9.
+    assert len(out["scores"]) == 1 and out["scores"][0] == pytest.approx(0.9)
+    np.testing.assert_allclose(out["boxes"][0], [183 / 19.2, 10, 951 / 19.2, 50], rtol=1e-6)
+    # Hard NMS first (the option) removes B before Soft-NMS: A and C only, x1 = (9 + 5.6) / 1.6.
+    hard_first = dict(two_pass_raw_predict(image, 1.0))
+    keep = soft_nms(hard_first["boxes"], hard_first["scores"], "hard", 0.4)[0]
+    assert keep.tolist() == [0]
+
+    def hard_predict(img, scale):
+        det = two_pass_raw_predict(img, scale)
+        k = soft_nms(det["boxes"], det["scores"], "hard", 0.4)[0]
+        return {"boxes": det["boxes"][k], "scores": det["scores"][k]}
+
+    out_hard = tta_predict(hard_predict, image, cfg)
+    np.testing.assert_allclose(out_hard["boxes"][0], [14.6 / 1.6, 10, 78.6 / 1.6, 50], rtol=1e-6)
+
+
+def test_model_passes_give_raw_detections_unless_hard_nms_first():
+    import torch
+
+    from maskface import build_model
+    from maskface.engine.predictor import Predictor
+    from maskface.engine.tta import model_passes
+    from maskface.evaluation.ap import box_iou
+
+    torch.manual_seed(0)
+    model = build_model("mbv2").eval()
+    model.cfg.inference.score_threshold = 0.0
+    model.cfg.inference.max_detections = 100
+    predictor = Predictor(model, max_side=None)
+    # 128 x 128: no padding, so no clipping to the original image changes the boxes' overlaps
+    image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    raw = model_passes(predictor, raw_max_detections=100)(image, 1.0)
+    hard = model_passes(predictor, hard_nms_first=True)(image, 1.0)
+    no_lm = model_passes(predictor, with_landmarks=False, raw_max_detections=100)(image, 1.0)
+
+    def max_pair_iou(boxes):
+        iou = box_iou(boxes, boxes)
+        np.fill_diagonal(iou, 0.0)
+        return iou.max()
+
+    print(f"\nraw pass {len(raw['boxes'])} boxes (max pairwise IoU {max_pair_iou(raw['boxes']):.2f}), "
+          f"hard-NMS pass {len(hard['boxes'])} (max IoU {max_pair_iou(hard['boxes']):.2f})")
+    assert len(raw["boxes"]) == 100 and max_pair_iou(raw["boxes"]) > 0.6  # overlapping raw boxes reach Soft-NMS
+    assert max_pair_iou(hard["boxes"]) <= 0.4 + 1e-6
+    assert (model.cfg.inference.nms_threshold, model.cfg.inference.max_detections) == (0.4, 100)  # restored
+    np.testing.assert_array_equal(no_lm["boxes"], raw["boxes"])
+    assert raw["landmarks"].shape == (100, 5, 2) and no_lm["landmarks"].shape == (100, 0, 2)
