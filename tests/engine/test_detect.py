@@ -1,5 +1,7 @@
 import json
 
+import cv2
+
 import numpy as np
 import pytest
 import torch
@@ -43,12 +45,44 @@ def test_detect_reports_a_missing_image(tmp_path, checkpoint):
 
 
 def test_predictor_maps_results_to_original_pixels():
+    """The predictor's outputs equal the network's own outputs on the resized input, mapped back by
+    hand: a 500x300 image at max_side 250 is resized by exactly 1/2 (250x150), so boxes and
+    landmarks double; boxes are then clipped to the 500x300 image."""
     torch.manual_seed(0)
     model = build_model("mbv2").eval()
     model.cfg.inference.score_threshold = 0.0
     model.cfg.inference.max_detections = 5
     image = np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8)
-    full = Predictor(model, max_side=None)(image)
     half = Predictor(model, max_side=250)(image)
-    assert full["boxes"].shape == (5, 4) and half["landmarks"].shape == (5, 5, 2)
-    assert half["boxes"][:, 2].max() <= 500 and half["boxes"][:, 3].max() <= 300
+
+    small = cv2.resize(image, (250, 150), interpolation=cv2.INTER_AREA)
+    rgb = (small[:, :, ::-1].astype(np.float32) - np.float32([123.675, 116.28, 103.53])) / np.float32(
+        [58.395, 57.12, 57.375])
+    padded = np.zeros((3, 192, 256), np.float32)  # padded to multiples of 64
+    padded[:, :150, :250] = rgb.transpose(2, 0, 1)
+    with torch.no_grad():
+        (net,) = model(torch.from_numpy(padded)[None])
+    expect_boxes = np.clip(net["boxes"].numpy() * 2.0, 0, [500, 300, 500, 300])
+    np.testing.assert_allclose(half["boxes"], expect_boxes, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(half["landmarks"], net["landmarks"].numpy() * 2.0, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(half["scores"], net["scores"].numpy(), rtol=1e-6)
+    # Candidates reach beyond the 250x150 content (into the padding): the mapping is not just bounds.
+    assert net["boxes"][:, 2].max() > 125 and half["boxes"][:, 2].max() > 250
+
+
+def test_min_side_resizes_the_shorter_side_exactly():
+    """§4.2 landmark protocol: shorter side 640, up or down, whatever the longer side."""
+    from maskface.preprocess import resize_scale
+
+    assert resize_scale(300, 500, None, 640) == 640 / 300  # up
+    assert resize_scale(1280, 960, None, 640) == 640 / 960  # down
+    assert resize_scale(300, 500, 800, 640) == 800 / 500  # capped by max_side
+    torch.manual_seed(0)
+    model = build_model("mbv2").eval()
+    model.cfg.inference.score_threshold = 0.0
+    model.cfg.inference.max_detections = 3
+    image = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    out = Predictor(model, max_side=None, min_side=128)(image, with_landmarks=False)
+    big = cv2.resize(image, (192, 128), interpolation=cv2.INTER_LINEAR)  # scale exactly 2
+    ref = Predictor(model, max_side=None)(big, with_landmarks=False)
+    np.testing.assert_allclose(out["boxes"], np.clip(ref["boxes"] / 2.0, 0, [96, 64, 96, 64]), atol=1e-4)
