@@ -81,18 +81,39 @@ _REQUIRED = object()
 # ----------------------------------------------------------------------------- image limits
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+ACCEPTED_FORMATS = "JPEG or PNG"
+
+
+def _byte_view(data: bytes | memoryview | np.ndarray) -> memoryview:
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data, np.uint8).reshape(-1))
+    return memoryview(data).cast("B")
+
+
+def image_format(data: bytes | memoryview | np.ndarray) -> str | None:
+    """'png' or 'jpeg' from the file signature; None for anything else (WebP, TIFF, BMP, GIF, ...)."""
+    buf = _byte_view(data)
+    if bytes(buf[:8]) == PNG_SIGNATURE:
+        return "png"
+    if bytes(buf[:3]) == JPEG_SIGNATURE:
+        return "jpeg"
+    return None
+
+
 def encoded_image_size(data: bytes | memoryview | np.ndarray) -> tuple[int, int] | None:
     """(width, height) read from a PNG or JPEG header without decoding; None if not recognised.
 
-    Lets the server refuse a decompression bomb (a few kB of PNG that decode to gigapixels)
-    before OpenCV allocates the pixels.
+    Lets the server refuse a decompression bomb (a few kB that decode to gigapixels) before
+    OpenCV allocates the pixels. The JPEG marker walk covers the whole buffer (APPn segments
+    may push the frame header far in), jumping from segment to segment without copying.
     """
-    head = np.asarray(data, np.uint8).reshape(-1)[:1 << 20] if isinstance(data, np.ndarray) else data[:1 << 20]
-    buf = bytes(head)
-    if buf[:8] == b"\x89PNG\r\n\x1a\n" and len(buf) >= 24 and buf[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", buf[16:24])
+    buf = _byte_view(data)
+    if bytes(buf[:8]) == PNG_SIGNATURE and len(buf) >= 24 and bytes(buf[12:16]) == b"IHDR":
+        width, height = struct.unpack_from(">II", buf, 16)
         return int(width), int(height)
-    if buf[:2] == b"\xff\xd8":
+    if bytes(buf[:2]) == b"\xff\xd8":
         i = 2
         while i + 4 <= len(buf):
             if buf[i] != 0xFF:
@@ -104,12 +125,14 @@ def encoded_image_size(data: bytes | memoryview | np.ndarray) -> tuple[int, int]
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
                 i += 2
                 continue
-            (length,) = struct.unpack(">H", buf[i + 2:i + 4])
+            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                return None
+            (length,) = struct.unpack_from(">H", buf, i + 2)
             # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                 if i + 9 > len(buf):
                     return None
-                height, width = struct.unpack(">HH", buf[i + 5:i + 9])
+                height, width = struct.unpack_from(">HH", buf, i + 5)
                 return int(width), int(height)
             i += 2 + length
     return None
@@ -157,9 +180,18 @@ class Preprocessor:
         if encoded.size > self.max_request_bytes:
             raise RequestError(f"IMAGE of {encoded.size} bytes exceeds the limit of {self.max_request_bytes} bytes "
                                "(parameter max_request_bytes)")
+        # Exactly the contract's formats, and their pixel count read from the header: OpenCV would
+        # otherwise fully decode WebP/TIFF/BMP/... bombs before any size could be checked.
+        kind = image_format(encoded)
+        if kind is None:
+            head = bytes(_byte_view(encoded)[:8]).hex(" ")
+            raise RequestError(f"IMAGE is not a {ACCEPTED_FORMATS} file (first bytes {head}); "
+                               f"send the encoded {ACCEPTED_FORMATS} file as it is")
         size = encoded_image_size(encoded)
-        if size is not None:
-            self._check_pixels(*size)
+        if size is None:
+            raise RequestError(f"could not read the image size from the {kind.upper()} header of {encoded.size} "
+                               "bytes (truncated or corrupt file)")
+        self._check_pixels(*size)
         try:
             image = decode_image(encoded)
         except ValueError as exc:
@@ -183,16 +215,142 @@ class Preprocessor:
                                f"{self.max_image_pixels} pixels (parameter max_image_pixels)")
 
 
+# ----------------------------------------------------------------------------- bounds of the sub-models
+
+
+FEATURE_STRIDES = (4, 8, 16, 32, 64)  # m2..m6
+
+
+@dataclass(frozen=True)
+class InputBounds:
+    """What the preprocess and NMS stages can produce, so that every sub-model called directly
+    refuses anything beyond what the ensemble would hand it (sizes, ROI count, coordinates)."""
+
+    max_side: int = 640  # 0 = no resize
+    size_divisibility: int = 64
+    max_image_pixels: int = MAX_INPUT_PIXELS
+    max_detections: int = InferenceConfig.max_detections
+
+    def __post_init__(self):
+        if self.max_side < 0 or self.size_divisibility < 1 or self.max_image_pixels < 1 or self.max_detections < 1:
+            raise ValueError(f"invalid serving bounds {self}")
+
+    @classmethod
+    def from_parameters(cls, p: Parameters) -> "InputBounds":
+        d = cls()
+        return cls(max_side=p.get_int("max_side", d.max_side),
+                   size_divisibility=p.get_int("size_divisibility", d.size_divisibility),
+                   max_image_pixels=p.get_int("max_image_pixels", d.max_image_pixels),
+                   max_detections=p.get_int("max_detections", d.max_detections))
+
+    def _pad(self, n: int) -> int:
+        return -(-n // self.size_divisibility) * self.size_divisibility
+
+    @property
+    def max_input_side(self) -> int:
+        """The longest side of a preprocessed (resized, padded) image."""
+        return self._pad(self.max_side) if self.max_side else self._pad(self.max_image_pixels)
+
+    def check_input_size(self, height: int, width: int, what: str = "images") -> None:
+        """H x W of a detector input: multiples of size_divisibility, no larger than a preprocessed image."""
+        div = self.size_divisibility
+        if height < div or width < div or height % div or width % div:
+            raise RequestError(f"{what}: {height}x{width} must be positive multiples of {div} "
+                               "(the preprocess stage pads to them)")
+        if self.max_side:
+            if max(height, width) > self.max_input_side:
+                raise RequestError(f"{what}: {height}x{width} exceeds {self.max_input_side} px per side "
+                                   f"(max_side={self.max_side} padded to a multiple of {div})")
+        elif (height - div + 1) * (width - div + 1) > self.max_image_pixels:  # smallest original padding to it
+            raise RequestError(f"{what}: {height}x{width} exceeds the limit of {self.max_image_pixels} pixels "
+                               "(parameter max_image_pixels)")
+
+    def check_images(self, images: np.ndarray) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise RequestError(f"images must be [B, 3, H, W], got {list(images.shape)}")
+        self.check_input_size(int(images.shape[2]), int(images.shape[3]))
+        if not np.isfinite(images).all():
+            raise RequestError("images holds NaN or infinite values")
+
+    def check_features(self, features: Sequence[np.ndarray]) -> tuple[int, int, int]:
+        """m2..m6 of one detector run: equal batch and channels, each level half the previous one.
+        Returns (batch, input height, input width)."""
+        m2 = features[0]
+        if m2.ndim != 4:
+            raise RequestError(f"m2 must be [B, C, H/4, W/4], got {list(m2.shape)}")
+        batch, channels, h2, w2 = (int(v) for v in m2.shape)
+        height, width = h2 * FEATURE_STRIDES[0], w2 * FEATURE_STRIDES[0]
+        self.check_input_size(height, width, "m2..m6 (input size = 4 x the m2 size)")
+        for name, stride, m in zip(FEATURE_NAMES, FEATURE_STRIDES, features):
+            expected = (batch, channels, -(-height // stride), -(-width // stride))
+            if tuple(m.shape) != expected:
+                raise RequestError(f"{name} has shape {list(m.shape)}, expected {list(expected)} "
+                                   f"(stride {stride} of a {height}x{width} input)")
+        return batch, height, width
+
+    def check_boxes(self, boxes: np.ndarray, what: str, height: int | None = None, width: int | None = None) -> None:
+        """[N, 4] x1, y1, x2, y2: finite, ordered and inside the (padded) input image, as the
+        detector's clipped boxes are."""
+        if boxes.size == 0:
+            return
+        if not np.isfinite(boxes).all():
+            raise RequestError(f"{what}: coordinates must be finite (NaN or infinity found)")
+        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+            raise RequestError(f"{what}: every box needs x1 <= x2 and y1 <= y2")
+        width = self.max_input_side if width is None else width
+        height = self.max_input_side if height is None else height
+        if boxes.min() < 0 or boxes[:, 0::2].max() > width or boxes[:, 1::2].max() > height:
+            raise RequestError(f"{what}: coordinates must lie inside the {height}x{width} px input image")
+
+    def check_rois(self, rois: np.ndarray, batch: int, height: int | None = None, width: int | None = None) -> None:
+        if rois.ndim != 2 or rois.shape[1] != 5:
+            raise RequestError(f"rois must be [N, 5], got {list(rois.shape)}")
+        if rois.shape[0] > self.max_detections:
+            raise RequestError(f"{rois.shape[0]} rois exceed the limit of {self.max_detections} "
+                               "(parameter max_detections, what the NMS stage keeps at most)")
+        index = rois[:, 0]
+        if not np.isfinite(index).all() or (index != np.round(index)).any() or (index < 0).any() \
+                or (index >= batch).any():
+            raise RequestError(f"rois[:, 0] must be whole batch indices in 0..{batch - 1}")
+        self.check_boxes(rois[:, 1:5], "rois", height, width)
+
+    def check_mapping(self, scale_xy: np.ndarray, original_size: np.ndarray) -> tuple[float, float, int, int]:
+        """scale_xy (resized / original, x and y) and original_size (h, w) as preprocess makes them."""
+        scale_xy, original_size = np.asarray(scale_xy, np.float64), np.asarray(original_size)
+        if scale_xy.shape != (2,) or original_size.shape != (2,):
+            raise RequestError(f"scale_xy and original_size must hold 2 values, got {list(scale_xy.shape)} "
+                               f"and {list(original_size.shape)}")
+        height, width = (int(v) for v in original_size)
+        if height < 1 or width < 1 or height * width > self.max_image_pixels:
+            raise RequestError(f"original_size {height}x{width} must be positive and at most "
+                               f"{self.max_image_pixels} pixels (parameter max_image_pixels)")
+        sx, sy = (float(v) for v in scale_xy)
+        if not (np.isfinite(sx) and np.isfinite(sy) and sx > 0 and sy > 0):
+            raise RequestError(f"scale_xy ({sx}, {sy}) must be finite and positive")
+        # The resized image (original x scale) must fit the detector input, as preprocess guarantees.
+        if max(round(width * sx), round(height * sy)) > self.max_input_side:
+            raise RequestError(f"scale_xy ({sx}, {sy}) x original_size {height}x{width} exceeds the "
+                               f"{self.max_input_side} px input")
+        return sx, sy, height, width
+
+
+def check_detector_outputs(scores: np.ndarray, boxes: np.ndarray, bounds: InputBounds) -> None:
+    if not np.isfinite(scores).all():
+        raise RequestError("scores must be finite (NaN or infinity found)")
+    bounds.check_boxes(boxes.reshape(-1, 4), "boxes")
+
+
 # ----------------------------------------------------------------------------- NMS
 
 
 class CandidateSelector:
     """Score threshold + NMS + max detections on one image's candidates (maskface.postprocess)."""
 
-    def __init__(self, cfg: InferenceConfig | None = None):
+    def __init__(self, cfg: InferenceConfig | None = None, bounds: InputBounds | None = None):
         from .onnx_graphs import nms_step  # imports torch/torchvision: only the NMS model pays for it
 
         self.cfg = cfg or InferenceConfig()
+        self.bounds = bounds or InputBounds(max_detections=self.cfg.max_detections)
         self._nms_step = nms_step
 
     @classmethod
@@ -202,7 +360,7 @@ class CandidateSelector:
                               pre_nms_topk=p.get_int("pre_nms_topk", default.pre_nms_topk),
                               nms_threshold=p.get_float("nms_threshold", default.nms_threshold),
                               max_detections=p.get_int("max_detections", default.max_detections))
-        return cls(cfg)
+        return cls(cfg, InputBounds.from_parameters(p))
 
     def __call__(self, scores: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = np.asarray(scores, np.float32)
@@ -210,6 +368,7 @@ class CandidateSelector:
         if scores.ndim != 2 or scores.shape[0] != 1 or boxes.shape != (1, scores.shape[1], 4):
             raise RequestError(f"expected scores [1, k] and boxes [1, k, 4], got {list(scores.shape)} "
                                f"and {list(boxes.shape)}")
+        check_detector_outputs(scores, boxes, self.bounds)
         keep = self._nms_step(scores[0], boxes[0], self.cfg)
         kept = boxes[0][keep]
         rois = np.concatenate([np.zeros((len(keep), 1), np.float32), kept], axis=1).astype(np.float32)
@@ -220,25 +379,41 @@ class CandidateSelector:
 
 
 def to_original_pixels(rois: np.ndarray, det_scores: np.ndarray, landmarks: np.ndarray, landmark_scores: np.ndarray,
-                       scale_xy: np.ndarray, original_size: np.ndarray) -> dict[str, np.ndarray]:
-    """The ensemble's outputs: the same mapping as OnnxPredictor (maskface.preprocess.Prepared)."""
-    rois = np.asarray(rois, np.float32).reshape(-1, 5)
+                       scale_xy: np.ndarray, original_size: np.ndarray,
+                       bounds: InputBounds | None = None) -> dict[str, np.ndarray]:
+    """The ensemble's outputs: the same mapping as OnnxPredictor (maskface.preprocess.Prepared).
+    Every input is checked against what the earlier stages can produce (`bounds`)."""
+    bounds = bounds or InputBounds()
+    rois = np.asarray(rois, np.float32)
+    bounds.check_rois(rois, batch=1)
     n = rois.shape[0]
+    det_scores = np.asarray(det_scores, np.float32)
     landmarks = np.asarray(landmarks, np.float32)
     landmark_scores = np.asarray(landmark_scores, np.float32)
+    if det_scores.shape != (n,):
+        raise RequestError(f"det_scores {list(det_scores.shape)} does not match {n} rois (one score per roi)")
     if (landmarks.ndim != 3 or landmarks.shape[0] != n or landmarks.shape[2] != 2
             or landmark_scores.shape != landmarks.shape[:2]):
         raise RequestError(f"landmarks {list(landmarks.shape)} / landmark_scores {list(landmark_scores.shape)} "
                            f"do not match {n} boxes")
-    sx, sy = (float(v) for v in np.asarray(scale_xy, np.float64).reshape(2))
-    height, width = (int(v) for v in np.asarray(original_size).reshape(2))
+    for name, values in (("det_scores", det_scores), ("landmarks", landmarks), ("landmark_scores", landmark_scores)):
+        if not np.isfinite(values).all():
+            raise RequestError(f"{name} must be finite (NaN or infinity found)")
+    sx, sy, height, width = bounds.check_mapping(scale_xy, original_size)
     prepared = Prepared(image=np.empty((0,), np.float32), scale_xy=(sx, sy), original_size=(height, width))
     return {
         "BOXES": prepared.boxes_to_original(rois[:, 1:5]).reshape(n, 4),
-        "SCORES": np.asarray(det_scores, np.float32).reshape(n),
+        "SCORES": det_scores.reshape(n),
         "LANDMARKS": prepared.to_original(landmarks).astype(np.float32),
         "LANDMARK_SCORES": landmark_scores,
     }
+
+
+def check_keypoint_inputs(feeds: Mapping[str, np.ndarray], bounds: InputBounds) -> None:
+    """maskface_keypoints called directly: at most max_detections ROIs, inside the image the
+    feature maps belong to (without this, N = 400 ROIs took 8.8 s and 450 MB)."""
+    batch, height, width = bounds.check_features([np.asarray(feeds[name]) for name in FEATURE_NAMES])
+    bounds.check_rois(np.asarray(feeds["rois"], np.float32), batch, height, width)
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime (cpu target)

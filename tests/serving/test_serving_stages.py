@@ -12,7 +12,8 @@ from maskface.config import InferenceConfig
 from maskface.preprocess import decode_image
 from maskface.serving import stages
 from maskface.serving.stages import (
-    CandidateSelector, OnnxModel, Parameters, Preprocessor, RequestError, encoded_image_size, to_original_pixels,
+    CandidateSelector, InputBounds, OnnxModel, Parameters, Preprocessor, RequestError, check_keypoint_inputs,
+    encoded_image_size, image_format, to_original_pixels,
 )
 
 from serving_testlib import MAX_SIDE, low_inference
@@ -49,7 +50,9 @@ def test_preprocessor_limits_and_errors():
     assert out.scale_xy.dtype == np.float64 and out.original_size.tolist() == [90, 100]
     cases = [
         (np.zeros(0, np.uint8), "empty request"),
-        (np.frombuffer(b"this is not an image at all", np.uint8), "could not decode"),
+        (np.frombuffer(b"this is not an image at all", np.uint8), "not a JPEG or PNG file"),
+        (np.frombuffer(png_header_only(20, 10) + b"garbage", np.uint8), "could not decode"),
+        (np.frombuffer(b"\xff\xd8\xff\xe0\x00\x10JFIF", np.uint8), "could not read the image size from the JPEG"),
         (np.frombuffer(png_header_only(200, 100), np.uint8), "200x100 = 20000 pixels exceeds the limit of 10000"),
         (encode(".png", np.zeros((101, 100, 3), np.uint8)), "exceeds the limit of 10000 pixels"),
         (np.zeros(60_000, np.uint8), "exceeds the limit of 50000 bytes"),
@@ -164,3 +167,117 @@ def test_decode_matches_library(photos):
     pre = Preprocessor(max_side=MAX_SIDE)
     for data in photos.values():
         assert pre(np.frombuffer(data, np.uint8)).original_size.tolist() == list(decode_image(data).shape[:2])
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+def test_only_jpeg_and_png_reach_the_decoder():
+    """WebP/TIFF/BMP/GIF are refused from their first bytes: OpenCV would decode them fully before
+    any size check (a 1.4 kB lossless WebP of 6000x6000 decodes to 108 MB)."""
+    pre = Preprocessor(max_side=MAX_SIDE, max_image_pixels=10_000, max_request_bytes=4 << 20)
+    bomb = np.zeros((6000, 6000, 3), np.uint8)
+    others = {".webp": encode(".webp", bomb, cv2.IMWRITE_WEBP_QUALITY, 101), ".tiff": encode(".tiff", bomb),
+              ".bmp": encode(".bmp", np.zeros((50, 50, 3), np.uint8)),
+              ".gif": np.frombuffer(b"GIF89a\x10\x00\x10\x00" + bytes(20), np.uint8)}
+    assert others[".webp"].size < 2000 and others[".tiff"].size < 2 << 20  # small files, huge images
+    for ext, data in others.items():
+        assert image_format(data) is None, ext
+        with pytest.raises(RequestError, match="is not a JPEG or PNG file"):
+            pre(data)
+    assert image_format(encode(".png", np.zeros((4, 4, 3), np.uint8))) == "png"
+    assert image_format(encode(".jpg", np.zeros((4, 4, 3), np.uint8))) == "jpeg"
+
+
+def test_jpeg_size_found_behind_large_app_segments():
+    """The frame header can sit more than 1 MB in (twenty 64 kB APP1 segments): still read from the header."""
+    jpeg = encode(".jpg", np.zeros((30, 40, 3), np.uint8)).tobytes()
+    app1 = b"\xff\xe1" + struct.pack(">H", 65535) + bytes(65533)
+    padded = jpeg[:2] + app1 * 20 + jpeg[2:]
+    assert len(padded) > 1 << 20
+    assert encoded_image_size(padded) == (40, 30)
+    out = Preprocessor(max_side=MAX_SIDE, max_request_bytes=4 << 20)(np.frombuffer(padded, np.uint8))
+    assert out.original_size.tolist() == [30, 40]
+
+
+def test_detector_input_bounds_hand_computed():
+    b = InputBounds(max_side=192, size_divisibility=64, max_image_pixels=10_000, max_detections=5)
+    assert b.max_input_side == 192
+    b.check_input_size(192, 128)
+    for (h, w), message in [((256, 64), "exceeds 192 px per side"), ((100, 64), "multiples of 64"),
+                            ((0, 64), "multiples of 64"), ((1280, 1280), "exceeds 192 px per side")]:
+        with pytest.raises(RequestError, match=message):
+            b.check_input_size(h, w)
+    # no resize: the smallest original padding to H x W is (H - 63) x (W - 63) and must fit 10,000 px
+    free = InputBounds(max_side=0, size_divisibility=64, max_image_pixels=10_000)
+    free.check_input_size(192, 128)  # 129 * 65 = 8385
+    with pytest.raises(RequestError, match="exceeds the limit of 10000 pixels"):
+        free.check_input_size(192, 192)  # 129 * 129 = 16641
+    with pytest.raises(RequestError, match="NaN or infinite"):
+        b.check_images(np.full((1, 3, 64, 64), np.nan, np.float32))
+
+
+def features(batch=1, channels=8, height=128, width=192):
+    return {f"m{i}": np.zeros((batch, channels, -(-height // s), -(-width // s)), np.float32)
+            for i, s in zip(range(2, 7), (4, 8, 16, 32, 64))}
+
+
+def test_keypoint_inputs_are_bounded():
+    b = InputBounds(max_side=192, size_divisibility=64, max_image_pixels=10**6, max_detections=5)
+    roi = [0, 10, 20, 50, 60]
+    check_keypoint_inputs({**features(), "rois": np.array([roi] * 5, np.float32)}, b)  # 128 x 192 image
+    check_keypoint_inputs({**features(), "rois": np.zeros((0, 5), np.float32)}, b)
+    bad = [
+        (np.array([roi] * 10_000, np.float32), "10000 rois exceed the limit of 5"),
+        (np.array([roi] * 6, np.float32), "6 rois exceed the limit of 5"),
+        (np.array([[0, np.nan, 20, 50, 60]], np.float32), "finite"),
+        (np.array([[0, 1e30, 20, 2e30, 60]], np.float32), "inside the 128x192 px input image"),
+        (np.array([[0, 50, 20, 10, 60]], np.float32), "x1 <= x2"),
+        (np.array([[0, 10, 20, 50, 129]], np.float32), "inside the 128x192"),
+        (np.array([[0, -1, 20, 50, 60]], np.float32), "inside the 128x192"),
+        (np.array([[1, 10, 20, 50, 60]], np.float32), r"whole batch indices in 0\.\.0"),
+        (np.array([[0.5, 10, 20, 50, 60]], np.float32), "whole batch indices"),
+        (np.zeros((2, 4), np.float32), r"rois must be \[N, 5\]"),
+    ]
+    for rois, message in bad:
+        with pytest.raises(RequestError, match=message):
+            check_keypoint_inputs({**features(), "rois": rois}, b)
+    uneven = features()
+    uneven["m4"] = np.zeros((1, 8, 9, 12), np.float32)
+    with pytest.raises(RequestError, match=r"m4 has shape \[1, 8, 9, 12\], expected \[1, 8, 8, 12\]"):
+        check_keypoint_inputs({**uneven, "rois": np.zeros((0, 5), np.float32)}, b)
+    with pytest.raises(RequestError, match="exceeds 192 px per side"):  # m2 of a 1280 x 1280 input
+        check_keypoint_inputs({**features(height=1280, width=1280), "rois": np.zeros((0, 5), np.float32)}, b)
+
+
+def test_postprocess_refuses_what_no_earlier_stage_produces():
+    b = InputBounds(max_side=192, size_divisibility=64, max_image_pixels=10**6, max_detections=5)
+    good = dict(rois=np.array([[0, 10, 20, 50, 60]], np.float32), det_scores=np.array([0.9], np.float32),
+                landmarks=np.zeros((1, 5, 2), np.float32), landmark_scores=np.zeros((1, 5), np.float32),
+                scale_xy=np.array([0.5, 0.5]), original_size=np.array([300, 384], np.int32))
+    out = to_original_pixels(**good, bounds=b)
+    np.testing.assert_array_equal(out["BOXES"], [[20, 40, 100, 120]])  # / 0.5, inside 384 x 300
+    cases = [
+        (dict(scale_xy=np.array([0.0, 0.5])), "finite and positive"),
+        (dict(scale_xy=np.array([np.nan, 0.5])), "finite and positive"),
+        (dict(scale_xy=np.array([100.0, 100.0])), "exceeds the 192 px input"),
+        (dict(original_size=np.array([-300, 384], np.int32)), "must be positive"),
+        (dict(original_size=np.array([2000, 2000], np.int32)), "at most 1000000 pixels"),
+        (dict(det_scores=np.array([0.9, 0.8], np.float32)), r"det_scores \[2\] does not match 1 rois"),
+        (dict(rois=np.array([[0, 1e30, 20, 1e30, 60]], np.float32)), "inside the 192x192 px"),
+        (dict(rois=np.array([[0, 50, 20, 10, 60]], np.float32)), "x1 <= x2"),
+        (dict(landmarks=np.full((1, 5, 2), np.inf, np.float32)), "landmarks must be finite"),
+    ]
+    for change, message in cases:
+        with pytest.raises(RequestError, match=message):
+            to_original_pixels(**{**good, **change}, bounds=b)
+
+
+def test_nms_refuses_non_finite_or_outside_candidates():
+    select = CandidateSelector(low_inference(), InputBounds(max_side=192, max_detections=5))
+    scores, boxes = np.full((1, 4), 0.5, np.float32), np.tile(np.float32([0, 0, 10, 10]), (1, 4, 1))
+    assert select(scores, boxes)[0].shape == (1, 5)  # four equal boxes: NMS keeps one
+    with pytest.raises(RequestError, match="scores must be finite"):
+        select(np.full((1, 4), np.nan, np.float32), boxes)
+    with pytest.raises(RequestError, match="inside the 192x192"):
+        select(scores, np.tile(np.float32([0, 0, 1e30, 1e30]), (1, 4, 1)))

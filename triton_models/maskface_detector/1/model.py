@@ -31,12 +31,15 @@ class TritonPythonModel:
         self.stages = stages
         self.graph = stages.OnnxModel(stages.model_file(args, params.get_str("onnx_file")),
                                       params.get_int("ort_threads", 0))
+        self.bounds = stages.InputBounds.from_parameters(params)  # no larger image than preprocess makes
 
     def execute(self, requests):
         feeds, errors = [], {}
         for i, request in enumerate(requests):
             try:
-                feeds.append(self.stages.input_arrays(pb_utils, request, ["images"]))
+                feed = self.stages.input_arrays(pb_utils, request, ["images"])
+                self.bounds.check_images(feed["images"])
+                feeds.append(feed)
             except Exception as exc:  # noqa: BLE001
                 errors[i] = exc
                 feeds.append(None)

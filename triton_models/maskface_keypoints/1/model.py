@@ -31,8 +31,10 @@ class TritonPythonModel:
         self.stages = stages
         self.graph = stages.OnnxModel(stages.model_file(args, params.get_str("onnx_file")),
                                       params.get_int("ort_threads", 0))
+        self.bounds = stages.InputBounds.from_parameters(params)  # at most max_detections ROIs
 
     def _handle(self, **feeds):
+        self.stages.check_keypoint_inputs(feeds, self.bounds)
         out = self.graph.run(feeds)
         return {"landmarks": out["landmarks"], "landmark_scores": out["landmark_scores"]}
 

@@ -27,6 +27,10 @@ class TritonPythonModel:
         from maskface.serving import stages
 
         self.stages = stages
+        self.bounds = stages.InputBounds.from_parameters(stages.Parameters.from_model_config(config))
+
+    def _handle(self, **inputs):
+        return self.stages.to_original_pixels(**inputs, bounds=self.bounds)
 
     def execute(self, requests):
-        return self.stages.respond(pb_utils, requests, INPUTS, self.stages.to_original_pixels)
+        return self.stages.respond(pb_utils, requests, INPUTS, self._handle)
