@@ -1,9 +1,11 @@
-"""CLI: ``maskface evaluate widerface|landmarks`` and ``maskface predict-widerface``.
+"""CLI: ``maskface evaluate widerface|landmarks``, ``maskface predict-landmarks`` and ``maskface predict-widerface``.
 
     maskface evaluate widerface --pred DIR [--gt DIR] [--plot pr.png] [--json ap.json]
         [--protocol matlab|continuous] [--allow-missing] [--events EVENT ...]
-    maskface evaluate landmarks --pred FILE --gt FILE --normaliser box|interocular
+    maskface evaluate landmarks --pred FILE --gt FILE (--protocol aflw5|aflw19|300w | --normaliser box|interocular)
         [--iou 0.4] [--threshold 0.08] [--plot ced.png] [--json nme.json]
+    maskface predict-landmarks --checkpoint CKPT --data aflw:ROOT --split test --protocol aflw19
+        --out pred.json --gt-out gt.json [--plot ced.png] [--json nme.json]
     maskface predict-widerface --checkpoint CKPT --images WIDER_val/images --out DIR [--tta]
 
 File formats: WIDER FACE submission layout (maskface.evaluation.widerface) and the landmark
@@ -58,16 +60,19 @@ def run_widerface(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_landmarks(args: argparse.Namespace) -> int:
-    from maskface.evaluation import landmarks as lm
+def _landmark_settings(args: argparse.Namespace) -> tuple[str, float]:
+    """(normaliser, IoU) from --protocol, overridden by explicit --normaliser / --iou."""
+    from maskface.evaluation.landmark_protocol import get_protocol
 
-    try:
-        gt = lm.load_landmark_file(args.gt)
-        pred = lm.load_landmark_file(args.pred)
-        result = lm.evaluate_landmarks(gt, pred, normaliser=args.normaliser, iou_threshold=args.iou,
-                                       threshold=args.threshold, ced_max_error=args.max_error)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        return _fail("evaluate landmarks", exc)
+    protocol = get_protocol(args.protocol) if args.protocol else None
+    normaliser = args.normaliser or (protocol.normaliser if protocol else None)
+    if normaliser is None:
+        raise ValueError("give --protocol (aflw5, aflw19, 300w) or --normaliser (box, interocular)")
+    iou = args.iou if args.iou is not None else (protocol.iou_threshold if protocol else 0.4)
+    return normaliser, iou
+
+
+def _report_landmarks(args: argparse.Namespace, result, normaliser: str, iou: float) -> None:
     print(result.summary())
     if args.json:
         _write_json(args.json, result.to_dict(with_errors=args.per_face))
@@ -75,10 +80,71 @@ def run_landmarks(args: argparse.Namespace) -> int:
     if args.plot:
         from maskface.evaluation.plots import plot_ced_curves
 
-        label = f"{args.normaliser} NME, IoU {args.iou:g}"
+        label = f"{normaliser} NME, IoU {iou:g}"
         plot_ced_curves({label: result.errors}, args.plot, max_error=result.ced_max_error,
-                        threshold=args.threshold, xlabel=f"NME ({args.normaliser})")
+                        threshold=args.threshold, xlabel=f"NME ({normaliser})")
         print(f"plot -> {args.plot}")
+
+
+def run_landmarks(args: argparse.Namespace) -> int:
+    from maskface.evaluation import landmarks as lm
+
+    try:
+        normaliser, iou = _landmark_settings(args)
+        gt = lm.load_landmark_file(args.gt)
+        pred = lm.load_landmark_file(args.pred)
+        result = lm.evaluate_landmarks(gt, pred, normaliser=normaliser, iou_threshold=iou,
+                                       threshold=args.threshold, ced_max_error=args.max_error)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return _fail("evaluate landmarks", exc)
+    _report_landmarks(args, result, normaliser, iou)
+    return 0
+
+
+def run_predict_landmarks(args: argparse.Namespace) -> int:
+    """§4.2: predictions of a checkpoint on an AFLW / 300W split, the matching ground truth, and
+    their NME / CED / AUC / failure rate / CED@0.95 under the protocol's IoU and normaliser."""
+    from maskface.evaluation import landmark_protocol as lp
+    from maskface.evaluation import landmarks as lm
+
+    try:
+        protocol = lp.get_protocol(args.protocol)
+        normaliser, iou = _landmark_settings(args)
+        kind, sep, root = args.data.partition(":")
+        if not sep or kind.lower().replace("w300", "300w") != protocol.dataset:
+            raise ValueError(f"--data must be {protocol.dataset}:ROOT for protocol {protocol.name}, got {args.data!r}")
+        if not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        from maskface.data.dataset import build_dataset
+
+        dataset = build_dataset(args.data, split=args.split)
+        records = dataset.records[: args.limit] if args.limit else dataset.records
+        gt = lp.ground_truth_file(records, Path(root), protocol)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return _fail("predict-landmarks", exc)
+
+    from tqdm import tqdm
+
+    from maskface.checkpoint import load_model
+    from maskface.data.dataset import read_image
+
+    model = load_model(args.checkpoint, map_location=args.device)
+    if model.num_landmarks != protocol.num_landmarks:
+        return _fail("predict-landmarks", ValueError(
+            f"the checkpoint predicts {model.num_landmarks} landmarks, protocol {protocol.name} needs "
+            f"{protocol.num_landmarks}"))
+    model.cfg.inference.score_threshold = args.score_threshold
+    predictor = lp.protocol_predictor(model, args.device)
+    bar = None if args.quiet else (lambda it: tqdm(it, desc="predict-landmarks", unit="img"))
+    pred = lp.prediction_file(predictor, records, Path(root), protocol.num_landmarks, read_image, bar)
+    lm.save_landmark_file(args.out, pred)
+    lm.save_landmark_file(args.gt_out, gt)
+    print(f"predictions ({pred.num_faces} detections, {len(pred.images)} images) -> {args.out}; "
+          f"ground truth ({gt.num_faces} faces) -> {args.gt_out}")
+    result = lm.evaluate_landmarks(gt, pred, normaliser=normaliser, iou_threshold=iou, threshold=args.threshold,
+                                   ced_max_error=args.max_error)
+    print(f"protocol {protocol.name} (shorter side {lp.MIN_SIDE} px, no TTA, IoU {iou:g}, {normaliser} NME):")
+    _report_landmarks(args, result, normaliser, iou)
     return 0
 
 
@@ -175,17 +241,28 @@ def add_parser(subparsers) -> None:
     w.set_defaults(func=run_widerface)
 
     lmk = sub.add_parser("landmarks", help="landmark NME / CED / AUC / failure rate after IoU matching")
-    lmk.add_argument("--pred", required=True, help="predictions (.json or .npz, with scores)")
+    lmk.add_argument("--pred", required=True, help="predictions (.json or .npz, with scores; `maskface "
+                     "predict-landmarks` writes them)")
     lmk.add_argument("--gt", required=True, help="ground truth (.json or .npz)")
-    lmk.add_argument("--normaliser", choices=("box", "interocular"), required=True,
-                     help="box: sqrt(w*h) of the face box (AFLW); interocular: outer eye corners (300W)")
-    lmk.add_argument("--iou", type=float, default=0.4, help="IoU to match a prediction to a face (paper: 0.3/0.4)")
-    lmk.add_argument("--threshold", type=float, default=0.08, help="AUC / failure-rate threshold (e.g. 0.08, 0.10)")
-    lmk.add_argument("--max-error", type=float, default=None, help="x range of the CED plot")
-    lmk.add_argument("--plot", default=None, help="write the CED curve to this .png")
-    lmk.add_argument("--json", default=None, help="write the metrics to this .json")
-    lmk.add_argument("--per-face", action="store_true", help="include every face's error in the JSON")
+    _add_landmark_metric_args(lmk)
     lmk.set_defaults(func=run_landmarks)
+
+    pl = subparsers.add_parser("predict-landmarks", help="§4.2 landmark protocol: predict on AFLW / 300W, write "
+                               "the prediction + ground-truth files, print NME / CED / AUC / failure rate")
+    pl.add_argument("--checkpoint", required=True, help="a MaskFace checkpoint (5 points for aflw5, 19 for aflw19, "
+                    "68 for 300w)")
+    pl.add_argument("--data", required=True, help="aflw:ROOT or 300w:ROOT (the layouts of maskface/data)")
+    pl.add_argument("--split", default="test", help="annotation split to predict on (AFLW: test, test_frontal; "
+                    "300W: valid, valid_common, valid_challenge, test)")
+    pl.add_argument("--out", required=True, help="prediction file to write (.json or .npz)")
+    pl.add_argument("--gt-out", required=True, help="ground-truth file to write (.json or .npz), in the same layout")
+    pl.add_argument("--score-threshold", type=float, default=0.02,
+                    help="detections kept (the evaluator takes the most confident one per face)")
+    pl.add_argument("--device", default="cpu")
+    pl.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
+    pl.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_landmark_metric_args(pl, protocol_required=True)
+    pl.set_defaults(func=run_predict_landmarks)
 
     p = subparsers.add_parser("predict-widerface", help="write WIDER FACE submission files for a folder of images")
     p.add_argument("--checkpoint", required=True, help="a MaskFace checkpoint")
@@ -209,3 +286,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="skip images whose prediction file exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict_widerface)
+
+
+def _add_landmark_metric_args(parser, protocol_required: bool = False) -> None:
+    parser.add_argument("--protocol", choices=("aflw5", "aflw19", "300w"), required=protocol_required,
+                        default=None, help="§4.2 settings: aflw5 (IoU 0.3, box), aflw19 (IoU 0.4, box), "
+                        "300w (IoU 0.4, inter-ocular)")
+    parser.add_argument("--normaliser", choices=("box", "interocular"), default=None,
+                        help="box: sqrt(w*h) of the face box (AFLW); interocular: outer eye corners (300W); "
+                        "default: the protocol's")
+    parser.add_argument("--iou", type=float, default=None, help="IoU to match a prediction to a face "
+                        "(default: the protocol's, else 0.4)")
+    parser.add_argument("--threshold", type=float, default=0.08, help="AUC / failure-rate threshold (e.g. 0.08, 0.10)")
+    parser.add_argument("--max-error", type=float, default=None, help="x range of the CED plot")
+    parser.add_argument("--plot", default=None, help="write the CED curve to this .png")
+    parser.add_argument("--json", default=None, help="write the metrics to this .json")
+    parser.add_argument("--per-face", action="store_true", help="include every face's error in the JSON")
