@@ -615,10 +615,10 @@ def tensorrt_runner(model: MaskFace, key: str, cache_dir: Path, onnx_paths: Call
             # plugin_library=None: built against the headers of the runtime's TensorRT major version.
             metadata = build_engines(onnx_paths(), folder, plugin_library=None, fp16=True, max_size=max_side,
                                      max_batch=1, max_faces=max_faces, workspace_gb=4.0)
-            meta = {"key": key, "metadata": metadata}
+            meta = {"key": key, "metadata": metadata.to_json()}
             atomic_write_json(meta_path, meta)
         version = (meta.get("metadata") or {}).get("tensorrt_version", "?")
-        plugin = meta["metadata"]["plugin_library"]["path"]
+        plugin = meta["metadata"]["plugin"]["path"]
         return TrtRunner(TrtGraphs(folder, plugin), model, f"TensorRT {version} engines (FP16)")
     except Skip:
         raise

@@ -3,7 +3,9 @@
     python export/build_engines.py [--fp16] [--checkpoint PATH] [--out artifacts] [--require-trt]
 
 1. exports detector.onnx, keypoint_head.onnx (custom MultiLevelRoIAlign node) and
-   keypoint_head_portable.onnx to OUT/onnx, each checked with onnx.checker and shape inference;
+   keypoint_head_portable.onnx to OUT/onnx, each checked with onnx.checker and shape inference, and
+   checks the two TensorRT graphs against TensorRT's documented limits (export/conformance.py; exit 3
+   naming the node and the rule when one is broken);
 2. runs them in ONNX Runtime against PyTorch (real photos + random inputs) and writes
    OUT/parity/parity_onnxruntime.{json,md}; fails when the FP32 tolerances are exceeded;
 3. where TensorRT (with its builder) and a CUDA GPU are present: builds the plugin library, the
@@ -24,9 +26,11 @@ if __package__ in (None, ""):
 
 from export.export_onnx import export_all, load_or_init_model  # noqa: E402
 from export.parity import run_parity, to_markdown, write_report  # noqa: E402
+from maskface.serving.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_FACES, DEFAULT_MAX_SIZE  # noqa: E402
 
 EXIT_PARITY_FAILED = 1
 EXIT_TRT_REQUIRED = 2
+EXIT_NOT_CONFORMANT = 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,9 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default="r50", help="preset used without a checkpoint (r50, mbv2, rx101, rx152)")
     p.add_argument("--out", default="artifacts", help="output root: onnx/, parity/, engines/")
     p.add_argument("--fp16", action="store_true", help="FP16 engines (BuilderFlag.FP16 on TRT 10, an FP16 graph on TRT 11)")
-    p.add_argument("--max-size", type=int, default=1024, help="largest image side of the engine profiles (multiple of 64)")
-    p.add_argument("--max-batch", type=int, default=1)
-    p.add_argument("--max-faces", type=int, default=256, help="largest number of ROIs of the keypoint engine")
+    # The defaults are serving's (maskface.serving.manifest), so `maskface serve` takes the engines as built.
+    p.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
+                   help="largest image side of the engine profiles (multiple of 64; default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="largest detector batch (serving's detector_max_batch_size; default %(default)s)")
+    p.add_argument("--max-faces", type=int, default=DEFAULT_MAX_FACES,
+                   help="largest number of ROIs of the keypoint engine (serving's max_detections; default %(default)s)")
     p.add_argument("--workspace-gb", type=float, default=4.0)
     p.add_argument("--plugin", help="prebuilt libmaskface_plugins.so (default: build it from plugins/)")
     p.add_argument("--require-trt", action="store_true", help="fail when engines cannot be built here")
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in onnx_paths.items():
         print(f"build_engines: {name}: {path} ({path.stat().st_size / 1e6:.1f} MB), checked + shape-inferred")
     print(f"build_engines: ONNX export took {time.perf_counter() - start:.1f} s")
+    if not check_conformance(onnx_paths):
+        return EXIT_NOT_CONFORMANT
 
     if not args.skip_parity:
         from maskface.serving.onnx_graphs import OnnxGraphs
@@ -77,6 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     return build_tensorrt(args, model, trained, onnx_paths, out)
 
 
+def check_conformance(onnx_paths: dict[str, Path]) -> bool:
+    """False (after printing every finding) when a TensorRT graph breaks a documented TensorRT rule;
+    True when it conforms, or when TensorRT's reference files are not on this machine (said so)."""
+    from export.conformance import ThirdPartyMissing, check_graphs
+
+    try:
+        findings = check_graphs([onnx_paths["detector"], onnx_paths["keypoint_head"]])
+    except ThirdPartyMissing as exc:
+        print(f"build_engines: TensorRT conformance not checked: {exc}")
+        return True
+    for finding in findings:
+        print(f"build_engines: {finding}", file=sys.stderr)
+    if findings:
+        print(f"build_engines: {len(findings)} TensorRT conformance finding(s): TensorRT would refuse these graphs",
+              file=sys.stderr)
+        return False
+    print("build_engines: detector.onnx and keypoint_head.onnx conform to TensorRT's documented limits")
+    return True
+
+
 def build_tensorrt(args: argparse.Namespace, model, trained: bool, onnx_paths: dict[str, Path], out: Path) -> int:
     from export.tensorrt_build import tensorrt_status
 
@@ -90,15 +120,15 @@ def build_tensorrt(args: argparse.Namespace, model, trained: bool, onnx_paths: d
 
     cfg = model.cfg
     # plugin_library=None: built from plugins/ against the headers of the runtime's major version.
-    metadata = build_engines(
+    manifest = build_engines(
         onnx_paths, out / "engines", plugin_library=args.plugin, fp16=args.fp16, max_size=args.max_size,
         max_batch=args.max_batch, max_faces=args.max_faces, workspace_gb=args.workspace_gb,
         model_info={"config": cfg.name, "num_landmarks": cfg.keypoints.num_landmarks,
                     "feature_channels": cfg.fpn.channels, "pre_nms_topk": cfg.inference.pre_nms_topk,
                     "trained": trained},
     )
-    print(f"build_engines: engines in {out / 'engines'} ({metadata['precision']}, TensorRT {metadata['tensorrt_version']})")
-    graphs = TrtGraphs(out / "engines", metadata["plugin_library"]["path"])
+    print(f"build_engines: engines in {out / 'engines'} ({manifest.precision}, TensorRT {manifest.tensorrt_version})")
+    graphs = TrtGraphs(out / "engines", manifest.plugin["path"])
     report = run_parity(model, graphs, "tensorrt_fp16" if args.fp16 else "tensorrt",
                         tolerance=_trt_tolerance(args.fp16))
     _, md_path = write_report(report, out / "parity")

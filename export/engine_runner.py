@@ -19,7 +19,6 @@ One TrtEngine owns one execution context: use one per thread.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from maskface.serving.manifest import EngineManifest
 
 from .tensorrt_build import (
     DETECTOR,
@@ -261,12 +262,12 @@ class TrtGraphs:
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         if isinstance(engines, (tuple, list)):
             detector_plan, keypoint_plan = (Path(p) for p in engines)
-            self.metadata: dict | None = None
+            self.metadata: EngineManifest | None = None
         else:
             folder = Path(engines)
             detector_plan, keypoint_plan = folder / PLAN_FILES[DETECTOR], folder / PLAN_FILES[KEYPOINT_HEAD]
             meta = folder / METADATA_FILE
-            self.metadata = json.loads(meta.read_text()) if meta.is_file() else None
+            self.metadata = EngineManifest.read(folder) if meta.is_file() else None
         self.output = output
         self.detector = TrtEngine(detector_plan, None, device=device, runtime_module=runtime_module)
         self.keypoint_head = TrtEngine(keypoint_plan, plugin_library, device=self.detector.device,

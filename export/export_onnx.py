@@ -28,6 +28,10 @@ from export.graphs import (  # noqa: E402
 from maskface.modeling.maskface import MaskFace  # noqa: E402
 
 DEFAULT_OPSET = 17
+# TensorRT's TopK limit, the same in 10.16 and 11.1: "Currently only values of K up to 3840 are supported."
+# (ITopKLayer::setK and INetworkDefinition::addTopK: tensorrt/10.16/include/NvInfer.h:3659 and :8458,
+# tensorrt/11.1/include/NvInfer.h:3448 and :8595; tests/export/test_conformance.py re-reads it from the headers.)
+TENSORRT_TOPK_MAX = 3840
 DETECTOR_FILE = "detector.onnx"
 KEYPOINT_FILE = "keypoint_head.onnx"
 KEYPOINT_PORTABLE_FILE = "keypoint_head_portable.onnx"
@@ -45,8 +49,53 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs, d
             output_names=list(outputs), dynamic_axes=dynamic_axes, do_constant_folding=True,
             custom_opsets={CUSTOM_DOMAIN: CUSTOM_OP_VERSION} if custom else None,
         )
+    fold_static_shape_ops(tmp)
     tmp.replace(path)
     return path
+
+
+def fold_static_shape_ops(path: Path) -> int:
+    """Replace Shape nodes of tensors whose shape is static, and ConstantOfShape nodes of constant
+    shapes, by Constant nodes (exact: their values are known at export). torch.onnx emits an INT64
+    ConstantOfShape for every expand(-1, ...), and the TensorRT ONNX parser's support matrix lists
+    ConstantOfShape for FP32 only (onnx-tensorrt operators.md); folded, those nodes are gone.
+    Returns the number of nodes replaced."""
+    import numpy as np
+    from onnx import helper, numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    replaced = 0
+    while True:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False)
+        shapes = {}
+        for info in list(inferred.graph.value_info) + list(inferred.graph.input):
+            dims = info.type.tensor_type.shape.dim
+            if info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+                shapes[info.name] = [d.dim_value for d in dims]
+        constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        folded = 0
+        for index, node in enumerate(list(model.graph.node)):
+            value = None
+            if node.op_type == "Shape" and node.input[0] in shapes:
+                attrs = {a.name: a.i for a in node.attribute}
+                dims = shapes[node.input[0]]
+                value = np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], np.int64)
+            elif node.op_type == "ConstantOfShape" and node.input[0] in constants:
+                fill = numpy_helper.to_array(node.attribute[0].t) if node.attribute else np.zeros(1, np.float32)
+                value = np.full(constants[node.input[0]].astype(np.int64), fill.reshape(-1)[0], fill.dtype)
+            if value is not None:
+                model.graph.node[index].CopyFrom(helper.make_node(
+                    "Constant", [], [node.output[0]], name=node.name, value=numpy_helper.from_array(value, node.output[0])))
+                folded += 1
+        replaced += folded
+        if not folded:
+            break
+    if replaced:
+        onnx.save(model, str(path))
+    return replaced
 
 
 def _feature_axes(prefix: str = "") -> dict[str, dict[int, str]]:
@@ -60,8 +109,24 @@ def export_detector(model: MaskFace, path: str | Path, opset: int = DEFAULT_OPSE
     axes = {"images": {0: "batch", 2: "height", 3: "width"}, "scores": {0: "batch"}, "boxes": {0: "batch"},
             **_feature_axes()}
     path = _export(DetectorGraph(model), (images,), Path(path), DETECTOR_INPUTS, DETECTOR_OUTPUTS, axes, opset)
+    k = model.cfg.inference.pre_nms_topk
+    _set_static_dims(path, {"scores": {1: k}, "boxes": {1: k}})
     validate(path, expected_inputs=DETECTOR_INPUTS, expected_outputs=DETECTOR_OUTPUTS)
     return path
+
+
+def _set_static_dims(path: Path, dims: dict[str, dict[int, int]]) -> None:
+    """Write known sizes (k candidates, K landmarks) into the graph outputs' declared shapes: the
+    exporter leaves them symbolic, though the graph computes them from constants. Static output shapes
+    are what TensorRT, Triton's configs and engines.json rely on; validate() then checks them against
+    shape inference."""
+    model = onnx.load(str(path))
+    for out in model.graph.output:
+        for axis, size in dims.get(out.name, {}).items():
+            dim = out.type.tensor_type.shape.dim[axis]
+            dim.Clear()
+            dim.dim_value = int(size)
+    onnx.save(model, str(path))
 
 
 def export_keypoint_head(
@@ -77,6 +142,8 @@ def export_keypoint_head(
     graph = KeypointGraph(model, portable=portable, heatmaps=heatmaps)
     path = _export(graph, (*features, rois), Path(path), KEYPOINT_INPUTS, outputs, axes, opset, custom=not portable)
     _name_pooled_tensor(path)
+    k = model.cfg.keypoints.num_landmarks
+    _set_static_dims(path, {"landmarks": {1: k}, "landmark_scores": {1: k}, HEATMAP_OUTPUT: {1: k}})
     validate(path, expected_inputs=KEYPOINT_INPUTS, expected_outputs=outputs)
     return path
 
@@ -120,13 +187,28 @@ def export_all(model: MaskFace, out_dir: str | Path, opset: int = DEFAULT_OPSET)
     }
 
 
+def fit_candidates_to_tensorrt(model: MaskFace, echo=print) -> int:
+    """Cap the detector's in-graph top-k (cfg.inference.pre_nms_topk) at TensorRT's TopK limit, so that
+    the exported graph builds; the PyTorch reference of the parity checks then uses the same k. A
+    checkpoint saved with the former default 5000 gets 3840 (and the caller is told). Returns k."""
+    inference = model.cfg.inference
+    if inference.pre_nms_topk > TENSORRT_TOPK_MAX:
+        if echo:
+            echo(f"export: pre_nms_topk {inference.pre_nms_topk} exceeds TensorRT's TopK limit {TENSORRT_TOPK_MAX} "
+                 f"(NvInfer.h); exporting {TENSORRT_TOPK_MAX} candidates")
+        inference.pre_nms_topk = TENSORRT_TOPK_MAX
+    return inference.pre_nms_topk
+
+
 def load_or_init_model(checkpoint: str | None, config: str = "r50", seed: int = 0) -> tuple[MaskFace, bool]:
     """(model in eval mode, trained?) — a seeded initialisation when no checkpoint is given."""
     from maskface.checkpoint import load_model
     from maskface.modeling.maskface import build_model
 
     if checkpoint:
-        return load_model(checkpoint), True
+        model = load_model(checkpoint)
+        fit_candidates_to_tensorrt(model)
+        return model, True
     torch.manual_seed(seed)
     return build_model(config).eval(), False
 

@@ -9,16 +9,22 @@ writes ``detector.plan``, ``keypoint_head.plan`` and ``engines.json`` (TensorRT 
 precision, profiles, sha256 of the ONNX inputs and of the plugin library, build times), each
 through a temporary file and a rename.
 
-Precision, per TensorRT major version (decided from ``tensorrt.__version__``):
+Precision: one path for TensorRT 10 and 11, a strongly typed network. FP16 = the FP16 ONNX graph
+written by export/fp16.py (FP16 backbone / FPN / context / keypoint conv tower, FP32 GroupNorm, heads,
+Sigmoid / TopK / box decoding, RoIAlign and heatmap decoding; FP32 graph inputs / outputs), so the
+graph itself says which layer runs in which type. Evidence from the headers (shared/third_party):
 
-* TensorRT 11 has only strongly typed networks (no BuilderFlag.FP16). FP16 = the FP16 ONNX graph
-  written by export/fp16.py (FP16 backbone / FPN / context / keypoint conv tower, FP32 GroupNorm,
-  heads, Sigmoid / TopK / box decoding, RoIAlign and heatmap decoding; FP32 graph inputs/outputs).
-* TensorRT 10, default ("weak" typing): the FP32 graph with BuilderFlag.FP16, and every layer
-  outside the FP16 scopes of export/fp16.py pinned to FP32 (layer precision + output types, with
-  BuilderFlag.OBEY_PRECISION_CONSTRAINTS): Sigmoid, TopK, box decoding, the RoIAlign plugin,
-  Softmax / ArgMax / heatmap decoding. ``typing="strong"`` builds the FP16 graph as on TRT 11.
-* FP32 engines clear BuilderFlag.TF32 unless ``tf32=True`` (an FP32 engine is a reference).
+* TRT 10.16 NvInfer.h:10467-10468 ``kFP16``: "\\deprecated Deprecated in TensorRT 10.12. Superseded
+  by strong typing." -- the same note on kOBEY_PRECISION_CONSTRAINTS (:10508-10509) and on
+  ILayer::setPrecision / setOutputType (:701, :789); weak typing is the deprecated path.
+* TRT 10.16 NvInfer.h:12109-12113 ``kSTRONGLY_TYPED = 1``: "Mark the network to be strongly typed
+  ... Setting layer precision and layer output types is not allowed" (not deprecated in 10.x).
+* TRT 11.1 NvInfer.h:11469-11471 ``kSTRONGLY_TYPED``: "Deprecated in TensorRT 11.0. Strongly typed mode
+  is always enabled. This flag is retained for API compatibility but is ignored."; BuilderFlag has no
+  FP16 / OBEY_PRECISION_CONSTRAINTS at all (python/src/infer/pyCore.cpp:1599-1623 of 11.1).
+
+So TRT 10 gets NetworkDefinitionCreationFlag.STRONGLY_TYPED and TRT 11 no flag; neither sets a
+precision flag. FP32 engines clear BuilderFlag.TF32 unless ``tf32=True`` (an FP32 engine is a reference).
 
 Optimisation profiles (one per engine) come from the image-size range: images
 [1, 3, 64, 64] / [opt_batch, 3, 512, 640] / [max_batch, 3, max_size, max_size] (opt_size (480, 640),
@@ -51,6 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from maskface.io_utils import atomic_write_bytes, sha256_file
+from maskface.serving.manifest import (
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_FACES, DEFAULT_MAX_SIZE, EngineEntry, EngineManifest, Profile,
+)
 
 SUPPORTED_MAJORS = (10, 11)
 DETECTOR = "detector"
@@ -58,7 +67,6 @@ KEYPOINT_HEAD = "keypoint_head"
 ENGINE_NAMES = (DETECTOR, KEYPOINT_HEAD)
 PLAN_FILES = {DETECTOR: "detector.plan", KEYPOINT_HEAD: "keypoint_head.plan"}
 METADATA_FILE = "engines.json"
-METADATA_FORMAT = 1
 DEFAULT_OUT_DIR = Path("artifacts/engines")
 
 PLUGIN_NAME = "MultiLevelRoIAlign"
@@ -68,7 +76,6 @@ PLUGIN_NAMESPACE = "maskface"
 IMAGE_INPUT = "images"
 ROIS_INPUT = "rois"
 SIZE_MULTIPLE = 64
-DEFAULT_MAX_FACES = 256
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -171,8 +178,8 @@ def gpu_info() -> dict[str, Any]:
 class ProfileRanges:
     """The shapes the engines accept. Image sides are multiples of 64 (the detector's contract)."""
 
-    max_size: int = 1024
-    max_batch: int = 1
+    max_size: int = DEFAULT_MAX_SIZE
+    max_batch: int = DEFAULT_MAX_BATCH
     max_faces: int = DEFAULT_MAX_FACES
     min_size: int = SIZE_MULTIPLE
     opt_size: tuple[int, int] = (480, 640)  # (H, W)
@@ -272,72 +279,27 @@ def _profiles_json(shapes: ProfileShapes) -> dict[str, dict[str, list[int]]]:
 
 @dataclass(frozen=True)
 class PrecisionPlan:
-    """How one TensorRT version gets the requested precision."""
+    """How the requested precision is built (the same for TensorRT 10 and 11: strong typing)."""
 
     precision: str  # "fp16" | "fp32"
-    typing: str  # "strong" | "weak"
     onnx_variant: str  # "fp16" (export/fp16.py graph) | "fp32"
-    builder_flags: tuple[str, ...]  # BuilderFlag names set
     cleared_flags: tuple[str, ...]  # BuilderFlag names cleared
-    pin_fp32_layers: bool  # TRT 10 weak FP16: layers outside the FP16 scopes pinned to FP32
 
 
-def precision_plan(major: int, fp16: bool, typing: str = "auto", tf32: bool = False) -> PrecisionPlan:
-    """Decide flags and graph for TensorRT `major` (10 or 11). typing: auto | strong | weak."""
+def precision_plan(major: int, fp16: bool, tf32: bool = False) -> PrecisionPlan:
+    """The graph and flags for TensorRT `major` (10 or 11); see the module docstring for the evidence."""
     if major not in SUPPORTED_MAJORS:
         raise ValueError(f"TensorRT major version {major} is not supported ({SUPPORTED_MAJORS})")
-    if typing not in ("auto", "strong", "weak"):
-        raise ValueError(f"typing must be auto, strong or weak, got {typing!r}")
-    if major >= 11:
-        if typing == "weak":
-            raise ValueError("TensorRT 11 has no weakly typed networks (no BuilderFlag.FP16): use typing='strong'")
-        typing = "strong"
-    elif typing == "auto":
-        typing = "weak"
     cleared = () if tf32 else ("TF32",)
-    if not fp16:
-        return PrecisionPlan("fp32", typing, "fp32", (), cleared, False)
-    if typing == "strong":
-        return PrecisionPlan("fp16", "strong", "fp16", (), cleared, False)
-    return PrecisionPlan("fp16", "weak", "fp32", ("FP16", "OBEY_PRECISION_CONSTRAINTS"), cleared, True)
+    return PrecisionPlan("fp16", "fp16", cleared) if fp16 else PrecisionPlan("fp32", "fp32", cleared)
 
 
-def network_flags(trt, major: int, strongly_typed: bool) -> int:
-    """create_network flags: TRT 11 networks are strongly typed by default (its STRONGLY_TYPED flag
-    is deprecated and ignored, so none is passed); TRT 10 sets STRONGLY_TYPED when asked."""
-    if major >= 11 or not strongly_typed:
+def network_flags(trt, major: int) -> int:
+    """create_network flags of a strongly typed network: TRT 10 sets STRONGLY_TYPED; TRT 11 networks
+    are always strongly typed and its flag is deprecated and ignored, so none is passed."""
+    if major >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-
-
-def _is_float(trt, dtype) -> bool:
-    return dtype in (trt.DataType.FLOAT, trt.DataType.HALF)
-
-
-def pin_sensitive_layers(trt, network, fp16_scopes: Sequence[str]) -> dict[str, Any]:
-    """TRT 10 weak typing: every layer whose name is outside `fp16_scopes` (the parser names layers
-    after their ONNX node) and that reads or writes a float tensor computes in FP32, and its float
-    outputs are FP32 (TopK / ArgMax included: their float inputs must not be rounded to FP16).
-    Constant and shape layers are left alone. Returns counts and the pinned layer names."""
-    skip_types = {getattr(trt.LayerType, t) for t in ("CONSTANT", "SHAPE") if hasattr(trt.LayerType, t)}
-    pinned, free = [], 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if any(layer.name.startswith(s) for s in fp16_scopes):
-            free += 1
-            continue
-        if layer.type in skip_types:
-            continue
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
-        float_out = [j for j, o in enumerate(outputs) if o is not None and _is_float(trt, o.dtype)]
-        if not float_out and not any(t is not None and _is_float(trt, t.dtype) for t in inputs):
-            continue
-        layer.precision = trt.float32
-        for j in float_out:
-            layer.set_output_type(j, trt.float32)
-        pinned.append(layer.name)
-    return {"fp16_scope_layers": free, "fp32_pinned_layers": len(pinned), "fp32_pinned": pinned}
 
 
 # --------------------------------------------------------------------------------------------- plugin
@@ -469,7 +431,7 @@ def _network_input_shapes(network) -> dict[str, tuple[int, ...]]:
 
 def build_engine(
     trt, onnx_path: Path, plan_path: Path, ranges: ProfileRanges, plan: PrecisionPlan, *, major: int,
-    workspace_bytes: int, fp16_scopes: Sequence[str], plugin_library: Path | None = None,
+    workspace_bytes: int, plugin_library: Path | None = None,
     embed_plugin: bool = False, version_compatible: bool = False, echo: Callable[[str], None] | None = print,
     verbose: bool = False,
 ) -> dict[str, Any]:
@@ -477,19 +439,16 @@ def build_engine(
     logger = _make_logger(trt, echo, verbose)
     start = time.perf_counter()
     builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt, major, plan.typing == "strong"))
+    network = builder.create_network(network_flags(trt, major))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise OnnxParseError(onnx_path, _parser_errors(parser) or logger.errors())
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    for flag in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
     for flag in plan.cleared_flags:
         if hasattr(trt.BuilderFlag, flag):
             config.clear_flag(getattr(trt.BuilderFlag, flag))
-    layers = pin_sensitive_layers(trt, network, fp16_scopes) if plan.pin_fp32_layers else None
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
@@ -526,9 +485,6 @@ def build_engine(
         "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
         "warnings": [m for level, m in logger.messages if level == 2][:50],
     }
-    if layers is not None:
-        info["precision_constraints"] = {k: v for k, v in layers.items() if k != "fp32_pinned"}
-        info["precision_constraints"]["fp32_pinned_examples"] = layers["fp32_pinned"][:20]
     if notes:
         info["notes"] = notes
     return info
@@ -554,13 +510,35 @@ def _add_profile(builder, config, shapes: ProfileShapes, errors: list[str] | Non
         return -1
 
 
+def graph_facts(onnx_paths: Mapping[str, str | os.PathLike]) -> dict[str, int]:
+    """pre_nms_topk, feature_channels and num_landmarks: the static output dims the exporter writes
+    (scores [B, k], m2 [B, C, h, w], landmarks [N, K, 2])."""
+    import onnx
+
+    wanted = {"detector": (("scores", 1, "pre_nms_topk"), ("m2", 1, "feature_channels")),
+              "keypoint_head": (("landmarks", 1, "num_landmarks"),)}
+    facts: dict[str, int] = {}
+    for graph, items in wanted.items():
+        if graph not in onnx_paths:
+            continue
+        outputs = {o.name: o.type.tensor_type.shape.dim for o in onnx.load(str(onnx_paths[graph]),
+                                                                           load_external_data=False).graph.output}
+        for tensor, axis, key in items:
+            dims = outputs.get(tensor)
+            if dims is None or len(dims) <= axis or not dims[axis].HasField("dim_value"):
+                raise ValueError(f"{onnx_paths[graph]}: output {tensor!r} has no static size on axis {axis} "
+                                 "(re-export with export/export_onnx.py)")
+            facts[key] = int(dims[axis].dim_value)
+    return facts
+
+
 def build_engines(
     onnx_paths: Mapping[str, str | os.PathLike],
     out_dir: str | os.PathLike = DEFAULT_OUT_DIR,
     plugin_library: str | os.PathLike | None = None,
     fp16: bool = True,
-    max_size: int = 1024,
-    max_batch: int = 1,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_batch: int = DEFAULT_MAX_BATCH,
     max_faces: int = DEFAULT_MAX_FACES,
     *,
     opt_size: tuple[int, int] = (480, 640),
@@ -569,7 +547,6 @@ def build_engines(
     min_faces: int = 0,
     min_size: int = SIZE_MULTIPLE,
     workspace_gb: float = 4.0,
-    typing: str = "auto",
     tf32: bool = False,
     fp16_policy=None,
     fp16_dir: str | os.PathLike | None = None,
@@ -580,14 +557,15 @@ def build_engines(
     verbose: bool = False,
     echo: Callable[[str], None] | None = print,
     model_info: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> EngineManifest:
     """Build detector.plan and keypoint_head.plan from ``onnx_paths`` (export_all's dict: keys
-    "detector" and "keypoint_head", the custom-node graph) into ``out_dir`` and write engines.json.
+    "detector" and "keypoint_head", the custom-node graph) into ``out_dir`` and write engines.json
+    (maskface.serving.manifest.EngineManifest, which serving reads).
 
-    fp16: FP16 engines (see the module docstring for TRT 10 vs 11); max_size: largest image side
-    (multiple of 64); max_batch; max_faces: largest ROI count of the keypoint engine. Returns the
-    metadata written to engines.json. Raises TensorRTUnavailable, PluginLoadError, OnnxParseError,
-    EngineBuildError. ``model_info`` goes to engines.json under "model".
+    fp16: FP16 engines (strongly typed FP16 graph, see the module docstring); max_size: largest image
+    side (multiple of 64); max_batch; max_faces: largest ROI count of the keypoint engine. The
+    defaults are those serving uses. Returns the manifest written. Raises TensorRTUnavailable,
+    PluginLoadError, OnnxParseError, EngineBuildError. ``model_info`` goes to engines.json details.
     """
     from export import fp16 as fp16_mod
 
@@ -599,7 +577,7 @@ def build_engines(
     major = _version_major(trt.__version__)
     ranges = ProfileRanges(max_size=max_size, max_batch=max_batch, max_faces=max_faces, min_size=min_size,
                            opt_size=tuple(opt_size), opt_batch=opt_batch, min_faces=min_faces, opt_faces=opt_faces)
-    plan = precision_plan(major, fp16, typing, tf32)
+    plan = precision_plan(major, fp16, tf32)
     policy = fp16_policy or fp16_mod.Fp16Policy()
     unknown = [e for e in engines if e not in ENGINE_NAMES]
     if unknown:
@@ -607,6 +585,10 @@ def build_engines(
     missing_onnx = [e for e in engines if e not in onnx_paths]
     if missing_onnx:
         raise ValueError(f"onnx_paths has no {missing_onnx} (keys: {sorted(onnx_paths)})")
+    for name in engines:
+        if not Path(onnx_paths[name]).is_file():
+            raise FileNotFoundError(f"ONNX graph {onnx_paths[name]} not found")
+    facts = graph_facts({k: v for k, v in onnx_paths.items() if k in ENGINE_NAMES})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -625,8 +607,6 @@ def build_engines(
     inputs_meta: dict[str, Any] = {}
     for name in engines:
         src = Path(onnx_paths[name])
-        if not src.is_file():
-            raise FileNotFoundError(f"ONNX graph {src} not found")
         inputs_meta[name] = {"onnx": str(src), "sha256": sha256_file(src)}
         build_src = src
         if plan.onnx_variant == "fp16":
@@ -636,45 +616,54 @@ def build_engines(
             inputs_meta[name]["fp16_onnx_sha256"] = sha256_file(build_src)
             inputs_meta[name]["fp16_conversion"] = {k: v for k, v in report.to_dict().items() if k != "policy"}
         if echo:
-            echo(f"tensorrt_build: building {PLAN_FILES[name]} from {build_src} ({plan.precision}, {plan.typing} typing)")
+            echo(f"tensorrt_build: building {PLAN_FILES[name]} from {build_src} ({plan.precision}, strongly typed)")
         results[name] = build_engine(
             trt, build_src, out / PLAN_FILES[name], ranges, plan, major=major,
-            workspace_bytes=int(workspace_gb * 2**30), fp16_scopes=policy.scopes,
-            plugin_library=plugin_path, embed_plugin=embed_plugin, version_compatible=version_compatible,
-            echo=echo, verbose=verbose,
+            workspace_bytes=int(workspace_gb * 2**30), plugin_library=plugin_path, embed_plugin=embed_plugin,
+            version_compatible=version_compatible, echo=echo, verbose=verbose,
         )
 
-    metadata: dict[str, Any] = {
-        "format": METADATA_FORMAT,
-        "tensorrt_version": trt.__version__,
-        "tensorrt_major": major,
-        "gpu": gpu_info(),
-        "precision": plan.precision,
-        "typing": plan.typing,
-        "precision_plan": asdict(plan),
-        "fp16_policy": policy.to_dict() if plan.precision == "fp16" else None,
-        "profiles": {name: info["profile"] for name, info in results.items()},
-        "limits": {"max_size": ranges.max_size, "min_size": ranges.min_size, "max_batch": ranges.max_batch,
-                   "max_faces": ranges.max_faces, "min_faces": ranges.min_faces, "size_multiple": SIZE_MULTIPLE},
-        "workspace_gb": workspace_gb,
-        "version_compatible": bool(version_compatible),
-        "inputs": inputs_meta,
-        "plugin_library": plugin_meta,
-        "engines": results,
-        "build_seconds": round(time.perf_counter() - started, 3),
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"python": sys.version.split()[0], "platform": platform.platform()},
-    }
-    if model_info:
-        # Shape facts the Triton renderer reads (num_landmarks, feature_channels, pre_nms_topk).
-        metadata["model"] = dict(model_info)
-    metadata = json.loads(json.dumps(metadata))  # what engines.json holds (tuples become lists)
-    atomic_write_bytes(out / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
+    def fact(key: str) -> int:
+        return facts[key] if key in facts else _fact(model_info, key)
+
+    resolved = ranges.resolved()
+    notes = [n for info in results.values() for n in info.get("notes", [])]
+    min_faces_built = 1 if any("N >= 1" in n for n in notes) else resolved.min_faces
+    entries = {}
+    for name, info in results.items():
+        entry = dict(info)
+        entry["profile"] = {k: Profile.from_json(v, f"{name}.{k}") for k, v in info["profile"].items()}
+        entries[name] = EngineEntry(**{k: entry.pop(k) for k in ("plan", "plan_sha256", "profile", "built_from",
+                                                                 "built_from_sha256")}, details=entry)
+    manifest = EngineManifest(
+        tensorrt_version=trt.__version__, precision=plan.precision, max_batch=resolved.max_batch,
+        max_size=resolved.max_size, max_faces=resolved.max_faces, min_size=resolved.min_size,
+        min_faces=min_faces_built, num_landmarks=fact("num_landmarks"), feature_channels=fact("feature_channels"),
+        pre_nms_topk=fact("pre_nms_topk"),
+        engines=entries, plugin=plugin_meta,
+        details={
+            "tensorrt_major": major, "gpu": gpu_info(), "typing": "strong", "precision_plan": asdict(plan),
+            "fp16_policy": policy.to_dict() if plan.precision == "fp16" else None,
+            "workspace_gb": workspace_gb, "version_compatible": bool(version_compatible), "inputs": inputs_meta,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": {"python": sys.version.split()[0], "platform": platform.platform()},
+            "model": dict(model_info or {}),
+        },
+    )
+    manifest.write(out)
     if echo:
         echo(f"tensorrt_build: wrote {', '.join(PLAN_FILES[n] for n in engines)} and {METADATA_FILE} to {out}")
-    return metadata
+    return manifest
 
 
-def read_metadata(engine_dir: str | os.PathLike) -> dict[str, Any]:
-    """engines.json of a build folder."""
-    return json.loads((Path(engine_dir) / METADATA_FILE).read_text())
+def _fact(model_info: Mapping[str, Any] | None, key: str) -> int:
+    """A model fact the built graphs do not carry (only one engine built): from model_info."""
+    if model_info and isinstance(model_info.get(key), int):
+        return int(model_info[key])
+    raise ValueError(f"{key} is unknown: build both engines, or pass model_info={{'{key}': ...}}")
+
+
+def read_metadata(engine_dir: str | os.PathLike) -> EngineManifest:
+    """engines.json of a build folder (validated)."""
+    return EngineManifest.read(engine_dir)

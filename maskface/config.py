@@ -102,7 +102,8 @@ class KeypointConfig:
 @dataclass
 class InferenceConfig:
     score_threshold: float = 0.5
-    pre_nms_topk: int = 5000
+    # Candidates kept by the in-graph top-k: 3840 is TensorRT's TopK limit (NvInfer.h, export/export_onnx.py).
+    pre_nms_topk: int = 3840
     nms_threshold: float = 0.4
     max_detections: int = 750
 

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from ..config import InferenceConfig, InputConfig
 from ..preprocess import MAX_INPUT_PIXELS
+from .manifest import DEFAULT_MAX_BATCH, EngineManifest, ManifestError
 
 TARGETS = ("cpu", "tensorrt")
 ENSEMBLE = "maskface"
@@ -44,7 +45,7 @@ GRAPH_FILES = {
     "tensorrt": {"maskface_detector": ("detector.plan", "model.plan"),
                  "maskface_keypoints": ("keypoint_head.plan", "model.plan")},
 }
-ENGINES_METADATA = "engines.json"
+ENGINES_METADATA = "engines.json"  # maskface.serving.manifest.FILE_NAME
 MANIFEST = "maskface_repository.json"
 TEMPLATE_NAME = "config.pbtxt.in"
 TEMPLATES_ENV = "MASKFACE_TRITON_MODELS"
@@ -65,7 +66,7 @@ def templates_dir() -> Path:
 class ServingParams:
     """Everything the rendered configs are parameterised by (config.pbtxt values, not code constants)."""
 
-    # Model shape facts; None = read from the graphs / engines.json, else the defaults 5, 256, 5000.
+    # Model shape facts; None = read from the graphs / engines.json, else the defaults 5, 256, 3840.
     num_landmarks: int | None = None
     feature_channels: int | None = None
     pre_nms_topk: int | None = None
@@ -81,7 +82,7 @@ class ServingParams:
     pixel_std: tuple[float, float, float] = InputConfig().pixel_std
     size_divisibility: int = InputConfig().size_divisibility
     # batching and instances
-    detector_max_batch_size: int = 4
+    detector_max_batch_size: int = DEFAULT_MAX_BATCH  # the engines' default max batch (manifest.py)
     detector_max_queue_delay_us: int = 500
     preprocess_instances: int = 2
     detector_instances: int = 1
@@ -101,7 +102,7 @@ class ServingParams:
                    size_divisibility=input_cfg.size_divisibility, **overrides)
 
     def inference_config(self) -> InferenceConfig:
-        return InferenceConfig(score_threshold=self.score_threshold, pre_nms_topk=self.pre_nms_topk or 5000,
+        return InferenceConfig(score_threshold=self.score_threshold, pre_nms_topk=self.pre_nms_topk or InferenceConfig.pre_nms_topk,
                                nms_threshold=self.nms_threshold, max_detections=self.max_detections)
 
     def validate(self) -> None:
@@ -209,55 +210,6 @@ def _read_graph_facts(detector: Path | None, keypoints: Path | None) -> dict[str
     return facts
 
 
-def _graph_facts_from_metadata(metadata: Mapping[str, Any]) -> dict[str, int]:
-    """The same facts from engines.json (top level, or under 'model' / 'config' / 'graphs')."""
-    facts: dict[str, int] = {}
-    scopes = [metadata] + [metadata[k] for k in ("model", "config", "graphs") if isinstance(metadata.get(k), Mapping)]
-    for key in ("num_landmarks", "feature_channels", "pre_nms_topk"):
-        for scope in scopes:
-            if isinstance(scope.get(key), int):
-                facts[key] = int(scope[key])
-                break
-    return facts
-
-
-def _engine_limits(metadata: Mapping[str, Any]) -> dict[str, int]:
-    """The detector engine's largest batch and image side, from engines.json when it says so:
-    `max_batch_size` / `max_size` (top level or under 'model' / 'config' / 'build'), or an
-    optimisation profile `profiles.detector.max` = [B, 3, H, W] (also under 'images')."""
-    limits: dict[str, int] = {}
-    scopes = [metadata] + [metadata[k] for k in ("model", "config", "build") if isinstance(metadata.get(k), Mapping)]
-    for key in ("max_batch_size", "max_size"):
-        for scope in scopes:
-            if isinstance(scope.get(key), int):
-                limits[key] = int(scope[key])
-                break
-    profile = metadata.get("profiles", {})
-    profile = profile.get("detector") if isinstance(profile, Mapping) else None
-    if isinstance(profile, Mapping):
-        shape = profile.get("max", profile.get("images", {}).get("max") if isinstance(profile.get("images"), Mapping)
-                            else None)
-        if isinstance(shape, (list, tuple)) and len(shape) == 4 and all(isinstance(v, int) for v in shape):
-            limits.setdefault("max_batch_size", int(shape[0]))
-            limits.setdefault("max_size", int(min(shape[2], shape[3])))
-    return limits
-
-
-def _check_engine_limits(params: "ServingParams", limits: Mapping[str, int]) -> None:
-    if "max_batch_size" in limits and params.detector_max_batch_size > limits["max_batch_size"]:
-        raise ValueError(f"detector_max_batch_size={params.detector_max_batch_size} exceeds the detector engine's "
-                         f"profile (max batch {limits['max_batch_size']} in engines.json)")
-    if "max_size" in limits:
-        div = params.size_divisibility
-        if params.max_side == 0:
-            raise ValueError(f"max_side=0 (no resize) cannot serve the detector engine, whose profile stops at "
-                             f"{limits['max_size']} px: set max_side")
-        padded = -(-params.max_side // div) * div
-        if padded > limits["max_size"]:
-            raise ValueError(f"max_side={params.max_side} pads to {padded} px, beyond the detector engine's profile "
-                             f"({limits['max_size']} px in engines.json)")
-
-
 def _place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
@@ -341,10 +293,20 @@ def render_repository(
             else:
                 missing.append(f"{model}/1/model.plan <- {path or name}")
         facts = {}
+        engine_manifest = None
         if engines is not None and (engines / ENGINES_METADATA).is_file():
-            metadata = json.loads((engines / ENGINES_METADATA).read_text())
-            facts = _graph_facts_from_metadata(metadata)
-            _check_engine_limits(params, _engine_limits(metadata))
+            engine_manifest = EngineManifest.read(engines)  # typed and validated; ManifestError says what is wrong
+        elif require_engines:
+            raise ManifestError(f"{engines / ENGINES_METADATA} not found: the engines must come with the manifest "
+                                "that export/build_engines.py writes beside them")
+        if engine_manifest is not None:
+            engine_manifest.check_serving(
+                max_batch=params.detector_max_batch_size, max_side=params.max_side,
+                size_divisibility=params.size_divisibility, max_detections=params.max_detections,
+                pre_nms_topk=params.pre_nms_topk, num_landmarks=params.num_landmarks,
+                feature_channels=params.feature_channels)
+            facts = {k: getattr(engine_manifest, k) for k in ("num_landmarks", "feature_channels", "pre_nms_topk")}
+            metadata = engine_manifest.to_json()
         if onnx_dir is not None:
             kp = Path(onnx_dir) / "keypoint_head_portable.onnx"  # same head; ONNX Runtime can run this one
             kp = kp if kp.is_file() else Path(onnx_dir) / "keypoint_head.onnx"

@@ -55,7 +55,7 @@ def test_detector_matches_pytorch_at_two_sizes(graphs, export_model, size):
     with torch.no_grad():
         t_scores, t_boxes, t_features = export_model.detect_candidates(images)
     scores, boxes, features = graphs.detect(images.numpy())
-    assert scores.shape == (1, 5000) and boxes.shape == (1, 5000, 4)
+    assert scores.shape == (1, 3840) and boxes.shape == (1, 3840, 4)
     score_err, box_err = candidate_errors(t_scores[0].numpy(), t_boxes[0].numpy(), scores[0], boxes[0])
     print(f"\ndetector {size}: scores {score_err:.2e}, boxes {box_err:.2e} px, features "
           f"{max(np.abs(f - t.numpy()).max() for f, t in zip(features, t_features)):.2e}")
