@@ -37,7 +37,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="KIND:PATH with KIND widerface, aflw or 300w")
     p.add_argument("--val-data", default=None, help="KIND:PATH of the validation set (default: the --data root; 'none' disables)")
     p.add_argument("--train-split", default=d.train_split)
-    p.add_argument("--val-split", default=None, help="default: val (WIDER FACE), test (AFLW, 300W)")
+    p.add_argument("--val-split", default=None, help="default: val (WIDER FACE), holdout (AFLW, 300W: images held "
+                   "out of --train-split; their test splits never steer training)")
+    p.add_argument("--val-holdout-fraction", type=float, default=d.val_holdout_fraction,
+                   help="share of the train images held out with --val-split holdout")
     p.add_argument("--output", "-o", default=d.output_dir, help="folder for checkpoints and log.jsonl")
     p.add_argument("--backbone-weights", default=None, metavar="PATH", help="local ImageNet state_dict (torchvision naming)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per process (paper: 8 or 16 in total)")
@@ -74,7 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(
         data=args.data, output_dir=args.output, val_data=args.val_data, train_split=args.train_split,
-        val_split=args.val_split, config=args.config, model_overrides=_parse_set(args.set),
+        val_split=args.val_split, val_holdout_fraction=args.val_holdout_fraction,
+        config=args.config, model_overrides=_parse_set(args.set),
         backbone_weights=args.backbone_weights, batch_size=args.batch_size, max_iter=args.max_iter,
         base_lr=args.lr, warmup_iters=args.warmup_iters, warmup_start_lr=args.warmup_start_lr, min_lr=args.min_lr,
         patience=args.patience, momentum=args.momentum, weight_decay=args.weight_decay,

@@ -5,9 +5,16 @@ under `torchrun --nproc_per_node N` every process runs the same code (NCCL on GP
 
 Recipe (defaults = the paper's): SGD momentum 0.9, weight decay 1e-4, batch 8 per process;
 lr rises linearly from 1e-4 to 1e-2 over the first 5k iterations, then is multiplied by 0.1
-each time the validation metric (face AP at IoU 0.5 on the validation set) has not improved for
-`patience` evaluations, never below 1e-4. Training stops at `max_iter`, or earlier once the lr
-sits at the floor and the metric stops improving once more.
+each time the validation metric has not improved for `patience` evaluations, never below 1e-4.
+Training stops at `max_iter`, or earlier once the lr sits at the floor and the metric stops
+improving once more. `best.pth` is the checkpoint of the best validation metric.
+
+Validation (what the lr decay and best.pth follow; never a test split by default):
+- WIDER FACE: the val split, ranked by face AP at IoU 0.5 (all faces pooled, VOC AP);
+- AFLW / 300W: a held-out part of the *train* split (`val_holdout_fraction` of its images, drawn
+  from the seed; those images are removed from training), ranked by landmark NME under the §4.2
+  matching (most confident detection at IoU 0.4; box normaliser for AFLW, inter-ocular for 300W;
+  a face without a matching detection counts as NME = `UNMATCHED_NME`). Lower NME is better.
 
 Exact resume: `last.pth` (written atomically by maskface.checkpoint) holds the model, optimizer,
 scheduler, AMP scaler, iteration and every RNG state; the data order and the augmentations are
@@ -62,7 +69,8 @@ class TrainOptions:
     output_dir: str = "runs/maskface"
     val_data: str | None = None  # default: the same root, split `val_split`; "none" disables
     train_split: str = "train"
-    val_split: str | None = None  # default: val (WIDER FACE), test (AFLW, 300W)
+    val_split: str | None = None  # default: val (WIDER FACE), holdout (AFLW, 300W: part of train_split)
+    val_holdout_fraction: float = 0.05  # share of the train images held out when val_split is "holdout"
     config: str = "r50"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # {"fpn": {"channels": 64}, ...}
     backbone_weights: str | None = None
@@ -238,8 +246,35 @@ def _to_lists(value):
     return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
 
 
+HOLDOUT = "holdout"
+# NME given to a validation face that no detection matches: an error as large as the normaliser,
+# worse than any matched prediction in practice, so that missing faces lower the ranking.
+UNMATCHED_NME = 1.0
+
+
 def default_val_split(kind: str) -> str:
-    return "val" if kind == "widerface" else "test"
+    """WIDER FACE: its val split. AFLW / 300W: images held out of the train split (their test
+    splits are what the paper reports, so they must not steer training)."""
+    return "val" if kind == "widerface" else HOLDOUT
+
+
+def holdout_indices(num_images: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the images held out for validation: round(fraction * n), at least 1 and
+    at most n - 1, drawn from (seed) only."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_holdout_fraction must be in (0, 1), got {fraction}")
+    if num_images < 2:
+        raise ValueError(f"cannot hold out validation images from a train split of {num_images} image(s)")
+    count = min(num_images - 1, max(1, round(fraction * num_images)))
+    return np.sort(np.random.default_rng([seed, 4099]).permutation(num_images)[:count])
+
+
+def validation_score(kind: str, metrics: dict[str, float]) -> tuple[str, float]:
+    """(name, higher-is-better score) that ranks checkpoints: AP50 for WIDER FACE, -NME for the
+    landmark data sets."""
+    if kind == "widerface":
+        return "ap50", float(metrics["ap50"])
+    return "nme", -float(metrics["nme"])
 
 
 @dataclass
@@ -338,6 +373,8 @@ class Trainer:
             return None
         split = o.val_split or default_val_split(self.kind)
         transform = MaxSide(o.val_max_side) if o.val_max_side else None
+        if split == HOLDOUT:
+            return self._holdout_dataset(transform)
         try:
             ds = build_dataset(o.val_data or o.data, split=split, transform=transform)
         except FileNotFoundError as exc:
@@ -347,6 +384,26 @@ class Trainer:
             return None
         if o.val_max_images:
             ds.records = ds.records[: o.val_max_images]
+        return ds
+
+    def _holdout_dataset(self, transform) -> FaceDataset:
+        """Move `val_holdout_fraction` of the train images into a validation set."""
+        o = self.opts
+        if o.val_data:
+            raise ValueError(f"val_split 'holdout' holds out part of --data; it cannot be combined with "
+                             f"val_data {o.val_data!r}")
+        ds = build_dataset(o.data, split=o.train_split, transform=transform)
+        held = holdout_indices(len(self.train_set.records), o.val_holdout_fraction, o.seed)
+        if len(ds.records) != len(self.train_set.records):
+            raise RuntimeError("the train split read twice gave different image lists")
+        mask = np.zeros(len(ds.records), bool)
+        mask[held] = True
+        ds.records = [r for r, m in zip(ds.records, mask) if m]
+        self.train_set.records = [r for r, m in zip(self.train_set.records, mask) if not m]
+        if o.val_max_images:
+            ds.records = ds.records[: o.val_max_images]
+        self._log_main(f"validation: {len(ds.records)} images held out of {o.train_split} "
+                       f"({len(self.train_set.records)} left for training)")
         return ds
 
     def _log_main(self, message: str) -> None:
@@ -391,7 +448,8 @@ class Trainer:
     # ---- validation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Face AP at IoU 0.5 (all faces pooled, VOC AP) on the validation set, by rank 0."""
+        """Face AP at IoU 0.5 (all faces pooled, VOC AP) on the validation set, by rank 0, and for
+        the landmark data sets the mean NME (see the module doc)."""
         from ..evaluation.ap import pooled_detection_ap
 
         model = self.model
@@ -399,7 +457,7 @@ class Trainer:
         saved = model.cfg.inference.score_threshold
         model.cfg.inference.score_threshold = self.opts.val_score_threshold
         model.eval()
-        gts, boxes, scores = [], [], []
+        gts, boxes, scores, errors = [], [], [], []
         try:
             loader = torch.utils.data.DataLoader(
                 self.val_set, batch_size=max(1, self.opts.batch_size // 2), shuffle=False,
@@ -412,19 +470,27 @@ class Trainer:
                     gts.append(t["boxes"].numpy())
                     boxes.append(r["boxes"].float().cpu().numpy())
                     scores.append(r["scores"].float().cpu().numpy())
+                    if self.kind != "widerface":
+                        errors.append(validation_nme(t, r, "box" if self.kind == "aflw" else "interocular"))
         finally:
             model.cfg.inference.score_threshold = saved
             model.train(was_training)
         result = pooled_detection_ap(gts, boxes, scores, iou_threshold=0.5)
-        return {"ap50": float(result.ap), "num_faces": int(result.num_faces),
-                "num_detections": int(result.num_detections)}
+        metrics = {"ap50": float(result.ap), "num_faces": int(result.num_faces),
+                   "num_detections": int(result.num_detections)}
+        if self.kind != "widerface":
+            e = np.concatenate(errors) if errors else np.zeros(0)
+            metrics.update(nme=float(e.mean()) if e.size else float("nan"),
+                           num_unmatched=int((e == UNMATCHED_NME).sum()))
+        return metrics
 
     def _validate(self) -> None:
         metrics = None
         if self.dist.is_main:
             metrics = self.evaluate()
-            improved = self.schedule.report(metrics["ap50"], self.iteration)
-            metrics.update(best=self.schedule.best, improved=improved)
+            name, score = validation_score(self.kind, metrics)
+            improved = self.schedule.report(score, self.iteration)
+            metrics.update(metric=name, best=self.schedule.best, improved=improved)
             self.log({"type": "val", "iter": self.iteration, **metrics,
                       "lr_next": self.schedule.lr(self.iteration)})
             if improved:
@@ -526,6 +592,25 @@ class Trainer:
             dist.destroy_process_group()
 
 
+def validation_nme(target: dict[str, torch.Tensor], result: dict[str, torch.Tensor], normaliser: str) -> np.ndarray:
+    """NME of every scorable face of one validation image: the most confident detection with IoU
+    >= 0.4 (§4.2), UNMATCHED_NME when there is none."""
+    from ..evaluation.landmarks import box_normaliser, interocular_normaliser, match_faces, nme_per_face
+
+    gt_boxes = target["boxes"].numpy()
+    gt_points = target["landmarks"].numpy()
+    valid = target["landmark_valid"].numpy()
+    d = box_normaliser(gt_boxes) if normaliser == "box" else interocular_normaliser(gt_points, valid)
+    scorable = np.isfinite(d) & (d > 0) & valid.any(axis=1)
+    out = np.full(len(gt_boxes), UNMATCHED_NME)
+    match = match_faces(gt_boxes, result["boxes"].float().cpu().numpy(), result["scores"].float().cpu().numpy(), 0.4)
+    hit = match >= 0
+    if hit.any():
+        pred = result["landmarks"].float().cpu().numpy()[match[hit]]
+        out[hit] = nme_per_face(pred, gt_points[hit], d[hit], valid[hit])
+    return out[scorable]
+
+
 def train(options: TrainOptions) -> dict[str, Any]:
     trainer = Trainer(options)
     try:
@@ -535,4 +620,4 @@ def train(options: TrainOptions) -> dict[str, Any]:
 
 
 __all__ = ["SMOKE_MODEL_OVERRIDES", "TrainOptions", "Trainer", "TrainBatchSampler", "WarmupPlateauLR",
-           "apply_overrides", "train"]
+           "apply_overrides", "holdout_indices", "train", "validation_nme", "validation_score"]

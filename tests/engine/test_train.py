@@ -257,3 +257,70 @@ def test_overfitting_a_tiny_set_finds_its_faces(faces_root, tmp_path, one_thread
     assert end < 0.4 * start
     assert recall >= 0.9
     assert result["iteration"] == n
+
+
+# ------------------------------------------------------------------ validation split and ranking
+
+def test_holdout_indices_are_a_seeded_disjoint_share_of_train():
+    from maskface.engine.trainer import holdout_indices
+
+    a = holdout_indices(100, 0.05, seed=3)
+    assert len(a) == 5 and len(set(a.tolist())) == 5 and a.min() >= 0 and a.max() < 100
+    assert np.array_equal(a, holdout_indices(100, 0.05, seed=3))  # a function of the seed only
+    assert not np.array_equal(a, holdout_indices(100, 0.05, seed=4))
+    assert len(holdout_indices(3, 0.05, 0)) == 1 and len(holdout_indices(2, 0.9, 0)) == 1  # 1 <= k <= n - 1
+    with pytest.raises(ValueError, match="fraction"):
+        holdout_indices(10, 0.0, 0)
+    with pytest.raises(ValueError, match="1 image"):
+        holdout_indices(1, 0.5, 0)
+
+
+def test_landmark_sets_rank_by_nme_and_wider_by_ap50():
+    from maskface.engine.trainer import validation_score
+
+    good_ap, good_nme = {"ap50": 0.9, "nme": 0.20}, {"ap50": 0.5, "nme": 0.05}
+    for kind in ("aflw", "300w"):
+        assert validation_score(kind, good_nme)[1] > validation_score(kind, good_ap)[1]
+        assert validation_score(kind, good_nme) == ("nme", -0.05)
+    assert validation_score("widerface", good_ap)[1] > validation_score("widerface", good_nme)[1]
+
+
+def test_validation_nme_takes_the_most_confident_match_at_iou_04():
+    from maskface.engine.trainer import UNMATCHED_NME, validation_nme
+
+    pts = torch.tensor([[[30.0, 40.0], [70.0, 40.0]]])
+    target = {"boxes": torch.tensor([[0.0, 0.0, 100.0, 100.0], [200.0, 0.0, 300.0, 100.0]]),
+              "landmarks": torch.cat([pts, pts + torch.tensor([200.0, 0.0])]),
+              "landmark_valid": torch.ones(2, 2, dtype=torch.bool)}
+    # IoU 0.818 (score 0.6, off by (3, 4)) and IoU 0.333 (score 0.9, exact): the first counts. Face 2 unmatched.
+    result = {"boxes": torch.tensor([[10.0, 0.0, 110.0, 100.0], [50.0, 0.0, 150.0, 100.0]]),
+              "scores": torch.tensor([0.6, 0.9]), "landmarks": torch.cat([pts + torch.tensor([3.0, 4.0]), pts])}
+    np.testing.assert_allclose(validation_nme(target, result, "box"), [5 / 100, UNMATCHED_NME])
+
+
+def test_aflw_validation_is_held_out_of_train_and_best_follows_nme(tmp_path, one_thread):
+    """No test split exists (and none is read): validation images come out of train; the val
+    records rank by NME and best.pth is saved exactly when the NME improves."""
+    from maskface.engine.trainer import Trainer
+
+    root = tmp_path / "aflw"
+    synthetic.write_aflw(root, splits=("train",), num_images=8, image_size=(64, 64), face_size=(28, 40))
+    (root / "face_landmarks_aflw_test.csv").write_text("not,a,valid,csv\n")  # would fail if it were read
+    out = tmp_path / "aflw_val"
+    opts = tiny_options(root, out, data=f"aflw:{root}", val_data=None, max_iter=3, eval_period=1,
+                        val_holdout_fraction=0.25, face_size_range=(24.0, 40.0), checkpoint_period=3)
+    trainer = Trainer(opts)
+    train_paths = {str(r.image_path) for r in trainer.train_set.records}
+    val_paths = {str(r.image_path) for r in trainer.val_set.records}
+    assert len(val_paths) == 2 and len(train_paths) == 6 and not train_paths & val_paths
+    assert len(train_paths | val_paths) == 8
+    trainer.train()
+    vals = [r for r in read_log(out) if r["type"] == "val"]
+    assert len(vals) == 3 and all(r["metric"] == "nme" and np.isfinite(r["nme"]) for r in vals)
+    best = float("inf")
+    for r in vals:
+        assert r["improved"] == (r["nme"] < best)
+        best = min(best, r["nme"])
+        assert r["best"] == pytest.approx(-best)
+    best_iter = [r["iter"] for r in vals if r["improved"]][-1]
+    assert read_checkpoint(out / "best.pth")["iteration"] == best_iter
