@@ -188,12 +188,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(faces_root, tmp_path, on
     a, b = weights(tmp_path / "straight" / "model_final.pth"), weights(killed / "model_final.pth")
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())
     print(f"\nresume: max |w_straight - w_resumed| after {n} iterations = {diff:.3g}")
-    assert diff <= 1e-6
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-exact on CPU
     log = read_log(killed)
     assert [r["iter"] for r in log if r["type"] == "train"] == list(range(1, n + 1))
     straight_losses = [r["loss"] for r in read_log(tmp_path / "straight") if r["type"] == "train"]
     resumed_losses = [r["loss"] for r in log if r["type"] == "train"]
-    np.testing.assert_allclose(resumed_losses, straight_losses, rtol=1e-6)
+    assert resumed_losses == straight_losses
 
 
 # ------------------------------------------------------------------ DDP
@@ -220,22 +220,33 @@ def test_torchrun_two_processes_gloo_keep_identical_weights(faces_root, tmp_path
 
 # ------------------------------------------------------------------ overfitting
 
+OVERFIT_NME_BOUND = 0.10  # mean landmark error below a tenth of the face size
+
+
 def test_overfitting_a_tiny_set_finds_its_faces(faces_root, tmp_path, one_thread):
     from torchvision.ops import box_iou
 
     from maskface.data.widerface import WiderFaceDataset
+    from maskface.modeling.maskface import MaskFace
 
     n = 80
     out = tmp_path / "overfit"
     result = train(tiny_options(faces_root, out, max_iter=n, batch_size=2, base_lr=0.02, warmup_iters=10,
                                 scale_range=(1.0, 1.0), color=False, checkpoint_period=n,
                                 val_data=f"widerface:{faces_root}", val_split="train", eval_period=n))
-    losses = [r["loss"] for r in read_log(out) if r["type"] == "train"]
+    # Detection losses only: the keypoint loss starts at 0 (no detection reaches the §3.2 proposal
+    # score of 0.02 yet) and grows once proposals appear; its progress is the NME bound below.
+    losses = [r["loss_cls"] + r["loss_box"] for r in read_log(out) if r["type"] == "train"]
     start, end = float(np.mean(losses[:3])), float(np.mean(losses[-5:]))
+    kp = [r["loss_keypoint"] for r in read_log(out) if r["type"] == "train"]
+    first_kp = next(i for i, v in enumerate(kp) if v > 0)
+    print(f"\nkeypoint loss: 0 until iteration {first_kp + 1}, then {kp[first_kp]:.3f} -> {np.mean(kp[-5:]):.3f}")
     model = load_model(out / "model_final.pth")  # default inference settings: score >= 0.5
+    torch.manual_seed(0)
+    untrained = MaskFace(model.cfg).eval()  # the same architecture at its initialisation
     ds = WiderFaceDataset(faces_root, split="train")
     hits = faces = detections = 0
-    nme = []
+    nme, nme_untrained = [], []
     for i in range(len(ds)):
         image, target = ds[i]
         with torch.no_grad():
@@ -247,15 +258,23 @@ def test_overfitting_a_tiny_set_finds_its_faces(faces_root, tmp_path, one_thread
             hits += int((iou >= 0.5).sum())
             gt_boxes = target["boxes"][iou >= 0.5]
             size = ((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])).sqrt()
-            err = (det["landmarks"][j[iou >= 0.5]] - target["landmarks"][iou >= 0.5]).norm(dim=-1).mean(-1)
+            gt_points = target["landmarks"][iou >= 0.5]
+            err = (det["landmarks"][j[iou >= 0.5]] - gt_points).norm(dim=-1).mean(-1)
             nme.extend((err / size).tolist())
+            # the untrained head on the very same boxes
+            rois = torch.cat([torch.zeros(len(gt_boxes), 1), det["boxes"][j[iou >= 0.5]]], dim=1)
+            with torch.no_grad():
+                points, _, _ = untrained.landmarks(untrained.context_features(image[None]), rois)
+            nme_untrained.extend(((points - gt_points).norm(dim=-1).mean(-1) / size).tolist())
     recall = hits / faces
     ap = [r for r in read_log(out) if r["type"] == "val"][-1]["ap50"]
-    print(f"\noverfit: loss {start:.3f} -> {end:.3f} in {n} iterations; recall@IoU0.5 {recall:.2f} "
+    print(f"overfit: detection loss {start:.3f} -> {end:.3f} in {n} iterations; recall@IoU0.5 {recall:.2f} "
           f"({hits}/{faces}, {detections} detections at score >= 0.5); AP50 {ap:.3f}; "
-          f"landmark error / face size {np.mean(nme):.3f}")
+          f"landmark NME (error / face size) {np.mean(nme):.3f}, untrained head on the same boxes "
+          f"{np.mean(nme_untrained):.3f}")
     assert end < 0.4 * start
     assert recall >= 0.9
+    assert np.mean(nme) < OVERFIT_NME_BOUND < np.mean(nme_untrained)
     assert result["iteration"] == n
 
 
