@@ -17,6 +17,8 @@ from pathlib import Path
 
 PLUGIN_ENV = "MASKFACE_PLUGIN_LIBRARY"
 PLUGIN_NAME = "libmaskface_plugins.so"
+ADMIN_KEY_ENV = "MASKFACE_ADMIN_KEY"
+EXIT_STAGE_DIED = 3  # a stage died: the server was stopped so that an orchestrator restarts us
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +42,15 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--metrics-port", type=int, help="enable metrics on this port (default: off)")
     serve.add_argument("--tritonserver", help="tritonserver binary (default: system, else nvidia-pytriton's)")
     serve.add_argument("--ready-timeout", type=float, default=180.0)
+    serve.add_argument("--gateway-port", type=int,
+                       help="also serve the HTTP gateway on --gateway-host:PORT (0 = a free port): only the "
+                            "maskface ensemble, bodies above the request limit refused before they are read, "
+                            "request checks (maskface.serving.gateway); clients then use this port")
+    serve.add_argument("--gateway-host", default="127.0.0.1", help="address of the gateway (default %(default)s)")
+    serve.add_argument("--admin-key", default=os.environ.get(ADMIN_KEY_ENV),
+                       help=f"value of the `maskface-admin-key` header that opens the restricted admin APIs "
+                            f"(statistics, logging, shared memory, model repository, trace); default ${ADMIN_KEY_ENV}, "
+                            "else a random key nobody knows (admin APIs closed)")
     serve.add_argument("--num-landmarks", type=int, help="K (default: read from the graphs / engines.json, else 5)")
     serve.add_argument("--score-threshold", type=float)
     serve.add_argument("--nms-threshold", type=float)
@@ -101,6 +112,16 @@ def _serving_params(args):
     return ServingParams(**values)
 
 
+def _start_gateway(args, server):
+    from .gateway import Gateway
+    from .repository import ServingParams, read_manifest
+
+    limit = args.max_request_bytes or (read_manifest(args.repo) or {}).get("params", {}).get(
+        "max_request_bytes", ServingParams().max_request_bytes)
+    return Gateway(server.http_url, host=args.gateway_host, port=args.gateway_port, max_request_bytes=int(limit),
+                   extra_ready=lambda: not server.dead_stubs()).start()
+
+
 def run_serve(args) -> int:
     from .repository import render_repository
     from .server import ServerError, TritonServer
@@ -126,12 +147,15 @@ def run_serve(args) -> int:
             return 0
         server = TritonServer(args.repo, http_port=args.http_port or None, grpc_port=args.grpc_port or None,
                               metrics_port=args.metrics_port, host=args.host, binary=args.tritonserver,
-                              plugins=[plugin] if plugin is not None else (), ready_timeout=args.ready_timeout)
+                              plugins=[plugin] if plugin is not None else (), ready_timeout=args.ready_timeout,
+                              admin_key=args.admin_key)
     except (ValueError, FileNotFoundError, FileExistsError, ServerError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
 
     stop = {"signal": None}
+    dead: list[str] = []
+    gateway = None
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
@@ -145,16 +169,27 @@ def run_serve(args) -> int:
             return 1
         print(f"serve: ready  http={server.http_url}  grpc={server.grpc_url}  model=maskface  pid={server.pid}  "
               f"log={server.log_path}  (Ctrl-C stops)", flush=True)
+        if args.gateway_port is not None:
+            gateway = _start_gateway(args, server)
+            print(f"serve: gateway  http={gateway.url}  (only the maskface ensemble; request limit "
+                  f"{gateway.max_request_bytes} bytes)", flush=True)
         if args.exit_after_ready:
             return 0
         while stop["signal"] is None:
             if not server.is_running():
                 print(f"serve: tritonserver exited unexpectedly:\n{server.log_text(3000)}", file=sys.stderr)
                 return 1
+            dead = server.dead_stages()
+            if dead:  # Triton would keep answering ready and fail every request: stop, exit non-zero
+                print("serve: " + "; ".join(dead) + f" -- stopping tritonserver and exiting with code "
+                      f"{EXIT_STAGE_DIED} so that the supervisor restarts the service", file=sys.stderr, flush=True)
+                return EXIT_STAGE_DIED
             time.sleep(0.5)
         return 0
     finally:
-        report = server.stop()
+        if gateway is not None:
+            gateway.stop()
+        report = server.stop(grace=server.dead_stage_grace if dead else None)
         print(f"serve: stopped (exit code {report.returncode}"
               + ("" if report.clean else f"; cleaned up: forced={report.forced}, "
                  f"processes={report.leftover_processes}, shm={report.leftover_shm}; log kept: {server.log_path}")

@@ -10,11 +10,19 @@ one needs a backend folder holding the wheel's Python backend and the stub for t
 LD_LIBRARY_PATH with libpython and nvidia_pytriton.libs, and this environment's bin first on PATH
 (the stub finds its site-packages through `python3`); this module arranges all of that
 (ARCHITECTURE.md §5).
+
+Health: Triton keeps answering ready after a Python-backend stub dies (every request then fails
+with "Stub process ... is not healthy"), so `dead_stages()` watches the stubs themselves and the
+log; `maskface serve` stops the server and exits non-zero when one dies (an orchestrator restarts
+it). The server gets SIGTERM when the launching process dies (PR_SET_PDEATHSIG), so it never
+outlives its supervisor. Admin APIs are restricted to callers sending the admin key header.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -36,6 +44,26 @@ LOOPBACK = "127.0.0.1"
 BINARY_ENV = "MASKFACE_TRITONSERVER"
 SYSTEM_BINARIES = ("/opt/tritonserver/bin/tritonserver",)
 SHM_DIR = Path("/dev/shm")
+STUB_NAME = "triton_python_backend_stub"
+# The backend's own verdict on a stub that died or stopped answering (logged per failed request).
+UNHEALTHY_STUB = "is not healthy"
+ADMIN_HEADER = "maskface-admin-key"
+# Open to every client: health, metadata and inference. Needs the admin key header: the rest
+# (log settings, shared-memory registration, model load/unload, tracing, statistics).
+RESTRICTED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal():
+    """A preexec_fn giving the child SIGTERM (a graceful stop) when its launcher dies, kill -9
+    included; None where prctl is missing. libc is bound here, before the fork: the child only
+    makes the call. Linux sends it when the launching *thread* exits, so launch from a thread
+    that lives as long as the server (the main thread in `maskface serve`)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the launcher's own cleanup is all there is
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 class ServerError(RuntimeError):
@@ -113,6 +141,20 @@ def _process_group_members(pgid: int) -> list[int]:
     return members
 
 
+def _stub_models(pgid: int) -> dict[int, str]:
+    """pid -> model name of the live Python-backend stubs of a process group (argv[1] is the
+    model's <repo>/<model>/<version>/model.py)."""
+    stubs = {}
+    for pid in _process_group_members(pgid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(STUB_NAME.encode()) and len(argv) > 1:
+            stubs[pid] = Path(argv[1].decode(errors="replace")).parents[1].name
+    return stubs
+
+
 @dataclass
 class StopReport:
     returncode: int | None
@@ -146,6 +188,9 @@ class TritonServer:
         shm_growth_bytes: int = 16 << 20,
         log_verbose: int = 0,
         work_dir: str | os.PathLike | None = None,
+        admin_key: str | None = None,  # None: a random one (see .admin_headers)
+        restricted_apis: Sequence[str] = RESTRICTED_APIS,
+        dead_stage_grace: float = 2.0,  # SIGTERM grace when a stage is dead (Triton would wait exit_timeout)
     ):
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
@@ -173,6 +218,11 @@ class TritonServer:
         self.last_pgid: int | None = None  # process group of the latest launch (the server leads it)
         self._log_file = None
         self.last_stop: StopReport | None = None
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
+        self.restricted_apis = tuple(restricted_apis)
+        self.dead_stage_grace = dead_stage_grace
+        self._stubs: dict[int, str] = {}  # the stubs seen when the server became ready
+        self._log_offset = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -187,6 +237,11 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers that open the restricted APIs (statistics, logging, ...) to this caller."""
+        return {ADMIN_HEADER: self.admin_key}
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -239,6 +294,10 @@ class TritonServer:
             f"--backend-config=python,shm-default-byte-size={self.shm_default_bytes}",
             f"--backend-config=python,shm-growth-byte-size={self.shm_growth_bytes}",
         ]
+        if self.restricted_apis:
+            apis = ",".join(self.restricted_apis)
+            args += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.admin_key}",
+                     f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.admin_key}"]
         if self.metrics_port is None:
             args.append("--allow-metrics=false")
         else:
@@ -257,6 +316,14 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        # A second line behind the header checks of maskface_preprocess: OpenCV refuses to
+        # allocate more pixels than the library ever accepts.
+        from ..preprocess import MAX_INPUT_PIXELS
+
+        env["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(MAX_INPUT_PIXELS)
+        # Large request buffers (up to the body size) go back to the OS when freed instead of
+        # staying in the heap: a fixed mmap threshold stops glibc from raising it after each one.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
         if self.install.bundled:
             libs = [sysconfig.get_config_var("LIBDIR") or "", str(self.install.libs_dir or "")]
             paths = [p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]
@@ -296,8 +363,11 @@ class TritonServer:
         self.process = subprocess.Popen(
             self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self.environment(), start_new_session=True, cwd=str(self.work_dir),
+            preexec_fn=_parent_death_signal(),
         )
         self.last_pgid = self.process.pid
+        self._stubs = {}
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
 
     def _get(self, path: str, timeout: float = 2.0) -> int:
         try:
@@ -309,8 +379,39 @@ class TritonServer:
             return 0
 
     def is_ready(self) -> bool:
+        """Triton's readiness AND every Python-backend stage alive (Triton alone keeps saying ready)."""
         return (self.is_running() and self._get("/v2/health/ready") == 200
-                and self._get(f"/v2/models/{ENSEMBLE}/ready") == 200)
+                and self._get(f"/v2/models/{ENSEMBLE}/ready") == 200 and not self.dead_stages())
+
+    def dead_stages(self) -> list[str]:
+        """Why a stage is dead or failing, one line each ([] when all is well): a stub seen at
+        start-up that is gone, or the backend logging one as not healthy since the last call."""
+        if not self.is_running():
+            return []
+        return self.dead_stubs() + self._unhealthy_in_log()
+
+    def dead_stubs(self) -> list[str]:
+        """The stubs seen at start-up that are gone (reads /proc only: safe from any thread)."""
+        process = self.process
+        if process is None:
+            return []
+        alive = _stub_models(process.pid)
+        if not self._stubs:
+            self._stubs = dict(alive)  # the first look after start-up: the stubs to watch
+        return [f"stage {model}: its Python-backend stub (pid {pid}) died"
+                for pid, model in self._stubs.items() if pid not in alive]
+
+    def _unhealthy_in_log(self) -> list[str]:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                chunk = f.read()
+        except OSError:
+            return []
+        complete = chunk.rfind(b"\n") + 1  # keep a partial last line for the next call
+        self._log_offset += complete
+        return sorted({line.strip() for line in chunk[:complete].decode(errors="replace").splitlines()
+                       if UNHEALTHY_STUB in line})
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -319,11 +420,12 @@ class TritonServer:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting:\n"
                                   f"{self.log_text(4000)}")
             if self.is_ready():
+                self._stubs = _stub_models(self.process.pid)
                 return
             time.sleep(0.2)
         raise ServerError(f"tritonserver not ready after {self.ready_timeout:.0f} s (killed):\n{self.log_text(4000)}")
 
-    def _terminate(self, force: bool = False) -> StopReport:
+    def _terminate(self, force: bool = False, grace: float | None = None) -> StopReport:
         report = StopReport(returncode=None)
         proc = self.process
         if proc is not None:
@@ -331,7 +433,7 @@ class TritonServer:
             if proc.poll() is None and not force:
                 proc.send_signal(signal.SIGTERM)  # graceful: unload models, stubs exit, shm released
                 try:
-                    proc.wait(timeout=self.exit_timeout + 15)
+                    proc.wait(timeout=self.exit_timeout + 15 if grace is None else grace)
                 except subprocess.TimeoutExpired:
                     report.forced = True
             if proc.poll() is None:
@@ -367,10 +469,12 @@ class TritonServer:
         self.process = None
         return report
 
-    def stop(self) -> StopReport:
-        """SIGTERM, wait for a clean exit (SIGKILL the group after exit_timeout), then make sure no
-        process of the group and no shared-memory segment with our prefix is left."""
-        self.last_stop = self._terminate()
+    def stop(self, grace: float | None = None) -> StopReport:
+        """SIGTERM, wait for a clean exit (SIGKILL the group after `grace`, default exit_timeout +
+        15 s), then make sure no process of the group and no shared-memory segment with our prefix
+        is left. With a dead stage, pass a short grace: Triton would wait its whole exit timeout
+        for the dead stub's model to unload."""
+        self.last_stop = self._terminate(grace=grace)
         if self._own_work_dir:
             backends = self.work_dir / "backends"
             shutil.rmtree(backends, ignore_errors=True)

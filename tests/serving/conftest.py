@@ -106,3 +106,12 @@ def server(cpu_repo):
             assert_stopped_cleanly(srv, report)
         finally:
             srv.cleanup()
+
+
+@pytest.fixture(scope="session")
+def gateway(server):
+    """The HTTP gateway (maskface.serving.gateway) in front of the session's server."""
+    from maskface.serving.gateway import Gateway
+
+    with Gateway(server.http_url, max_request_bytes=MAX_REQUEST_BYTES, extra_ready=lambda: not server.dead_stubs()) as gw:
+        yield gw

@@ -92,7 +92,8 @@ def test_bad_inputs_get_errors_and_the_server_keeps_serving(client, photos, refe
     assert ok and 1001 * 1000 > MAX_IMAGE_PIXELS
     rng = np.random.default_rng(0)
     cases = [
-        ("corrupt bytes", rng.integers(0, 256, 5000).astype(np.uint8), None, r"could not decode 5000 bytes"),
+        ("not an image", rng.integers(0, 256, 5000).astype(np.uint8), None, r"is not a JPEG or PNG file"),
+        ("corrupt PNG", np.frombuffer(png_header_only(50, 40) + bytes(100), np.uint8), None, r"could not decode"),
         ("empty request", np.zeros(0, np.uint8), None, r"empty request"),
         ("too many pixels", too_many_pixels.reshape(-1), None, r"1000x1001 = 1001000 pixels exceeds the limit of 1000000"),
         ("decompression bomb", np.frombuffer(png_header_only(60000, 60000), np.uint8), None, r"exceeds the limit of 1000000 pixels"),
@@ -142,7 +143,8 @@ def test_bounded_load_same_answers(server, photos, reference, capsys):
     import tritonclient.http as http
 
     with http.InferenceServerClient(server.http_url) as stats_client:
-        stats = stats_client.get_inference_statistics("maskface_detector")["model_stats"][0]
+        stats = stats_client.get_inference_statistics("maskface_detector",
+                                                      headers=server.admin_headers)["model_stats"][0]
     with capsys.disabled():
         print(f"\n[serving load] cpu target, {clients} clients x {per_client} requests (HTTP+gRPC), "
               f"images <= {MAX_SIDE} px: {len(latencies)} ok in {wall:.1f} s = {len(latencies) / wall:.1f} req/s, "
@@ -173,7 +175,7 @@ def test_client_command_prints_the_faces(server, photos, reference, tmp_path, ca
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     assert main(["client", str(bad), "--url", server.http_url]) == 1
-    assert "could not decode" in capsys.readouterr().err
+    assert "is not a JPEG or PNG file" in capsys.readouterr().err
 
 
 def _read_lines(stream, sink: queue.Queue) -> None:
