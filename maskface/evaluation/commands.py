@@ -7,6 +7,8 @@
     maskface predict-landmarks --checkpoint CKPT --data aflw:ROOT --split test --protocol aflw19
         --out pred.json --gt-out gt.json [--plot ced.png] [--json nme.json]
     maskface predict-widerface --checkpoint CKPT --images WIDER_val/images --out DIR [--tta]
+    maskface predict-faces --checkpoint CKPT --images AFW/ --gt new_annotations_AFW.mat --out afw.txt [--tta]
+    maskface evaluate afw|pascal --pred afw.txt --gt new_annotations_AFW.mat [--json ap.json]
 
 File formats: WIDER FACE submission layout (maskface.evaluation.widerface) and the landmark
 JSON/NPZ format (maskface.evaluation.landmarks). Outputs are written atomically. Exit codes:
@@ -148,6 +150,65 @@ def run_predict_landmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_face_eval(args: argparse.Namespace) -> int:
+    """AFW / PASCAL faces (Table 2): pooled VOC AP at IoU 0.5."""
+    from maskface.data.face_eval import read_detection_list, read_face_eval_mat
+    from maskface.evaluation.face_eval import evaluate_face_eval
+
+    name = {"afw": "AFW", "pascal": "PASCAL faces"}[args.evaluate_command]
+    try:
+        gt = read_face_eval_mat(args.gt, (args.min_size, args.min_size))
+        result = evaluate_face_eval(gt, read_detection_list(args.pred), args.iou)
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail(f"evaluate {args.evaluate_command}", exc)
+    ignored = sum(int(im.ignore.sum()) for im in gt)
+    print(f"{name}: AP {result.ap:.4f} at IoU {args.iou:g} ({len(gt)} images, {result.num_faces} faces, "
+          f"{ignored} ignored, {result.num_detections} detections)")
+    if args.json:
+        _write_json(args.json, {"dataset": name, "iou_threshold": args.iou, "ignored_faces": ignored,
+                                **result.to_dict()})
+        print(f"json -> {args.json}")
+    return 0
+
+
+def run_predict_faces(args: argparse.Namespace) -> int:
+    """Detections of a checkpoint on the images of an AFW / PASCAL faces annotation file."""
+    from maskface.data.face_eval import format_detections, read_face_eval_mat
+
+    images_dir = Path(args.images)
+    try:
+        if not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        gt = read_face_eval_mat(args.gt)
+        paths = [images_dir / im.name for im in gt]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} annotated images not found, e.g. {missing[0]}")
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail("predict-faces", exc)
+
+    from tqdm import tqdm
+
+    from maskface.checkpoint import load_model
+    from maskface.engine.predictor import Predictor
+    from maskface.engine.tta import TTAConfig, model_passes, tta_predict
+    from maskface.io_utils import atomic_write_bytes, read_image
+
+    model = load_model(args.checkpoint, map_location=args.device)
+    model.cfg.inference.score_threshold = args.score_threshold
+    predictor = Predictor(model, device=args.device, max_side=args.max_side or None)
+    passes = model_passes(predictor, with_landmarks=False)
+    cfg = TTAConfig(scales=tuple(float(v) for v in args.tta_scales.split(",")), flip=True)
+    lines = []
+    for im, path in tqdm(list(zip(gt, paths)), desc="predict-faces", unit="img", disable=args.quiet):
+        image = read_image(path)
+        out = tta_predict(passes, image, cfg) if args.tta else predictor(image, with_landmarks=False)
+        lines.append(format_detections(im.name, out["boxes"], out["scores"]))
+    atomic_write_bytes(Path(args.out), "".join(lines).encode())
+    print(f"wrote detections of {len(gt)} images -> {args.out}")
+    return 0
+
+
 def _list_widerface_images(images_dir: Path, gt_dir: str | None) -> list[tuple[str, Path]]:
     """(event, image path) pairs: from the ground-truth list when --gt is given (every val image
     must exist), else every <event>/<image>.jpg/.png under the folder."""
@@ -240,6 +301,17 @@ def add_parser(subparsers) -> None:
     w.add_argument("--quiet", action="store_true", help="no progress bars")
     w.set_defaults(func=run_widerface)
 
+    for key, title in (("afw", "AFW"), ("pascal", "PASCAL faces")):
+        fe = sub.add_parser(key, help=f"{title}: pooled VOC AP at IoU 0.5 (Table 2; face-eval toolbox annotations)")
+        fe.add_argument("--pred", required=True, help="detections: lines 'image_id score x1 y1 x2 y2' "
+                        "(`maskface predict-faces` writes them)")
+        fe.add_argument("--gt", required=True, help="face-eval toolbox .mat (Annotations(i).imgname/.objects), e.g. "
+                        + ("new_annotations_AFW.mat" if key == "afw" else "Annotations_Face_PASCALLayout_large_fixed.mat"))
+        fe.add_argument("--iou", type=float, default=0.5)
+        fe.add_argument("--min-size", type=float, default=30.0, help="faces narrower or lower than this are ignored")
+        fe.add_argument("--json", default=None, help="write AP to this .json")
+        fe.set_defaults(func=run_face_eval)
+
     lmk = sub.add_parser("landmarks", help="landmark NME / CED / AUC / failure rate after IoU matching")
     lmk.add_argument("--pred", required=True, help="predictions (.json or .npz, with scores; `maskface "
                      "predict-landmarks` writes them)")
@@ -263,6 +335,20 @@ def add_parser(subparsers) -> None:
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_landmark_metric_args(pl, protocol_required=True)
     pl.set_defaults(func=run_predict_landmarks)
+
+    pf = subparsers.add_parser("predict-faces", help="detections for AFW / PASCAL faces (the images of a "
+                               "face-eval toolbox annotation file)")
+    pf.add_argument("--checkpoint", required=True)
+    pf.add_argument("--images", required=True, help="folder holding the annotated images (imgname relative to it)")
+    pf.add_argument("--gt", required=True, help="the face-eval toolbox .mat listing the images")
+    pf.add_argument("--out", required=True, help="detection list to write")
+    pf.add_argument("--tta", action="store_true", help="flip + pyramid + Soft-NMS on raw detections + box voting")
+    pf.add_argument("--tta-scales", default="0.5,1,1.5")
+    pf.add_argument("--score-threshold", type=float, default=0.02)
+    pf.add_argument("--max-side", type=int, default=0, help="resize so the longer side is at most this (0: original)")
+    pf.add_argument("--device", default="cpu")
+    pf.add_argument("--quiet", action="store_true")
+    pf.set_defaults(func=run_predict_faces)
 
     p = subparsers.add_parser("predict-widerface", help="write WIDER FACE submission files for a folder of images")
     p.add_argument("--checkpoint", required=True, help="a MaskFace checkpoint")
