@@ -13,6 +13,14 @@
    parity report. Elsewhere it says exactly what is missing and exits 0 (2 with --require-trt).
 
 Without --checkpoint the model is a seeded initialisation of --config, and the job says so.
+
+Exit codes: 0 success; 1 a parity report failed its tolerances; 2 --require-trt where engines
+cannot be built; 3 a graph breaks TensorRT's documented limits. One documented exception to 1:
+the FP16 TensorRT parity of *seeded* weights (no --checkpoint) does not gate, because a seeded
+network's deep activations (~1e-6) fall below FP16's normal range and their errors say nothing
+about the build. Its report is then written with "gate": "informational (seeded weights)" (also
+in the markdown), the failure is printed on stderr, and the exit code is 0. With --checkpoint
+(or for FP32 engines) the gate applies.
 """
 from __future__ import annotations
 
@@ -131,15 +139,24 @@ def build_tensorrt(args: argparse.Namespace, model, trained: bool, onnx_paths: d
     graphs = TrtGraphs(out / "engines", manifest.plugin["path"])
     report = run_parity(model, graphs, "tensorrt_fp16" if args.fp16 else "tensorrt",
                         tolerance=_trt_tolerance(args.fp16))
+    code = trt_parity_exit_code(report, args.fp16, trained)
     _, md_path = write_report(report, out / "parity")
     print(to_markdown(report))
     print(f"build_engines: TensorRT parity report {md_path}")
-    if report["passed"]:
-        return 0
-    if args.fp16 and not trained:
-        # A seeded network's deep activations (~1e-6) fall below FP16's normal range, so its FP16
-        # errors say nothing about the build; the report is kept for reference only.
-        print("build_engines: FP16 parity of an untrained model is informational only (pass --checkpoint)")
+    if not report["passed"] and code == 0:
+        print(f"build_engines: TensorRT FP16 parity FAILED its tolerances (worst {report['worst']}); "
+              "gate: informational, seeded weights (module doc); pass --checkpoint to enforce it", file=sys.stderr)
+    return code
+
+
+SEEDED_FP16_GATE = "informational (seeded weights: FP16 errors of untrained activations do not gate; pass --checkpoint)"
+
+
+def trt_parity_exit_code(report: dict, fp16: bool, trained: bool) -> int:
+    """The exit rule of the module doc; records it in report["gate"]."""
+    informational = fp16 and not trained
+    report["gate"] = SEEDED_FP16_GATE if informational else "enforced"
+    if report["passed"] or informational:
         return 0
     return EXIT_PARITY_FAILED
 

@@ -153,7 +153,8 @@ def run_parity(model: MaskFace, graphs, backend: str, tolerance: dict | None = N
 
 def to_markdown(report: dict) -> str:
     lines = [f"# Parity: PyTorch vs {report['backend']} ({report['model']})", "",
-             f"Result: **{'PASS' if report['passed'] else 'FAIL'}** (tolerances {report['tolerance']})", "",
+             f"Result: **{'PASS' if report['passed'] else 'FAIL'}** (tolerances {report['tolerance']})"
+             + (f"; gate: {report['gate']}" if report.get("gate") else ""), "",
              "| input | H x W | scores max | boxes max (px) | features max | features mean | ROIs | landmarks max (px) | landmarks mean (px) | NME | landmark scores max | ambiguous peaks |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in report["cases"]:

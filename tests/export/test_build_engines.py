@@ -31,3 +31,19 @@ def test_require_trt_fails_where_tensorrt_is_missing(tmp_path, capsys):
         assert "TensorRT not available" in printed and reason in printed
         assert (tmp_path / "onnx" / "detector.onnx").is_file()
     assert "seeded initialisation" in printed
+
+
+def test_trt_parity_exit_rule_fp16_on_seeded_weights_is_informational_and_marked():
+    from export.build_engines import EXIT_PARITY_FAILED, SEEDED_FP16_GATE, trt_parity_exit_code
+    from export.parity import to_markdown
+
+    def report(passed):
+        return {"backend": "tensorrt_fp16", "model": "r50", "tolerance": {}, "worst": {}, "passed": passed, "cases": []}
+
+    failed = report(False)
+    assert trt_parity_exit_code(failed, fp16=True, trained=False) == 0 and failed["gate"] == SEEDED_FP16_GATE
+    assert "FAIL" in to_markdown(failed) and "informational (seeded weights" in to_markdown(failed)
+    for fp16, trained in ((True, True), (False, False), (False, True)):  # the gate applies
+        r = report(False)
+        assert trt_parity_exit_code(r, fp16, trained) == EXIT_PARITY_FAILED and r["gate"] == "enforced"
+    assert trt_parity_exit_code(report(True), fp16=True, trained=True) == 0
