@@ -27,6 +27,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files a crash mid-save left beside the checkpoints `names` in folder
+    (atomic_write's `.<name>.<random>.tmp`). Call it only when no save of those names is running."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: MaskFaceConfig, **extra: Any) -> None:
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     atomic_torch_save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),

@@ -41,6 +41,19 @@ def result_to_json(name: str, image: np.ndarray, result: dict[str, np.ndarray]) 
     }
 
 
+def output_name_clash(sources: list[str]) -> str | None:
+    """Outputs are named after the file stem: two inputs with one stem would overwrite each other's
+    <stem>.jpg / <stem>.json. Says which, or None."""
+    seen: dict[str, str] = {}
+    for source in sources:
+        stem = Path(source).stem if source != DEMO_NAME else DEMO_NAME
+        if stem in seen:
+            return (f"{seen[stem]} and {source} would both be written as {stem}.jpg (outputs are named after the "
+                    "file name without its extension): rename one, or run them with different --out folders")
+        seen[stem] = source
+    return None
+
+
 def load_predictor(args: argparse.Namespace) -> Predictor:
     from ..checkpoint import load_model
     from ..modeling.maskface import build_model
@@ -67,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         inputs.append((Path(path).stem, read_image(path)))
     if not inputs:
         print("maskface detect: give image paths or --demo", file=sys.stderr)
+        return 2
+    clash = output_name_clash([DEMO_NAME] * bool(args.demo) + list(args.images))
+    if clash:
+        print(f"maskface detect: {clash}", file=sys.stderr)
         return 2
     predictor = load_predictor(args)
     out = Path(args.out)

@@ -3,8 +3,10 @@
     maskface train --config r50 --data widerface:/data/widerface --output runs/r50
     torchrun --nproc_per_node 8 -m maskface.cli train --config r50 --data widerface:/data/widerface
 
-Model fields can be changed with --set SECTION.FIELD=VALUE (JSON values), e.g. for a smoke run
-`--set fpn.channels=64 --set fpn.gn_groups=8`.
+Model fields can be changed with --set SECTION.FIELD=VALUE or --set SECTION=JSON-OBJECT (JSON values).
+A narrower FPN needs context branches that add up to its width, e.g. for a smoke run:
+
+    --set fpn.channels=64 --set 'context={"branch1": 32, "trunk": 32, "branch2": 16, "trunk2": 32, "branch3": 16}'
 """
 from __future__ import annotations
 

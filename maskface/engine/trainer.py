@@ -41,10 +41,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
+from ..checkpoint import load_weights, read_checkpoint, remove_stale_temporaries, save_checkpoint
 from ..config import MaskFaceConfig, get_config
 from ..data.dataset import FaceDataset, build_dataset, collate
 from ..data.transforms import WIDER_AREA_RANGE, LandmarkTrainTransform, MaxSide, WiderFaceTrainTransform
+from ..io_utils import atomic_write_bytes
 from ..modeling.maskface import MaskFace
 
 LAST = "last.pth"
@@ -334,8 +335,12 @@ class Trainer:
         self.amp_dtype = self._amp_dtype(options.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
+        if self.dist.is_main and self.out.is_dir():
+            for tmp in remove_stale_temporaries(self.out, (LAST, BEST, FINAL)):
+                self._log_main(f"removed {tmp.name}, left by a crash during a checkpoint save")
         if options.resume and (self.out / LAST).is_file():
             self.load(self.out / LAST)
+            self._drop_log_records_after(self.iteration)
         self.ddp_model = self.model
         if self.dist.enabled:
             self.ddp_model = DistributedDataParallel(
@@ -438,6 +443,27 @@ class Trainer:
         self._log_main(f"resumed from {path} at iteration {self.iteration}")
 
     # ---- logging
+    def _drop_log_records_after(self, iteration: int) -> None:
+        """Resuming replays the iterations after the checkpoint: drop their records from the
+        crashed run (written atomically) so that log.jsonl holds each iteration once."""
+        path = self.out / LOG
+        if not self.dist.is_main or not path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the crash
+                dropped += 1
+                continue
+            if record.get("type") in ("train", "val", "checkpoint") and record.get("iter", 0) > iteration:
+                dropped += 1
+                continue
+            kept.append(line)
+        if dropped:
+            atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+            self._log_main(f"dropped {dropped} log record(s) after iteration {iteration} (they are replayed)")
+
     def log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return

@@ -263,6 +263,7 @@ def write_predictions(
     boxes,
     scores,
     box_format: str = "xyxy",
+    allow_negative_sizes: bool = False,
 ) -> Path:
     """Write one image's detections as ``<out_dir>/<event>/<image>.txt`` (submission layout).
 
@@ -282,6 +283,12 @@ def write_predictions(
         raise ValueError(f"{event}/{image_name}: boxes or scores are not finite")
     if box_format == "xyxy":
         b = xyxy_to_xywh(b)
+    negative = np.flatnonzero((b[:, 2] < 0) | (b[:, 3] < 0))
+    if negative.size and not allow_negative_sizes:
+        k = int(negative[0])
+        raise ValueError(f"{event}/{image_name}: box {k} has a negative size (w {b[k, 2]:g}, h {b[k, 3]:g}); "
+                         f"{negative.size} such box(es) in all: xyxy boxes need x2 >= x1 and y2 >= y1 "
+                         "(allow_negative_sizes=True keeps them, as the official code would score them)")
     stem = _strip_image_ext(image_name)
     lines = [stem, str(b.shape[0])]
     lines += [f"{x:.4f} {y:.4f} {w:.4f} {h:.4f} {sc:.9g}" for (x, y, w, h), sc in zip(b.tolist(), s.tolist())]
@@ -290,7 +297,7 @@ def write_predictions(
     return path
 
 
-def read_prediction_file(path: str | os.PathLike) -> np.ndarray:
+def read_prediction_file(path: str | os.PathLike, allow_negative_sizes: bool = False) -> np.ndarray:
     """One submission file -> float64 ``[N, 5]`` ``(x, y, w, h, score)`` in file order.
 
     Raises FileNotFoundError for a missing file and PredictionFormatError (naming the file) for
@@ -344,6 +351,12 @@ def read_prediction_file(path: str | os.PathLike) -> np.ndarray:
         arr = out
     if not np.isfinite(arr).all():
         raise PredictionFormatError(f"{path}: non-finite values (nan/inf)")
+    negative = np.flatnonzero((arr[:, 2] < 0) | (arr[:, 3] < 0))
+    if negative.size and not allow_negative_sizes:
+        k = int(negative[0])
+        raise PredictionFormatError(f"{path}: line {k + 3} has a negative box size (w {arr[k, 2]:g}, h {arr[k, 3]:g}); "
+                                    "boxes are 'x y w h score' with w, h >= 0 (a detector never makes them; "
+                                    "allow_negative_sizes=True scores them as the official code would)")
     return arr
 
 
@@ -352,6 +365,7 @@ def read_predictions(
     gt: WiderFaceGT,
     allow_missing: bool = False,
     progress: bool = False,
+    allow_negative_sizes: bool = False,
 ) -> list[np.ndarray | None]:
     """Read ``<pred_dir>/<event>/<image>.txt`` for every image of ``gt`` (same order).
 
@@ -371,7 +385,7 @@ def read_predictions(
     for event, name in items:
         path = prediction_path(pred_dir, event, name)
         try:
-            out.append(read_prediction_file(path))
+            out.append(read_prediction_file(path, allow_negative_sizes))
         except FileNotFoundError:
             missing.append(path)
             out.append(None)

@@ -39,9 +39,29 @@ def test_detect_on_a_real_photo_writes_image_and_json(tmp_path, checkpoint):
     assert max(f["box"][2] for f in data["faces"]) > 256
 
 
-def test_detect_reports_a_missing_image(tmp_path, checkpoint):
-    with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        main(["detect", str(tmp_path / "nope.jpg"), "--checkpoint", str(checkpoint), "--out", str(tmp_path)])
+def test_detect_reports_a_missing_image_in_one_line(tmp_path, checkpoint, capsys):
+    argv = ["detect", str(tmp_path / "nope.jpg"), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("maskface detect: error: FileNotFoundError: image") and "nope.jpg not found" in err
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):  # --debug: the exception and its traceback
+        main(["--debug", *argv])
+
+
+def test_detect_refuses_inputs_that_would_overwrite_each_other(tmp_path, checkpoint, capsys):
+    import cv2
+
+    for folder, ext in (("d1", ".jpg"), ("d2", ".png")):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / f"photo{ext}"), np.zeros((32, 32, 3), np.uint8))
+    out = tmp_path / "out"
+    rc = main(["detect", str(tmp_path / "d1" / "photo.jpg"), str(tmp_path / "d2" / "photo.png"),
+               "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "d1/photo.jpg and " in err and "d2/photo.png would both be written as photo.jpg" in err
+    assert not out.exists()  # refused before anything ran or was written
 
 
 def test_predictor_maps_results_to_original_pixels():

@@ -343,3 +343,45 @@ def test_aflw_validation_is_held_out_of_train_and_best_follows_nme(tmp_path, one
         assert r["best"] == pytest.approx(-best)
     best_iter = [r["iter"] for r in vals if r["improved"]][-1]
     assert read_checkpoint(out / "best.pth")["iteration"] == best_iter
+
+
+# ------------------------------------------------------------------ CLI and crash leftovers
+
+def test_train_help_set_example_builds_a_model():
+    """The --set example printed by `maskface train --help` is parsed and applied as given."""
+    import shlex
+
+    from maskface.engine import train_cli
+    from maskface.engine.trainer import apply_overrides
+    from maskface.config import get_config
+    from maskface.modeling.maskface import MaskFace
+
+    line = next(line for line in train_cli.__doc__.splitlines() if line.strip().startswith("--set"))
+    tokens = shlex.split(line)
+    items = [tokens[i + 1] for i, t in enumerate(tokens) if t == "--set"]
+    assert len(items) >= 2
+    cfg = get_config("r50")
+    cfg.backbone.weights = None
+    apply_overrides(cfg, train_cli._parse_set(items))
+    model = MaskFace(cfg)
+    assert cfg.fpn.channels == 64 and model is not None
+
+
+def test_resume_removes_stale_temporaries_and_replayed_log_records(faces_root, tmp_path, one_thread):
+    """A crash mid-checkpoint leaves `.last.pth.<random>.tmp` and log records of iterations after
+    the last good checkpoint; the resumed run removes the first and writes each iteration once."""
+    out = tmp_path / "run"
+    train(tiny_options(faces_root, out, max_iter=2, checkpoint_period=2))
+    stale = out / ".last.pth.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = out / ".unrelated.tmp"
+    other.write_bytes(b"not ours")
+    with open(out / "log.jsonl", "a") as fh:  # the crashed run got to iteration 4 before dying mid-save
+        for i in (3, 4):
+            fh.write(json.dumps({"type": "train", "iter": i, "loss": 1.0}) + "\n")
+        fh.write('{"type": "train", "it')  # a line cut short by the crash
+    train(tiny_options(faces_root, out, max_iter=4, checkpoint_period=2))
+    assert not stale.exists() and other.exists()
+    log = read_log(out)
+    assert [r["iter"] for r in log if r["type"] == "train"] == [1, 2, 3, 4]
+    assert all(r.get("loss") != 1.0 for r in log if r["type"] == "train")  # the replayed ones, not the stale

@@ -65,8 +65,9 @@ def synthetic_predictions(gt: WiderFaceGT, events, seed: int = 2024) -> dict:
 
 
 def write_all(pred_dir: Path, preds: dict) -> None:
+    # The jitter keeps the sign of the ground truth's own negative widths: kept, as the official code scores them.
     for (event, name), p in preds.items():
-        write_predictions(pred_dir, event, name, p[:, :4], p[:, 4], box_format="xywh")
+        write_predictions(pred_dir, event, name, p[:, :4], p[:, 4], box_format="xywh", allow_negative_sizes=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +229,8 @@ def test_writer_layout_and_round_trip(tmp_path):
         ("img\n1\n1 2 3 4\n", "has 4 values"),
         ("img\n1\n1 2 3 x 0.5\n", "not numeric"),
         ("img\n1\n1 2 3 nan 0.5\n", "non-finite"),
+        ("img\n2\n1 2 3 4 0.5\n1 2 -3 4 0.5\n", r"line 4 has a negative box size \(w -3, h 4\)"),
+        ("img\n1\n1 2 3 -0.5 0.5\n", "negative box size"),
     ],
 )
 def test_reader_rejects_malformed_files_naming_them(tmp_path, text, message):
@@ -426,10 +429,10 @@ def test_equals_octave_run_of_the_official_code(tmp_path, wider_gt):
     preds = synthetic_predictions(wider_gt, OCTAVE_EVENTS)
     write_all(tmp_path, preds)
     sub = wider_gt.subset(OCTAVE_EVENTS)
-    result = evaluate_widerface(read_predictions(tmp_path, sub), sub)
+    result = evaluate_widerface(read_predictions(tmp_path, sub, allow_negative_sizes=True), sub)
     # The same files under the real-valued IoU rule (the common Python port) score differently:
     # the integer overlap of the official code matters.
-    cont = evaluate_widerface(read_predictions(tmp_path, sub), sub, protocol="continuous")
+    cont = evaluate_widerface(read_predictions(tmp_path, sub, allow_negative_sizes=True), sub, protocol="continuous")
     for s in SETTINGS:
         ap, faces, counts = OCTAVE_RESULT[s]
         c = result.curves[s]
@@ -549,3 +552,12 @@ def test_full_val_against_itself_from_the_folder(perfect_dir, wider_gt, wider_gt
     chosen, _ = _clean_perfect(wider_gt)
     assert result.num_images == 3226 and result.num_predictions == sum(len(c) for c in chosen)
     assert result.ap == evaluate_widerface(read_predictions(pred_dir, wider_gt), wider_gt).ap
+
+
+def test_writer_refuses_boxes_of_negative_size(tmp_path):
+    with pytest.raises(ValueError, match=r"ev/img: box 1 has a negative size \(w -10, h 5\)"):
+        wf.write_predictions(tmp_path, "ev", "img", np.array([[0, 0, 10, 10], [20, 0, 10, 5]]), np.array([0.9, 0.8]))
+    with pytest.raises(ValueError, match="negative size"):
+        wf.write_predictions(tmp_path, "ev", "img", np.array([[0, 0, 4, -1]]), np.array([0.9]), box_format="xywh")
+    assert not list(tmp_path.rglob("*.txt"))  # nothing written
+    wf.write_predictions(tmp_path, "ev", "img", np.array([[5, 5, 5, 9]]), np.array([0.9]))  # zero width is fine
