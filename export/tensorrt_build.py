@@ -651,6 +651,7 @@ def build_engines(
             "model": dict(model_info or {}),
         },
     )
+    manifest = EngineManifest.from_json(manifest.to_json())  # exactly what engines.json holds
     manifest.write(out)
     if echo:
         echo(f"tensorrt_build: wrote {', '.join(PLAN_FILES[n] for n in engines)} and {METADATA_FILE} to {out}")

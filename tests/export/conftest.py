@@ -20,3 +20,15 @@ def built(tmp_path_factory, export_model):
     torch.manual_seed(0)  # build_engines seeds the same initialisation as export_model
     code = main(["--config", "mbv2", "--out", str(out)])
     return out, code
+
+
+@pytest.fixture(scope="session")
+def detector_k5000(tmp_path_factory, export_model):
+    """detector.onnx as exported before issue 11: an in-graph TopK with K = 5000 (beyond TensorRT's 3840)."""
+    import copy
+
+    from export.export_onnx import export_detector
+
+    model = copy.deepcopy(export_model)
+    model.cfg.inference.pre_nms_topk = 5000
+    return export_detector(model, tmp_path_factory.mktemp("k5000") / "detector.onnx")

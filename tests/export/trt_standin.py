@@ -17,13 +17,33 @@ export/tensorrt_build.py and export/engine_runner.py use, shaped like the real b
   (numpy in, numpy out) computes the outputs, which are written to the bound addresses or through
   an IOutputAllocator for names in ``module.data_dependent``.
 
-Every call is appended to ``module.calls`` as a tuple (name, *arguments).
+Every call is appended to ``module.calls`` as a tuple (name, *arguments), and every public attribute
+read on a stand-in object to ``module.accessed`` as (pybind11 class name, attribute), so that
+tests/export/test_conformance.py can check each one against TensorRT's real binding sources.
+
+It refuses what real TensorRT documents it refuses (the citations are to shared/third_party):
+
+* TopK with K > 3840 or a K that is not a constant: "Currently only values of K up to 3840 are
+  supported." (tensorrt/10.16/include/NvInfer.h:8458, tensorrt/11.1/include/NvInfer.h:8595);
+* Resize modes outside the ONNX parser's list (onnx-tensorrt/operators.md, Resize row);
+* a plugin node whose attributes are not fields of the registered creator;
+* profiles: IOptimizationProfile::setDimensions (tensorrt/11.1/include/NvInferRuntime.h:2580-2598)
+  (1) equal ranks, (2) 0 <= min <= opt <= max, (3) static network dims equal in min / opt / max
+  (checked at build time, as TensorRT defers it); addOptimizationProfile must be called for a network
+  with dynamic inputs (NvInfer.h:10832 of 11.1) and every dynamic input needs a shape;
+* BuilderFlag.FP16 with a strongly typed network (NvInfer.h:12109-12113 of 10.16: "Setting layer
+  precision and layer output types is not allowed"); TRT 11 has no FP16 flag at all.
+
+The runtime side executes "engines" with an executor object (module.executor, see OnnxExecutor and
+FormulaExecutor below); tests compare its results with an independent reference, never with the
+session the executor itself runs.
 """
 from __future__ import annotations
 
 import ctypes
 import enum
 import json
+import sys
 import types
 from pathlib import Path
 
@@ -31,6 +51,47 @@ import numpy as np
 import onnx
 
 PLUGIN_CREATORS = {("MultiLevelRoIAlign", "1", "maskface")}
+# The creator's fields (plugins/src/mlra_plugin.cpp, MlraCreator): what the parser may pass from the node.
+PLUGIN_FIELDS = {"output_size", "sampling_ratio", "canonical_level", "canonical_size", "min_level", "max_level",
+                 "aligned", "spatial_scales"}
+TOPK_MAX_K = 3840  # NvInfer.h (10.16:8458, 11.1:8595): "Currently only values of K up to 3840 are supported."
+# onnx-tensorrt/operators.md, Resize row.
+RESIZE_MODES = {"nearest", "linear"}
+RESIZE_TRANSFORMS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+
+
+class OnnxExecutor:
+    """Runs a stand-in engine with ONNX Runtime on the given graph (its own session): engines whose
+    inputs include ``images`` use ``detector``, the others ``keypoints``."""
+
+    def __init__(self, detector: str | Path, keypoints: str | Path):
+        import onnxruntime as ort
+
+        self.sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                         for name, path in (("detector", detector), ("keypoints", keypoints))}
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.sessions["detector" if "images" in inputs else "keypoints"]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(None, inputs)))
+
+
+class FormulaExecutor:
+    """Outputs computed by a formula a test can redo by hand, so that the runner's binding of shapes,
+    addresses and dtypes is checked without any model: for the keypoint engine,
+    landmarks[n, k] = (rois[n, 1] + k, rois[n, 2] + sum of m<l>[0, 0, 0, 0] over l), and
+    landmark_scores[n, k] = rois[n, 0] + k / 10."""
+
+    def __init__(self, num_landmarks: int = 5):
+        self.k = num_landmarks
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rois = inputs["rois"].astype(np.float32)
+        corner = sum(float(inputs[f"m{level}"].reshape(-1)[0]) for level in range(2, 7))
+        k = np.arange(self.k, dtype=np.float32)
+        landmarks = np.stack([rois[:, 1:2] + k, np.broadcast_to(rois[:, 2:3] + corner, (len(rois), self.k))], -1)
+        return {"landmarks": landmarks.astype(np.float32),
+                "landmark_scores": (rois[:, 0:1] + k / 10).astype(np.float32)}
 
 _LAYER_TYPES = {
     "Conv": "CONVOLUTION", "ConvTranspose": "DECONVOLUTION", "Relu": "ACTIVATION", "Clip": "ACTIVATION",
@@ -46,15 +107,48 @@ _NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": n
           "INT8": np.int8, "UINT8": np.uint8}
 
 
+_BOOKKEEPING = {"calls", "accessed", "executor", "data_dependent", "registry"}
+
+
+def _from_outside() -> bool:
+    """True when the attribute read comes from code under test, not from the stand-in itself."""
+    return sys._getframe(2).f_code.co_filename != __file__
+
+
+class _StandinModule(types.ModuleType):
+    """The fake ``tensorrt`` module: records every public module attribute read (class "")."""
+
+    def __getattribute__(self, name):
+        if not name.startswith("_") and name not in _BOOKKEEPING and _from_outside():
+            object.__getattribute__(self, "accessed").add(("", name))
+        return object.__getattribute__(self, name)
+
+
+class _Recorded:
+    """Base of the stand-in objects: public attribute reads are recorded as (API_NAME, name)."""
+
+    API_NAME = ""
+    _accessed: set = set()
+
+    def __getattribute__(self, name):
+        if not name.startswith("_") and name != "API_NAME" and _from_outside():
+            type(self)._accessed.add((type(self).API_NAME, name))
+        return object.__getattribute__(self, name)
+
+
 def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, fail_build: bool = False,
                   unsupported_ops: tuple[str, ...] = (), name: str = "tensorrt") -> types.ModuleType:
     major = int(version.split(".")[0])
-    trt = types.ModuleType(name)
+    trt = _StandinModule(name)
     trt.__version__ = version
     trt.calls = []
+    trt.accessed = set()
     trt.executor = None
     trt.data_dependent = set()
     calls = trt.calls
+
+    class Recorded(_Recorded):
+        _accessed = trt.accessed
 
     DataType = enum.IntEnum("DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64"], start=0)
     trt.DataType = DataType
@@ -97,7 +191,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
     trt.ILogger, trt.Logger = ILogger, Logger
 
     # ------------------------------------------------------------------ plugin registry
-    class PluginRegistry:
+    class PluginRegistry(Recorded):
+        API_NAME = "IPluginRegistry"
+
         def __init__(self):
             self.creators: set[tuple[str, str, str]] = set()
             self.libraries: dict[int, str] = {}
@@ -120,16 +216,23 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
         def get_creator(self, name, version, namespace=""):
             return (name, version, namespace) if (name, version, namespace) in self.creators else None
 
+        def all_creators_fields(self):
+            return PLUGIN_FIELDS
+
     registry = PluginRegistry()
     trt.get_plugin_registry = lambda: registry
     trt.registry = registry
 
     # ------------------------------------------------------------------ network
-    class Tensor:
+    class Tensor(Recorded):
+        API_NAME = "ITensor"
+
         def __init__(self, name, shape, dtype):
             self.name, self.shape, self.dtype = name, tuple(shape), dtype
 
-    class Layer:
+    class Layer(Recorded):
+        API_NAME = "ILayer"
+
         def __init__(self, network, name, type_, inputs, outputs):
             self._network = network
             self.name, self.type, self._inputs, self._outputs = name, type_, inputs, outputs
@@ -178,7 +281,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
             def precision(self, value):
                 raise AttributeError("ILayer.precision was removed in TensorRT 11")
 
-    class Network:
+    class Network(Recorded):
+        API_NAME = "INetworkDefinition"
+
         def __init__(self, flags):
             self.flags = flags
             self.strongly_typed = major >= 11 or bool(flags & (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
@@ -199,7 +304,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
         def get_layer(self, i):
             return self.layers[i]
 
-    class ParserError:
+    class ParserError(Recorded):
+        API_NAME = "ParserError"
+
         def __init__(self, desc, node=-1, node_name="", node_operator="", code="UNSUPPORTED_NODE"):
             self._desc, self._node, self._name, self._op, self._code = desc, node, node_name, node_operator, code
 
@@ -234,7 +341,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
         dims = value_info.type.tensor_type.shape.dim
         return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
 
-    class OnnxParser:
+    class OnnxParser(Recorded):
+        API_NAME = "OnnxParser"
+
         def __init__(self, network, logger):
             calls.append(("OnnxParser",))
             self.network, self.logger, self.errors = network, logger, []
@@ -262,6 +371,10 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
             for init in model.graph.initializer:
                 types_[init.name] = init.data_type
             inits = {i.name for i in model.graph.initializer}
+            constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+            for node in model.graph.node:
+                if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                    constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
             net = self.network
             net.inputs = [Tensor(i.name, _shape(i), _dtype(i.type.tensor_type.elem_type)) for i in model.graph.input
                           if i.name not in inits]
@@ -271,6 +384,10 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
                     self.errors.append(ParserError(f"No importer registered for op: {node.op_type}", index, node.name, node.op_type))
                     continue
                 kind = _LAYER_TYPES.get(node.op_type, "SHUFFLE")
+                refusal = _documented_refusal(node, constants)
+                if refusal:
+                    self.errors.append(ParserError(refusal, index, node.name, node.op_type, code="INVALID_NODE"))
+                    continue
                 if node.domain not in ("", "ai.onnx"):
                     attrs = {a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING}
                     key = (node.op_type, attrs.get("plugin_version", "1"), attrs.get("plugin_namespace", ""))
@@ -279,6 +396,11 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
                             f"No importer registered for op: {node.op_type}. Attempting to import as plugin. "
                             f"Plugin creator registration failed: {key}", index, node.name, node.op_type))
                         continue
+                    unknown = sorted({a.name for a in node.attribute} - PLUGIN_FIELDS - {"plugin_version", "plugin_namespace"})
+                    if unknown:
+                        self.errors.append(ParserError(f"plugin {key}: fields {unknown} are not fields of the creator",
+                                                       index, node.name, node.op_type, code="INVALID_NODE"))
+                        continue
                     kind = "PLUGIN_V3"
                 outs = [Tensor(o, (), _dtype(types_.get(o, onnx.TensorProto.FLOAT))) for o in node.output]
                 ins = [Tensor(i, (), _dtype(types_.get(i, onnx.TensorProto.FLOAT))) if i else None for i in node.input]
@@ -286,18 +408,26 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
             return not self.errors
 
     # ------------------------------------------------------------------ builder
-    class OptimizationProfile:
+    class OptimizationProfile(Recorded):
+        API_NAME = "IOptimizationProfile"
+
         def __init__(self):
             self.shapes = {}
 
         def set_shape(self, name, min, opt, max):
             calls.append(("set_shape", name, tuple(min), tuple(opt), tuple(max)))
+            # pyCore.cpp opt_profile_set_shape: setDimensions() false -> RuntimeError "Shape provided for
+            # ... is inconsistent with other shapes" (rank mismatch, negative dims).
+            if not len(min) == len(opt) == len(max) or any(d < 0 for d in (*min, *opt, *max)):
+                raise RuntimeError(f"Shape provided for {name} is inconsistent with other shapes.")
             self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
         def get_shape(self, name):
             return self.shapes.get(name)
 
-    class BuilderConfig:
+    class BuilderConfig(Recorded):
+        API_NAME = "IBuilderConfig"
+
         def __init__(self, logger):
             self.logger = logger
             self.flags: set[str] = {"TF32"}
@@ -334,7 +464,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
     class HostMemory(bytes):
         pass
 
-    class Builder:
+    class Builder(Recorded):
+        API_NAME = "Builder"
+
         def __init__(self, logger):
             calls.append(("Builder",))
             self.logger = logger
@@ -361,6 +493,10 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
                 self.logger.log(ILogger.Severity.ERROR, f"{len(config.profiles)} profiles")
                 return None
             profile = config.profiles[0].shapes
+            strangers = sorted(set(profile) - {t.name for t in network.inputs})
+            if strangers:
+                self.logger.log(ILogger.Severity.ERROR, f"profile names {strangers}, which are not network inputs")
+                return None
             for t in network.inputs:
                 if -1 in t.shape and t.name not in profile:
                     self.logger.log(ILogger.Severity.ERROR, f"dynamic input {t.name} has no profile")
@@ -405,7 +541,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
         if array.size:
             ctypes.memmove(ptr, array.ctypes.data, array.nbytes)
 
-    class ExecutionContext:
+    class ExecutionContext(Recorded):
+        API_NAME = "IExecutionContext"
+
         def __init__(self, engine):
             self.engine = engine
             self.shapes, self.addresses, self.allocators = {}, {}, {}
@@ -434,7 +572,7 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
             if self._results is None:
                 inputs = {i["name"]: _read(self.addresses[i["name"]], self.shapes[i["name"]], _NUMPY[i["dtype"]])
                           for i in self.engine.plan["inputs"]}
-                self._results = {k: np.asarray(v) for k, v in trt.executor(inputs).items()}
+                self._results = {k: np.asarray(v) for k, v in trt.executor(inputs).items()}  # an executor object
             return self._results
 
         def get_tensor_shape(self, name):
@@ -463,7 +601,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
                     _write(self.addresses[o["name"]], value)
             return True
 
-    class CudaEngine:
+    class CudaEngine(Recorded):
+        API_NAME = "ICudaEngine"
+
         def __init__(self, plan):
             self.plan = plan
             self.io = [(i["name"], trt.TensorIOMode.INPUT, i) for i in plan["inputs"]] + \
@@ -493,7 +633,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
         def create_execution_context(self):
             return ExecutionContext(self)
 
-    class Runtime:
+    class Runtime(Recorded):
+        API_NAME = "Runtime"
+
         def __init__(self, logger):
             calls.append(("Runtime",))
             self.logger = logger
@@ -508,6 +650,25 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
 
     trt.Runtime = Runtime
     return trt
+
+
+def _documented_refusal(node, constants) -> str | None:
+    """The parser / layer error real TensorRT gives for this node, per its documentation (or None)."""
+    if node.op_type == "TopK":
+        k = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if k is None:
+            return "TopK: K must be a build-time constant (INetworkDefinition::addTopK takes a static k)"
+        if int(k.reshape(-1)[0]) > TOPK_MAX_K:
+            return f"TopK: K = {int(k.reshape(-1)[0])} > {TOPK_MAX_K}: Currently only values of K up to 3840 are supported"
+    if node.op_type == "Resize":
+        attrs = {a.name: (a.s.decode() if a.type == onnx.AttributeProto.STRING else a.i) for a in node.attribute}
+        if attrs.get("mode", "nearest") not in RESIZE_MODES:
+            return f"Resize: unsupported mode {attrs['mode']!r}"
+        if attrs.get("coordinate_transformation_mode", "half_pixel") not in RESIZE_TRANSFORMS:
+            return f"Resize: unsupported coordinate_transformation_mode {attrs['coordinate_transformation_mode']!r}"
+        if attrs.get("antialias", 0):
+            return "Resize: antialiasing is not supported"
+    return None
 
 
 def make_tensorrt_lean(version: str = "11.4.0.106") -> types.ModuleType:
