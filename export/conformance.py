@@ -317,14 +317,15 @@ class Checker:
                 param = params[index]
             if tensor and param == data_param:
                 bound.append(tensor)
+        wrong = []
         for tensor in bound:
             elem = graph.types.get(tensor)
-            if elem is None:
-                continue
-            kind = _MATRIX_TYPE.get(elem, f"elem_type {elem}")
-            if kind not in support.types:
-                add("type", f"tensor {tensor!r} is {kind}; the parser supports {node.op_type} on "
-                    f"{', '.join(sorted(support.types))}", support.source)
+            kind = _MATRIX_TYPE.get(elem, f"elem_type {elem}") if elem is not None else None
+            if kind is not None and kind not in support.types:
+                wrong.append(f"{tensor!r} is {kind}")
+        if wrong:
+            add("type", f"{', '.join(wrong)}; the parser supports {node.op_type} on {', '.join(sorted(support.types))}",
+                support.source)
 
     def _check_restrictions(self, graph, node, support, add):
         import onnx
@@ -447,8 +448,8 @@ class Checker:
 # --------------------------------------------------------------------------------------------- Python API
 
 
-_CHAIN_START = re.compile(r'py::(class_|enum_)<[^;]*?>\(\s*(\w+)\s*,\s*"(\w+)"')
-_NAMED_BINDING = re.compile(r'py::class_<[^;]*?>\s+(\w+)\s*\{\s*m\s*,\s*"(\w+)"')
+_CHAIN_START = re.compile(r'py::(class_|enum_)<([^;]*?)>\(\s*(\w+)\s*,\s*"(\w+)"')
+_NAMED_BINDING = re.compile(r'py::class_<([^;]*?)>\s+(\w+)\s*\{\s*m\s*,\s*"(\w+)"')
 _MEMBER = re.compile(r'\.(?:def|def_property|def_property_readonly|def_readwrite|def_readonly|def_static|value)\(\s*"(\w+)"')
 _MODULE_MEMBER = re.compile(r'\bm\.(?:def|attr)\(\s*"(\w+)"')
 
@@ -484,18 +485,40 @@ def python_api(version: str, root: str | None = None) -> dict[str, frozenset[str
     if not base.is_dir():
         raise ThirdPartyMissing(f"no pybind11 sources for TensorRT {version} in {base}")
     api: dict[str, set[str]] = {"": set()}
+    cpp_name: dict[str, str] = {}  # C++ type -> Python class
+    bases: dict[str, list[str]] = {}  # Python class -> C++ types after the first template argument
     for source in sorted(base.rglob("*.cpp")):
         text = source.read_text(errors="replace")
-        for m in _CHAIN_START.finditer(text):
-            api.setdefault(m.group(3), set()).update(_MEMBER.findall(_chain(text, m.start())))
-            if m.group(2) == "m":
-                api[""].add(m.group(3))
+        scopes = {"m": ""}
         for m in _NAMED_BINDING.finditer(text):  # py::class_<ILogger, PyLogger> binding{m, "ILogger"}; binding.def(...)
-            api[""].add(m.group(2))
-            members = api.setdefault(m.group(2), set())
-            for use in re.finditer(rf"\b{m.group(1)}\s*\.", text):
-                members.update(_MEMBER.findall(_chain(text, use.start() + len(m.group(1)))))
+            types_, var, name = [t.strip() for t in m.group(1).split(",")], m.group(2), m.group(3)
+            scopes[var] = name
+            api[""].add(name)
+            cpp_name[types_[0]] = name
+            bases[name] = types_[1:]
+            members = api.setdefault(name, set())
+            for use in re.finditer(rf"\b{var}\s*\.", text):
+                members.update(_MEMBER.findall(_chain(text, use.start() + len(var))))
+        for m in _CHAIN_START.finditer(text):
+            types_, scope, name = [t.strip() for t in m.group(2).split(",")], m.group(3), m.group(4)
+            chain = _chain(text, m.start())
+            members = _MEMBER.findall(chain)
+            api.setdefault(name, set()).update(members)
+            if m.group(1) == "class_":
+                cpp_name[types_[0]] = name
+                bases[name] = types_[1:]
+            if scope == "m":
+                api[""].add(name)
+            elif scope in scopes:  # a nested enum: trt.ILogger.Severity, and with export_values() trt.ILogger.WARNING
+                api.setdefault(scopes[scope], set()).add(name)
+                if ".export_values()" in chain:
+                    api[scopes[scope]].update(members)
         api[""].update(_MODULE_MEMBER.findall(text))
+    for _ in range(4):  # inherited members (Logger from ILogger, ...), a few levels deep
+        for name, cpp_bases in bases.items():
+            for b in cpp_bases:
+                if b in cpp_name and cpp_name[b] in api:
+                    api[name] = api.setdefault(name, set()) | api[cpp_name[b]]
     return {k: frozenset(v) for k, v in api.items()}
 
 
