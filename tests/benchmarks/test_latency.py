@@ -72,7 +72,7 @@ def test_tiny_run_writes_every_field(tiny_run):
         if peak["gflops"]:
             assert row["peak_fraction"]["detector"] == pytest.approx(
                 row["gflops_achieved"]["detector"] / peak["gflops"])
-        assert 0 < row["nms_full_candidates"] <= row["num_candidates"] == 5000
+        assert 0 < row["nms_full_candidates"] <= row["num_candidates"] == 3840
     if expected == {"torch-fp32", "onnxruntime"}:
         assert len(report["ratios"]) == 1 and report["ratios"][0]["detector"] > 0
     assert set(report["preprocess_ms"]) == {"128x128"}

@@ -5,7 +5,6 @@ instance kinds and the plugin wiring; the cpu target must declare the very same 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -32,13 +31,28 @@ def params(cfg) -> dict[str, str]:
     return {k: v.string_value for k, v in cfg.parameters.items()}
 
 
+def write_engine_manifest(engines: Path, num_landmarks=19, feature_channels=256, max_batch=8, max_size=1024,
+                          max_faces=750) -> None:
+    """engines.json as export/build_engines.py writes it (the typed EngineManifest)."""
+    from maskface.serving.manifest import EngineEntry, EngineManifest, Profile
+
+    images = Profile((1, 3, 64, 64), (1, 3, 512, 640), (max_batch, 3, max_size, max_size))
+    rois = Profile((0, 5), (16, 5), (max_faces, 5))
+    EngineManifest(
+        tensorrt_version="10.16.0.0", precision="fp16", max_batch=max_batch, max_size=max_size, max_faces=max_faces,
+        num_landmarks=num_landmarks, feature_channels=feature_channels, pre_nms_topk=3840,
+        engines={"detector": EngineEntry("detector.plan", "0" * 64, {"images": images}),
+                 "keypoint_head": EngineEntry("keypoint_head.plan", "1" * 64, {"rois": rois})},
+        plugin={"path": "libmaskface_plugins.so"}).write(engines)
+
+
 @pytest.fixture
 def fake_engines(tmp_path) -> Path:
     engines = tmp_path / "engines"
     engines.mkdir()
     (engines / "detector.plan").write_bytes(b"not really a plan")
     (engines / "keypoint_head.plan").write_bytes(b"not really a plan either")
-    (engines / "engines.json").write_text(json.dumps({"num_landmarks": 19, "precision": "fp16"}))
+    write_engine_manifest(engines, num_landmarks=19)
     return engines
 
 
@@ -55,7 +69,7 @@ def test_tensorrt_target_configs(fake_engines, plugin, tmp_path):
                              detector_instances=2, max_image_pixels=4_000_000)
     cfg = configs(repo)
     k = 19  # from engines.json
-    c = 256  # default: no ONNX given, engines.json does not say
+    c = 256  # from engines.json
 
     det, kp = cfg["maskface_detector"], cfg["maskface_keypoints"]
     for model in (det, kp):
@@ -68,7 +82,7 @@ def test_tensorrt_target_configs(fake_engines, plugin, tmp_path):
     # detector: batched (dynamic batcher), dims without the batch dimension
     assert det.max_batch_size == 8 and det.HasField("dynamic_batching")
     assert tensors(det.input) == {"images": (FP32, (3, -1, -1))}
-    assert tensors(det.output) == {"scores": (FP32, (5000,)), "boxes": (FP32, (5000, 4)),
+    assert tensors(det.output) == {"scores": (FP32, (3840,)), "boxes": (FP32, (3840, 4)),
                                    **{f"m{i}": (FP32, (c, -1, -1)) for i in range(2, 7)}}
     # keypoints: ragged ROI count -> not batched by Triton, full shapes
     assert kp.max_batch_size == 0 and not kp.HasField("dynamic_batching")
@@ -134,7 +148,7 @@ def test_ensemble_wiring_is_consistent(fake_engines, plugin, tmp_path):
 
 
 def test_cpu_and_tensorrt_targets_declare_the_same_tensors(onnx_dir, fake_engines, plugin, tmp_path):
-    (fake_engines / "engines.json").unlink()  # the facts then come from the ONNX graphs given
+    write_engine_manifest(fake_engines, num_landmarks=5, feature_channels=64)  # the facts of the ONNX graphs given
     trt = configs(render_repository("tensorrt", tmp_path / "trt", engines_dir=fake_engines, plugin_library=plugin,
                                     onnx_dir=onnx_dir))
     cpu_repo = render_repository("cpu", tmp_path / "cpu", onnx_dir=onnx_dir, num_landmarks=5)
@@ -158,7 +172,7 @@ def test_cpu_and_tensorrt_targets_declare_the_same_tensors(onnx_dir, fake_engine
 def test_render_reads_facts_from_the_graphs_and_refuses_conflicts(onnx_dir, tmp_path):
     repo = render_repository("cpu", tmp_path / "cpu", onnx_dir=onnx_dir)
     facts = read_manifest(repo)["params"]
-    assert (facts["num_landmarks"], facts["feature_channels"], facts["pre_nms_topk"]) == (5, 64, 5000)
+    assert (facts["num_landmarks"], facts["feature_channels"], facts["pre_nms_topk"]) == (5, 64, 3840)
     with pytest.raises(ValueError, match="num_landmarks=19 was asked for but the graphs have 5"):
         render_repository("cpu", tmp_path / "cpu", onnx_dir=onnx_dir, num_landmarks=19)
 
@@ -208,13 +222,12 @@ def test_target_markers():
 
 
 def test_engine_profile_limits_from_engines_json(fake_engines, plugin, tmp_path):
-    meta = fake_engines / "engines.json"
-    meta.write_text(json.dumps({"max_batch_size": 2}))
-    with pytest.raises(ValueError, match="exceeds the detector engine's profile"):
+    write_engine_manifest(fake_engines, max_batch=2)
+    with pytest.raises(ValueError, match="exceeds the detector engine's max batch 2"):
         render_repository("tensorrt", tmp_path / "a", engines_dir=fake_engines, plugin_library=plugin,
                           detector_max_batch_size=4)
-    meta.write_text(json.dumps({"profiles": {"detector": {"min": [1, 3, 64, 64], "max": [8, 3, 640, 640]}}}))
-    with pytest.raises(ValueError, match="pads to 1024 px, beyond the detector engine's profile"):
+    write_engine_manifest(fake_engines, max_batch=8, max_size=640)
+    with pytest.raises(ValueError, match=r"pads to 1024 px, beyond the detector engine's profile \(640 px\)"):
         render_repository("tensorrt", tmp_path / "b", engines_dir=fake_engines, plugin_library=plugin, max_side=1000)
     repo = render_repository("tensorrt", tmp_path / "c", engines_dir=fake_engines, plugin_library=plugin,
                              max_side=640, detector_max_batch_size=8)
