@@ -157,16 +157,18 @@ def run_face_eval(args: argparse.Namespace) -> int:
 
     name = {"afw": "AFW", "pascal": "PASCAL faces"}[args.evaluate_command]
     try:
-        gt = read_face_eval_mat(args.gt, (args.min_size, args.min_size))
-        result = evaluate_face_eval(gt, read_detection_list(args.pred), args.iou)
+        min_size = (args.min_size, args.min_size)
+        gt = read_face_eval_mat(args.gt, min_size)
+        result = evaluate_face_eval(gt, read_detection_list(args.pred), args.iou, args.protocol, args.iterations,
+                                    min_size)
     except (FileNotFoundError, ValueError) as exc:
         return _fail(f"evaluate {args.evaluate_command}", exc)
     ignored = sum(int(im.ignore.sum()) for im in gt)
-    print(f"{name}: AP {result.ap:.4f} at IoU {args.iou:g} ({len(gt)} images, {result.num_faces} faces, "
-          f"{ignored} ignored, {result.num_detections} detections)")
+    print(f"{name}: AP {result.ap:.4f} ({args.protocol} protocol, overlap {args.iou:g}; {len(gt)} images, "
+          f"{result.num_faces} faces, {ignored} ignored, {result.num_detections} detections counted)")
     if args.json:
-        _write_json(args.json, {"dataset": name, "iou_threshold": args.iou, "ignored_faces": ignored,
-                                **result.to_dict()})
+        _write_json(args.json, {"dataset": name, "protocol": args.protocol, "iou_threshold": args.iou,
+                                "ignored_faces": ignored, **result.to_dict()})
         print(f"json -> {args.json}")
     return 0
 
@@ -307,7 +309,11 @@ def add_parser(subparsers) -> None:
                         "(`maskface predict-faces` writes them)")
         fe.add_argument("--gt", required=True, help="face-eval toolbox .mat (Annotations(i).imgname/.objects), e.g. "
                         + ("new_annotations_AFW.mat" if key == "afw" else "Annotations_Face_PASCALLayout_large_fixed.mat"))
+        fe.add_argument("--protocol", choices=("toolbox", "voc"), default="toolbox",
+                        help="toolbox: the face-eval toolbox (detection size filter, inclusive-pixel overlap > 0.5, "
+                        "box calibration; maskface/evaluation/face_eval.py); voc: plain pooled VOC AP, IoU >= 0.5")
         fe.add_argument("--iou", type=float, default=0.5)
+        fe.add_argument("--iterations", type=int, default=5, help="toolbox box-calibration rounds (its --nit; 1: none)")
         fe.add_argument("--min-size", type=float, default=30.0, help="faces narrower or lower than this are ignored")
         fe.add_argument("--json", default=None, help="write AP to this .json")
         fe.set_defaults(func=run_face_eval)

@@ -76,19 +76,54 @@ def test_table2_ap_hand_computed(tmp_path):
     (tmp_path / "det.txt").write_text(DETECTIONS)
     dets = read_detection_list(tmp_path / "det.txt")
     assert sorted(dets) == ["a", "b"] and dets["a"][0].shape == (4, 4)
-    result = evaluate_face_eval(gt, dets)
-    assert result.num_faces == 2 and result.num_detections == 4
-    assert result.ap == pytest.approx(0.75)
-    assert result.true_positive.tolist() == [True, False, False, True]
+    for protocol in ("toolbox", "voc"):  # same here: the true positives' boxes are exact, nothing to calibrate
+        result = evaluate_face_eval(gt, dets, protocol=protocol)
+        assert result.num_faces == 2 and result.num_detections == 4
+        assert result.ap == pytest.approx(0.75)
+        assert result.true_positive.tolist() == [True, False, False, True]
     # through the command line
     out = tmp_path / "ap.json"
     assert main(["evaluate", "afw", "--pred", str(tmp_path / "det.txt"), "--gt", str(tmp_path / "afw.mat"),
                  "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["ap"] == pytest.approx(0.75) and data["ignored_faces"] == 2 and data["dataset"] == "AFW"
+    assert data["protocol"] == "toolbox"
     # detections for an image that is not annotated: the wrong list
     (tmp_path / "det2.txt").write_text(DETECTIONS + "zzz 0.3 0 0 10 10\n")
     assert main(["evaluate", "pascal", "--pred", str(tmp_path / "det2.txt"), "--gt", str(tmp_path / "afw.mat")]) == 2
+
+
+def test_toolbox_protocol_size_filter_inclusive_overlap_and_calibration(tmp_path):
+    """Three images, one 100 x 100 face each (0, 0, 100, 100). Detections:
+      p 0.95 (0, 0, 15, 15): 15 x 15, not above int(sqrt(0.5 * 30 * 30)) = 21 px: removed by the toolbox
+      p 0.9 and q 0.8 (10, 0, 110, 100): inclusive overlap 91*101 / (2*101*101 - 91*101) = 0.820: TP
+      r 0.7 (40, 0, 140, 100): 61*101 / (2*101*101 - 61*101) = 0.433: FP before calibration.
+    Round 1: the TPs sit 10 px (0.1 of their width) right: every box moves 10 px left, r to
+    (30, 0, 130, 100): 71*101 / 13231 = 0.542 > 0.5: a TP from round 2 on (later rounds only shift by
+    means that cancel), so AP = 1 with calibration and 2/3 without (one round).
+    Plain VOC (continuous IoU 0.429 for r, and the 15 px box kept as a top-scored FP): precision
+    0, 1/2, 2/3, 1/2 at recall 0, 1/3, 2/3, 2/3: AP = 1/3 * 2/3 + 1/3 * 2/3 = 4/9."""
+    gt = read_face_eval_mat(write_annotations(tmp_path / "g.mat", [(f"{k}.jpg", [[0, 0, 100, 100, 0, 0]])
+                                                                  for k in "pqr"]))
+    dets = {"p": (np.array([[0, 0, 15, 15], [10, 0, 110, 100]], float), np.array([0.95, 0.9])),
+            "q": (np.array([[10, 0, 110, 100]], float), np.array([0.8])),
+            "r": (np.array([[40, 0, 140, 100]], float), np.array([0.7]))}
+    calibrated = evaluate_face_eval(gt, dets, iterations=5)
+    assert calibrated.ap == pytest.approx(1.0) and calibrated.num_detections == 3
+    assert calibrated.true_positive.tolist() == [True, True, True]
+    assert evaluate_face_eval(gt, dets, iterations=2).ap == pytest.approx(1.0)
+    raw = evaluate_face_eval(gt, dets, iterations=1)
+    assert raw.ap == pytest.approx(2 / 3) and raw.true_positive.tolist() == [True, True, False]
+    assert evaluate_face_eval(gt, dets, protocol="voc").ap == pytest.approx(4 / 9)
+
+
+def test_toolbox_overlap_is_inclusive_and_strict():
+    from maskface.evaluation.face_eval import inclusive_overlap
+
+    # (0, 0, 9, 9) and (5, 0, 14, 9): 10 x 10 pixels each, 5 x 10 shared: 50 / 150
+    assert inclusive_overlap([0, 0, 9, 9], [[5, 0, 14, 9]])[0] == pytest.approx(1 / 3)
+    # touching edges do not overlap in the toolbox (strict comparisons), though +1 would count a column
+    assert inclusive_overlap([0, 0, 9, 9], [[9, 0, 18, 9]])[0] == 0.0
 
 
 def test_detection_list_round_trip(tmp_path):
