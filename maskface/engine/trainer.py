@@ -395,8 +395,8 @@ class Trainer:
         """Move `val_holdout_fraction` of the train images into a validation set."""
         o = self.opts
         if o.val_data:
-            raise ValueError(f"val_split 'holdout' holds out part of --data; it cannot be combined with "
-                             f"val_data {o.val_data!r}")
+            raise ValueError(f"val_split 'holdout' holds out part of --data and cannot read val_data "
+                             f"{o.val_data!r}: pass --val-split SPLIT, the split of val_data to validate on")
         ds = build_dataset(o.data, split=o.train_split, transform=transform)
         held = holdout_indices(len(self.train_set.records), o.val_holdout_fraction, o.seed)
         if len(ds.records) != len(self.train_set.records):
