@@ -14,7 +14,10 @@ CORE = [
 ]
 EXPORT = ["onnx>=1.16", "onnxruntime>=1.18"]
 SERVING = ["nvidia-pytriton==0.7.0", "tritonclient[http,grpc]>=2.40"]
-TEST = ["pytest>=8", "scikit-image>=0.22"]  # scikit-image ships real test photos
+# scikit-image ships real test photos. tensorrt-lean (TensorRT 11 runtime without builder, ~105 MB, installs
+# on Python 3.11 here) loads the plugin library in the plugin tests; scripts/bootstrap.sh adds 10.16.1.11
+# in its own folder for the plugin built against the 10.16 headers.
+TEST = ["pytest>=8", "scikit-image>=0.22", "tensorrt-lean==11.4.0.106"]
 # GPU-only extras: never imported on the CPU path (imports are lazy).
 GPU = ["tensorrt-lean==11.4.0.106", "onnxruntime-gpu>=1.18"]
 

@@ -314,6 +314,7 @@ def _tensorrt_headers_for_major(major: int) -> Path | None:
         if os.environ.get(var):
             candidates.append(Path(os.environ[var]) / sub)
     candidates += sorted((binding.REPO_ROOT / "third_party").glob("TensorRT*/include"), reverse=True)
+    candidates += binding.third_party_tensorrt_includes()
     candidates += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include/aarch64-linux-gnu"),
                    Path("/usr/local/TensorRT/include"), Path("/usr/include")]
     for c in candidates:

@@ -73,9 +73,25 @@ def find_nvcc() -> str | None:
     return str(default) if default.is_file() else None
 
 
+THIRD_PARTY_ENV = "MASKFACE_THIRD_PARTY"
+
+
+def third_party_tensorrt_includes() -> list[Path]:
+    """TensorRT header sets of the shared reference folder ($MASKFACE_THIRD_PARTY, else ../shared/third_party
+    beside the repository: tensorrt/<version>/include), newest version first."""
+    root = Path(os.environ[THIRD_PARTY_ENV]) if os.environ.get(THIRD_PARTY_ENV) else REPO_ROOT.parent / "shared" / "third_party"
+    found = [p for p in (root / "tensorrt").glob("*/include") if (p / "NvInferRuntime.h").is_file()]
+
+    def version(p: Path) -> tuple[int, ...]:
+        return tuple(int(x) for x in p.parent.name.split(".") if x.isdigit())
+
+    return sorted(found, key=version, reverse=True)
+
+
 def find_tensorrt_include(explicit: str | os.PathLike | None = None) -> Path | None:
     """Folder holding NvInferRuntime.h: explicit, $TensorRT_INCLUDE_DIR, $TensorRT_ROOT/include, a
-    git-ignored third_party/TensorRT*/include of this repository, or the usual system locations."""
+    git-ignored third_party/TensorRT*/include of this repository, the shared reference headers
+    (third_party_tensorrt_includes), or the usual system locations."""
     if explicit:
         if not (Path(explicit) / "NvInferRuntime.h").is_file():
             raise BuildError(f"no NvInferRuntime.h under {explicit}")
@@ -86,6 +102,7 @@ def find_tensorrt_include(explicit: str | os.PathLike | None = None) -> Path | N
     if os.environ.get("TensorRT_ROOT"):
         candidates.append(Path(os.environ["TensorRT_ROOT"]) / "include")
     candidates += sorted((REPO_ROOT / "third_party").glob("TensorRT*/include"), reverse=True)
+    candidates += third_party_tensorrt_includes()
     candidates += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/local/TensorRT/include"), Path("/usr/include")]
     for c in candidates:
         if (c / "NvInferRuntime.h").is_file():

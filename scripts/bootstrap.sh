@@ -15,6 +15,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch first and alone: pinned releases that are local files on our machines (ARCHITECTURE.md §5).
   .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
   .venv/bin/python -m pip install --quiet -e ".[dev]"
+  # The TensorRT 10 lean runtime for the plugin built against the 10.16 headers (tests/plugins): a folder
+  # of its own, since one Python cannot import two tensorrt_lean versions.
+  rm -rf .venv/tensorrt-lean-10.16
+  .venv/bin/python -m pip install --quiet --target .venv/tensorrt-lean-10.16 tensorrt-lean==10.16.1.11
   echo "$want" > "$stamp"
   echo "bootstrap: installed maskface into .venv"
 fi

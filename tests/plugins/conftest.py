@@ -6,6 +6,7 @@ short; the CMake / build_library default builds sm_75, 80, 86, 89 and 90.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,13 +23,23 @@ def mlra_lib():
     return binding.load_library(path)
 
 
-@pytest.fixture(scope="session")
-def tensorrt_include():
-    include = binding.find_tensorrt_include()
+HEADER_SETS = ("10.16", "11.1")  # shared/third_party/tensorrt/<version>/include (issue 11)
+# tensorrt_lean of each major: 11.x in the venv (setup.py's test extra), 10.16 in its own folder
+# (scripts/bootstrap.sh installs it there: one Python cannot import two tensorrt_lean versions).
+LEAN10_DIR = Path(os.environ.get("MASKFACE_TENSORRT_LEAN10", binding.REPO_ROOT / ".venv" / "tensorrt-lean-10.16"))
+
+
+def header_dir(version: str) -> Path | None:
+    return next((p for p in binding.third_party_tensorrt_includes() if p.parent.name == version), None)
+
+
+@pytest.fixture(scope="session", params=HEADER_SETS)
+def tensorrt_include(request):
+    include = header_dir(request.param)
     if include is None:
         pytest.skip(
-            "TensorRT headers not found (set TensorRT_ROOT / TensorRT_INCLUDE_DIR, or put them in "
-            "third_party/TensorRT-*/include): the IPluginV3 glue cannot be compiled"
+            f"TensorRT {request.param} headers not found in ../shared/third_party/tensorrt (set "
+            f"${binding.THIRD_PARTY_ENV} to the shared/third_party folder): the IPluginV3 glue cannot be compiled"
         )
     return include
 
@@ -36,3 +47,15 @@ def tensorrt_include():
 @pytest.fixture(scope="session")
 def plugin_library(mlra_lib, tensorrt_include):
     return binding.build_plugin_library(archs=TEST_ARCHS, tensorrt_include=tensorrt_include)
+
+
+def lean_env(major: int) -> dict[str, str] | None:
+    """Environment for a Python that imports tensorrt_lean of `major`, or None when it is not installed."""
+    import importlib.util
+
+    if major == 10:
+        if not (LEAN10_DIR / "tensorrt_lean").is_dir():
+            return None
+        return dict(os.environ, PYTHONPATH=str(LEAN10_DIR))
+    spec = importlib.util.find_spec("tensorrt_lean")
+    return dict(os.environ) if spec is not None else None

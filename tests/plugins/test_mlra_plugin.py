@@ -2,7 +2,6 @@
 TensorRT runtime needed), and loaded by a real TensorRT runtime (tensorrt-lean) where it is installed."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import textwrap
 import pytest
 
 from plugins import binding
+from tests.plugins.conftest import lean_env
 
 
 def test_plugin_library_compiles_against_tensorrt_headers(plugin_library, tensorrt_include):
@@ -33,29 +33,25 @@ def test_ipluginv3_glue_passes_the_selftest(plugin_library, tensorrt_include):
     assert proc.stdout.count("PASS ") >= 40
 
 
-def _lean_available() -> bool:
-    return importlib.util.find_spec("tensorrt_lean") is not None
-
-
-needs_lean = pytest.mark.skipif(
-    not _lean_available(),
-    reason="tensorrt_lean not importable (pip install tensorrt-lean==11.4.0.106 to load the plugin in a real "
-    "TensorRT runtime without a GPU)",
-)
-
-
-def _run_lean(script: str, library, env_extra: dict | None = None) -> str:
-    env = dict(os.environ, **(env_extra or {}))
+def _run_lean(script: str, library, include, env_extra: dict | None = None) -> str:
+    """Run `script` with the tensorrt_lean of the headers' major version (skip when not installed)."""
+    major = int(binding.tensorrt_header_version(include).split(".")[0])
+    env = lean_env(major)
+    if env is None:
+        pytest.skip(f"tensorrt_lean {major}.x not installed (scripts/bootstrap.sh installs 11.4.0.106 in the venv "
+                    "and 10.16.1.11 in .venv/tensorrt-lean-10.16)")
+    env.update(env_extra or {})
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), str(library)],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    version = proc.stdout.split("tensorrt_lean_version=")[-1].split()[0] if "tensorrt_lean_version=" in proc.stdout else ""
+    assert not version or version.startswith(f"{major}."), (version, major)
     return proc.stdout
 
 
-@needs_lean
-def test_tensorrt_lean_loads_the_library_and_creates_the_plugin(plugin_library):
+def test_tensorrt_lean_loads_the_library_and_creates_the_plugin(plugin_library, tensorrt_include):
     out = _run_lean(
         """
         import sys
@@ -100,16 +96,15 @@ def test_tensorrt_lean_loads_the_library_and_creates_the_plugin(plugin_library):
         assert bad is None
         registry.deregister_library(handle)
         assert registry.get_creator("MultiLevelRoIAlign", "1", "maskface") is None
-        print("tensorrt_lean", trt.__version__, "loaded the plugin:", meta)
+        print("tensorrt_lean_version=" + trt.__version__, "loaded the plugin:", meta)
         """,
-        plugin_library,
+        plugin_library, tensorrt_include,
     )
     print(out)
     assert "loaded the plugin" in out
 
 
-@needs_lean
-def test_plain_dlopen_registers_with_a_loaded_runtime_like_triton(plugin_library):
+def test_plain_dlopen_registers_with_a_loaded_runtime_like_triton(plugin_library, tensorrt_include):
     """Triton's TensorRT backend only dlopen()s plugin libraries; the library must then register itself
     (and a later loadLibrary of the same file must still succeed)."""
     script = """
@@ -123,7 +118,7 @@ def test_plain_dlopen_registers_with_a_loaded_runtime_like_triton(plugin_library
         print("registered_at_load", found, "load_library_ok", handle is not None,
               "creator_after", registry.get_creator("MultiLevelRoIAlign", "1", "maskface") is not None)
         """
-    out = _run_lean(script, plugin_library)
+    out = _run_lean(script, plugin_library, tensorrt_include)
     assert "registered_at_load True load_library_ok True creator_after True" in out, out
-    off = _run_lean(script, plugin_library, {"MASKFACE_PLUGINS_NO_AUTOREGISTER": "1"})
+    off = _run_lean(script, plugin_library, tensorrt_include, {"MASKFACE_PLUGINS_NO_AUTOREGISTER": "1"})
     assert "registered_at_load False load_library_ok True creator_after True" in off, off
