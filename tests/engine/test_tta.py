@@ -239,13 +239,13 @@ def test_model_passes_give_raw_detections_unless_hard_nms_first():
     torch.manual_seed(0)
     model = build_model("mbv2").eval()
     model.cfg.inference.score_threshold = 0.0
-    model.cfg.inference.max_detections = 100
+    model.cfg.inference.max_detections = 40
     predictor = Predictor(model, max_side=None)
     # 128 x 128: no padding, so no clipping to the original image changes the boxes' overlaps
     image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    raw = model_passes(predictor, raw_max_detections=100)(image, 1.0)
+    raw = model_passes(predictor, raw_max_detections=40)(image, 1.0)
     hard = model_passes(predictor, hard_nms_first=True)(image, 1.0)
-    no_lm = model_passes(predictor, with_landmarks=False, raw_max_detections=100)(image, 1.0)
+    no_lm = model_passes(predictor, with_landmarks=False, raw_max_detections=40)(image, 1.0)
 
     def max_pair_iou(boxes):
         iou = box_iou(boxes, boxes)
@@ -254,8 +254,8 @@ def test_model_passes_give_raw_detections_unless_hard_nms_first():
 
     print(f"\nraw pass {len(raw['boxes'])} boxes (max pairwise IoU {max_pair_iou(raw['boxes']):.2f}), "
           f"hard-NMS pass {len(hard['boxes'])} (max IoU {max_pair_iou(hard['boxes']):.2f})")
-    assert len(raw["boxes"]) == 100 and max_pair_iou(raw["boxes"]) > 0.6  # overlapping raw boxes reach Soft-NMS
+    assert len(raw["boxes"]) == 40 and max_pair_iou(raw["boxes"]) > 0.6  # overlapping raw boxes reach Soft-NMS
     assert max_pair_iou(hard["boxes"]) <= 0.4 + 1e-6
-    assert (model.cfg.inference.nms_threshold, model.cfg.inference.max_detections) == (0.4, 100)  # restored
+    assert (model.cfg.inference.nms_threshold, model.cfg.inference.max_detections) == (0.4, 40)  # restored
     np.testing.assert_array_equal(no_lm["boxes"], raw["boxes"])
-    assert raw["landmarks"].shape == (100, 5, 2) and no_lm["landmarks"].shape == (100, 0, 2)
+    assert raw["landmarks"].shape == (40, 5, 2) and no_lm["landmarks"].shape == (40, 0, 2)
