@@ -6,10 +6,14 @@
 #   1. multi-level RoIAlign: builds the CUDA kernel for this GPU, compares it with torchvision.ops.roi_align
 #      on CUDA (FP32 / FP16, sampling ratios 0, 1, 2), checks Eq. 6 levels on the device, times 1/16/128 ROIs
 #      -> plugin_check.json, plugin_check.md, plugin_check.log
-#      (if third_party/TensorRT-*/include is carried along, it also runs the IPluginV3 self-test with --gpu)
+#      (if TensorRT headers are found - $MASKFACE_THIRD_PARTY or ../shared/third_party - it also runs the
+#      IPluginV3 self-test with --gpu)
 #   2. PyTorch latency table (Table 7): see the LEAD block below.
 #
 # On a machine without a GPU it still runs, in "build + CPU only" mode (it says so), so it can be smoke-tested.
+# Runs on the GPU machine's own Python (3.12, torch 2.11, numpy 2.x, onnx, CPU onnxruntime; no venv, no
+# tritonserver, no TensorRT, no OpenCV): it imports nothing beyond torch / torchvision / numpy / onnxruntime and
+# installs nothing (tests/benchmarks/test_gpu_check.py runs it with our venv-only packages hidden).
 # Files land flat in OUT_DIR (the device tool returns at most 8 files).
 set -uo pipefail
 

@@ -346,9 +346,8 @@ def count_gflop(cfg: MaskFaceConfig, hw: tuple[int, int]) -> dict[str, float]:
 
 
 def sample_image(size: tuple[int, int]) -> np.ndarray:
-    """A real photo (scikit-image's astronaut) resized to WIDTHxHEIGHT, BGR uint8; noise without skimage."""
-    import cv2
-
+    """A real photo (scikit-image's astronaut) resized to WIDTHxHEIGHT, BGR uint8; noise without skimage.
+    Without OpenCV (a GPU machine's own Python: torch + numpy only) torch resizes it."""
     try:
         from skimage import data
 
@@ -356,6 +355,14 @@ def sample_image(size: tuple[int, int]) -> np.ndarray:
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     except Exception:  # pragma: no cover - skimage missing
         bgr = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    try:
+        import cv2
+    except ImportError:
+        t = torch.from_numpy(bgr).permute(2, 0, 1)[None].float()
+        mode = "area" if size[0] < bgr.shape[1] else "bilinear"
+        kwargs = {} if mode == "area" else {"align_corners": False}
+        out = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode=mode, **kwargs)
+        return np.ascontiguousarray(out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
     return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if size[0] < bgr.shape[1] else cv2.INTER_LINEAR)
 
 
@@ -365,9 +372,13 @@ def prepare(image_bgr: np.ndarray, cfg: MaskFaceConfig) -> np.ndarray:
     return prepare_image(image_bgr, cfg.input, max_side=None).image
 
 
-def time_preprocess(image_bgr: np.ndarray, cfg: MaskFaceConfig, runs: int) -> dict[str, float]:
-    """JPEG decode + maskface.preprocess.prepare_image (no resize: the image already has the size)."""
-    import cv2
+def time_preprocess(image_bgr: np.ndarray, cfg: MaskFaceConfig, runs: int) -> dict[str, float] | None:
+    """JPEG decode + maskface.preprocess.prepare_image (no resize: the image already has the size);
+    None without OpenCV (it decodes the JPEG)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
 
     from maskface.preprocess import decode_image, prepare_image
 
@@ -850,7 +861,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         if (r["backbone"], r["size"]) in seen:
             continue
         seen.add((r["backbone"], r["size"]))
-        pre = report["preprocess_ms"].get(r["size"], {})
+        pre = report["preprocess_ms"].get(r["size"]) or {}  # None: no OpenCV to decode the JPEG
         lines.append(f"| {r['backbone_name']} | {r['size']} | {_fmt(r['gflop']['detector'], 1)} | "
                      f"{_fmt(r['gflop']['keypoint_per_face'], 3)} | {_fmt(pre.get('median'))} |")
     if report["ratios"]:

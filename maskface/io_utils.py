@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-import cv2
 import numpy as np
 
 
@@ -42,6 +41,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_write_image(path: str | Path, image: np.ndarray) -> None:
+    import cv2  # here, not at import: benchmarks/gpu_check.sh runs where OpenCV is not installed
+
     ok, encoded = cv2.imencode(Path(path).suffix or ".png", image)
     if not ok:
         raise ValueError(f"could not encode an image for {path}")
@@ -62,6 +63,8 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} not found")
+    import cv2
+
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path} is not a readable image (JPEG/PNG/BMP expected)")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from .config import InputConfig
@@ -72,6 +71,8 @@ def prepare_image(image_bgr: np.ndarray, cfg: InputConfig, max_side: int | None 
     if scale is None:
         scale = resize_scale(h, w, max_side, min_side)
     if scale != 1.0:
+        import cv2  # only to resize / decode: benchmarks/gpu_check.sh runs where OpenCV is not installed
+
         new_size = (max(1, round(w * scale)), max(1, round(h * scale)))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image_bgr, new_size, interpolation=interp)
@@ -92,6 +93,8 @@ def decode_image(data: bytes | np.ndarray) -> np.ndarray:
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else np.asarray(data, np.uint8).reshape(-1)
     if buf.size == 0:
         raise ValueError("empty image bytes")
+    import cv2
+
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"could not decode {buf.size} bytes as an image (JPEG or PNG expected)")
