@@ -2,8 +2,8 @@
 
 TensorRT 11 has no FP16 builder flag: a network is strongly typed, and every tensor keeps the type
 the ONNX graph gives it. FP16 engines therefore come from an FP16 ONNX graph, which this module
-writes (TensorRT 10 can build the same graph with a strongly typed network, or the FP32 graph with
-BuilderFlag.FP16; see export/tensorrt_build.py).
+writes; TensorRT 10 builds the same graph with a strongly typed network (BuilderFlag.FP16 is deprecated
+since 10.12; see export/tensorrt_build.py for the evidence).
 
 The rule (documented in ARCHITECTURE.md §4's terms; every part is a field of Fp16Policy):
 
