@@ -1,4 +1,4 @@
-"""Packaging for MaskFace. Versions that matter are pinned (see ARCHITECTURE.md §5)."""
+"""Packaging for MaskFace. Versions that matter are pinned (see docs/ARCHITECTURE.md §6)."""
 from setuptools import find_packages, setup
 
 # torch/torchvision are pinned to the releases that ship as local files on our machines; a

@@ -1,6 +1,6 @@
 """Configuration of a MaskFace model: dataclasses with the paper's defaults, and named presets.
 
-Every number of ARCHITECTURE.md §3 is a field here. A config round-trips through plain dicts
+Every number of docs/ARCHITECTURE.md §3 is a field here. A config round-trips through plain dicts
 (`to_dict` / `from_dict`) so that checkpoints can embed it and be loaded with weights_only=True.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Inference decoding, shared by the PyTorch model, the ONNX graphs and the Triton NMS model.
 
-Three steps, each one stage of the deployment pipeline (ARCHITECTURE.md §4):
+Three steps, each one stage of the deployment pipeline (docs/CONTRACTS.md):
 1. `top_candidates`: sigmoid scores, top-k over all anchors, decode + clip boxes (inside detector.onnx).
 2. `select_detections`: score threshold, NMS, max detections (the Python NMS step).
 3. `decode_heatmaps`: heatmap logits -> sub-pixel landmarks (inside keypoint_head.onnx).

@@ -12,7 +12,7 @@ stamp=.venv/.maskface-installed
 want=$(sha256sum setup.py | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
-  # torch first and alone: pinned releases that are local files on our machines (ARCHITECTURE.md §5).
+  # torch first and alone: pinned releases that are local files on our machines (docs/ARCHITECTURE.md §6).
   .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   # The TensorRT 10 lean runtime for the plugin built against the 10.16 headers (tests/plugins): a folder

@@ -1,6 +1,6 @@
 """The MaskFace meta-architecture: owns labelling, losses and inference; the parts only compute.
 
-Inference is split into the same three stages as the deployed pipeline (ARCHITECTURE.md §4):
+Inference is split into the same three stages as the deployed pipeline (docs/CONTRACTS.md):
 `detect_candidates` (= detector.onnx), `select_detections` (= the NMS step) and `landmarks`
 (= keypoint_head.onnx), so that export and serving run exactly this code.
 """

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh runs on a GPU machine's own Python: torch, torchvision, numpy, onnx and a
-CPU onnxruntime, none of our venv-only packages, nothing pip-installed (ARCHITECTURE.md §5). Here it
+CPU onnxruntime, none of our venv-only packages, nothing pip-installed (docs/ARCHITECTURE.md §6). Here it
 runs in its CPU mode with those packages hidden (a sitecustomize that marks them missing, the way a
 Python without them answers imports and importlib.util.find_spec)."""
 from __future__ import annotations
