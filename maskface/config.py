@@ -183,8 +183,17 @@ _PRESET_BACKBONES = {
     "rx101": "resnext101_32x8d",
     "rx152": "resnext152_32x8d",
     "demo": "mobilenet_v2",
+    "tiny": "mobilenet_v2",
 }
 PRESETS = tuple(_PRESET_BACKBONES)
+
+# The `tiny` preset: MobileNetV2 with very narrow FPN / context / keypoint head, for smoke runs and
+# tests on ~64-256 px synthetic images (not a model to deploy). Section -> fields.
+TINY_MODEL_FIELDS: dict[str, dict[str, Any]] = {
+    "fpn": {"channels": 32, "gn_groups": 8},
+    "context": {"branch1": 16, "trunk": 16, "branch2": 8, "trunk2": 16, "branch3": 8, "gn_groups": 4},
+    "keypoints": {"num_convs": 1, "conv_channels": 32, "gn_groups": 8, "max_proposals_per_image": 4},
+}
 
 
 def _demo_preset(cfg: MaskFaceConfig) -> None:
@@ -207,7 +216,7 @@ def _demo_preset(cfg: MaskFaceConfig) -> None:
 
 
 def get_config(name: str = "r50", num_landmarks: int = 5, **overrides: Any) -> MaskFaceConfig:
-    """A preset (r50 default, mbv2, rx101, rx152, demo) with K landmarks.
+    """A preset (r50 default, mbv2, rx101, rx152, demo, tiny) with K landmarks.
 
     `overrides` sets top-level sections, e.g. ``inference=InferenceConfig(score_threshold=0.3)``.
     """
@@ -220,6 +229,10 @@ def get_config(name: str = "r50", num_landmarks: int = 5, **overrides: Any) -> M
     cfg.keypoints.num_landmarks = num_landmarks
     if name == "demo":
         _demo_preset(cfg)
+    if name == "tiny":
+        for section, fields in TINY_MODEL_FIELDS.items():
+            for key, value in fields.items():
+                setattr(getattr(cfg, section), key, value)
     for key, value in overrides.items():
         if not hasattr(cfg, key):
             raise ValueError(f"unknown config section {key!r}")

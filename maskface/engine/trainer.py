@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import load_weights, read_checkpoint, remove_stale_temporaries, save_checkpoint
-from ..config import MaskFaceConfig, get_config
+from ..config import TINY_MODEL_FIELDS, MaskFaceConfig, get_config
 from ..data.dataset import FaceDataset, build_dataset, collate
 from ..data.transforms import WIDER_AREA_RANGE, LandmarkTrainTransform, MaxSide, WiderFaceTrainTransform
 from ..io_utils import atomic_write_bytes
@@ -57,11 +57,7 @@ LOG = "log.jsonl"
 # 80 iterations of batch 2 on 4 images of 64x64 take ~15 s on one CPU thread and find all faces
 # (tests/engine/test_train.py). On a busy 2-core machine use torch.set_num_threads(1) /
 # OMP_NUM_THREADS=1: oversubscribed threads made the same run 10x slower.
-SMOKE_MODEL_OVERRIDES: dict[str, Any] = {
-    "fpn": {"channels": 32, "gn_groups": 8},
-    "context": {"branch1": 16, "trunk": 16, "branch2": 8, "trunk2": 16, "branch3": 8, "gn_groups": 4},
-    "keypoints": {"num_convs": 1, "conv_channels": 32, "gn_groups": 8, "max_proposals_per_image": 4},
-}
+SMOKE_MODEL_OVERRIDES: dict[str, Any] = TINY_MODEL_FIELDS  # the `tiny` preset's widths, for `mbv2` + overrides
 
 
 @dataclass
