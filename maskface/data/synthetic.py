@@ -17,6 +17,14 @@ Layouts written (all under `root`):
 - write_aflw: face_landmarks_aflw_{split}.csv (HRNet columns), images/{split}/*.jpg
 - write_300w: face_landmarks_300w_{split}.csv, images/{split}/*.jpg and a .pts per image next to it
 
+And what the evaluators read, so that every `maskface evaluate` command runs on this data:
+- widerface, val split: eval_tools/ground_truth/wider_{face,easy,medium,hard}_val.mat in the layout
+  of the official evaluation code (every synthetic face is large and clear, so every face counts
+  in every setting) for `evaluate widerface --gt ROOT/eval_tools/ground_truth`;
+- every layout: a landmark ground-truth file for `evaluate landmarks --gt`:
+  wider_face_split/wider_face_{split}_landmarks.json (5 points; ids relative to WIDER_{split}/images)
+  and landmarks_{aflw,300w}_{split}.json (ids relative to ROOT, as `maskface predict-landmarks`).
+
 Command line: python -m maskface.data.synthetic {widerface,aflw,300w} OUT [--num-images N ...]
 """
 from __future__ import annotations
@@ -232,8 +240,58 @@ def write_widerface(root: str | Path, splits=("train", "val"), num_images: int =
         (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt").write_text("\n".join(gt_lines) + "\n")
         (root / split).mkdir(parents=True, exist_ok=True)
         (root / split / "label.txt").write_text("\n".join(label_lines) + "\n")
+        _write_landmark_gt(root / "wider_face_split" / f"wider_face_{split}_landmarks.json", items, 5, images_dir)
+        if split == "val":
+            write_widerface_mat_gt(root / "eval_tools" / "ground_truth", items)
         out[split] = items
     return out
+
+
+def _write_landmark_gt(path: Path, items: list["SyntheticImage"], k: int, id_root: Path) -> Path:
+    """The ground truth `maskface evaluate landmarks --gt` reads (maskface.evaluation.landmarks)."""
+    from maskface.evaluation.landmarks import LandmarkFile, LandmarkImage, save_landmark_file
+
+    images = [LandmarkImage(Path(it.path).relative_to(id_root).as_posix(), np.asarray(it.boxes, np.float64).reshape(-1, 4),
+                            np.asarray(it.landmarks, np.float64).reshape(-1, k, 2), None,
+                            np.asarray(it.landmark_valid, bool).reshape(-1, k)) for it in items]
+    return save_landmark_file(path, LandmarkFile(k, images))
+
+
+def write_widerface_mat_gt(folder: Path, items: list["SyntheticImage"]) -> Path:
+    """wider_face_val.mat and wider_{easy,medium,hard}_val.mat as the official evaluation code ships
+    them (cell arrays event_list / file_list / face_bbx_list, int32 x y w h, 1-based gt_list); every
+    face is kept in every setting."""
+    from scipy.io import savemat
+
+    events: dict[str, list["SyntheticImage"]] = {}
+    for it in items:
+        events.setdefault(Path(it.name).parent.name, []).append(it)
+
+    def cells(values) -> np.ndarray:
+        arr = np.empty((len(values), 1), dtype=object)
+        for i, v in enumerate(values):
+            arr[i, 0] = v
+        return arr
+
+    event_list = cells(list(events))
+    file_list = cells([cells([Path(it.name).stem for it in its]) for its in events.values()])
+    bbx = []
+    for its in events.values():
+        per_image = []
+        for it in its:
+            b = np.asarray(it.boxes, np.float64).reshape(-1, 4)
+            per_image.append(np.column_stack([b[:, :2], b[:, 2:] - b[:, :2]]).round().astype(np.int32))
+        bbx.append(cells(per_image))
+    face_bbx_list = cells(bbx)
+    folder.mkdir(parents=True, exist_ok=True)
+    savemat(str(folder / "wider_face_val.mat"),
+            {"event_list": event_list, "file_list": file_list, "face_bbx_list": face_bbx_list})
+    gt_list = cells([cells([np.arange(1, len(it.boxes) + 1, dtype=np.float64).reshape(-1, 1) for it in its])
+                     for its in events.values()])
+    for setting in ("easy", "medium", "hard"):
+        savemat(str(folder / f"wider_{setting}_val.mat"), {"event_list": event_list, "file_list": file_list,
+                                                          "face_bbx_list": face_bbx_list, "gt_list": gt_list})
+    return folder
 
 
 def _write_landmark_set(root: Path, kind: str, splits, num_images, image_size, faces_per_image, face_size,
@@ -260,6 +318,7 @@ def _write_landmark_set(root: Path, kind: str, splits, num_images, image_size, f
                 pts_text = "version: 1\nn_points:  68\n{\n" + "".join(
                     f"{_fmt(x)} {_fmt(y)}\n" for x, y in lm[0]) + "}\n"
                 path.with_suffix(".pts").write_text(pts_text)
+        _write_landmark_gt(root / f"landmarks_{kind}_{split}.json", items, k, root)
         fields = ["scale", "box_size", "center_w", "center_h"] if k == 19 else ["scale", "center_w", "center_h"]
         header = ["image_name"] + fields + [f"original_{j}_{a}" for j in range(k) for a in "xy"]
         with open(root / f"face_landmarks_{kind}_{split}.csv", "w", newline="") as fh:

@@ -51,6 +51,9 @@ def run_widerface(args: argparse.Namespace) -> int:
     print(f"WIDER FACE val ({result.protocol} protocol, {result.num_images} images, "
           f"{result.num_predictions} predictions, {result.seconds:.1f} s)")
     print(result.summary())
+    if wf.TEXT_SETTING in result.curves:
+        print(f"(ground truth from {gt.source.name}: every valid face counts; the easy / medium / hard APs need "
+              f"the .mat files of the official evaluation code, eval_tools/ground_truth/)")
     if args.json:
         _write_json(args.json, result.to_dict(with_curves=True))
         print(f"json -> {args.json}")
@@ -94,7 +97,7 @@ def run_landmarks(args: argparse.Namespace) -> int:
     try:
         normaliser, iou = _landmark_settings(args)
         gt = lm.load_landmark_file(args.gt)
-        pred = lm.load_landmark_file(args.pred)
+        pred = lm.join_by_stem(gt, lm.load_landmark_file(args.pred))
         result = lm.evaluate_landmarks(gt, pred, normaliser=normaliser, iou_threshold=iou,
                                        threshold=args.threshold, ced_max_error=args.max_error)
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -290,8 +293,10 @@ def add_parser(subparsers) -> None:
 
     w = sub.add_parser("widerface", help="official WIDER FACE validation protocol (easy/medium/hard AP)")
     w.add_argument("--pred", required=True, help="submission folder: <pred>/<event>/<image>.txt")
-    w.add_argument("--gt", default=None, help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat "
-                   "(default: $MASKFACE_WIDER_GT or ../shared/data/widerface_val_gt beside the repository)")
+    w.add_argument("--gt", default=None, help="eval_tools/ground_truth/ of the official evaluation code "
+                   "(wider_face_val.mat + wider_{easy,medium,hard}_val.mat: easy/medium/hard AP), or "
+                   "wider_face_split/wider_face_val_bbx_gt.txt (all-faces AP only: the settings' keep lists exist "
+                   "only in the .mat files); default: $MASKFACE_WIDER_GT")
     w.add_argument("--protocol", choices=("matlab", "continuous"), default="matlab",
                    help="matlab: the official script's arithmetic (default); continuous: real-valued IoU "
                    "as in the common Python port")
@@ -319,9 +324,10 @@ def add_parser(subparsers) -> None:
         fe.set_defaults(func=run_face_eval)
 
     lmk = sub.add_parser("landmarks", help="landmark NME / CED / AUC / failure rate after IoU matching")
-    lmk.add_argument("--pred", required=True, help="predictions (.json or .npz, with scores; `maskface "
-                     "predict-landmarks` writes them)")
-    lmk.add_argument("--gt", required=True, help="ground truth (.json or .npz)")
+    lmk.add_argument("--pred", required=True, help="predictions: .json or .npz with scores (`maskface "
+                     "predict-landmarks` writes them), or `maskface detect --json` output (one file or its folder)")
+    lmk.add_argument("--gt", required=True, help="ground truth (.json or .npz; `python -m maskface.data.synthetic` "
+                     "writes one beside its images)")
     _add_landmark_metric_args(lmk)
     lmk.set_defaults(func=run_landmarks)
 

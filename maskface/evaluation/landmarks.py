@@ -33,6 +33,12 @@ File format for ground truth and predictions (``.json`` or ``.npz``; see :func:`
           valid [F, K] (optional), images [I] str (optional: also lists images without faces)
 
 Coordinates are image pixels, boxes xyxy. Images are joined on the ``image`` id.
+
+Predictions may also be what ``maskface detect --json`` (or ``Detections.to_json()``) writes: one
+``{"image": ..., "faces": [{"box", "score", "landmarks", ...}]}`` object per file, given as that
+file or as a folder of them. Its ``image`` is the file name without extension; when such an id is
+not in the ground truth, it is joined to the ground-truth image with that file stem (if exactly
+one has it).
 """
 from __future__ import annotations
 
@@ -229,23 +235,74 @@ def _image_from_faces(image: str, faces: list, k: int | None, where: str) -> tup
     im = LandmarkImage(
         image=image,
         boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4),
-        landmarks=np.array(lms, dtype=np.float64).reshape(-1, kk, 2),
+        landmarks=np.array(lms, dtype=np.float64).reshape(-1, kk, 2) if lms else np.zeros((0, kk, 2)),
         scores=np.array(scores, dtype=np.float64) if has_score else None,
-        valid=np.array(valids, dtype=bool).reshape(-1, kk) if has_valid else None,
+        valid=(np.array(valids, dtype=bool).reshape(-1, kk) if valids else np.zeros((0, kk), bool)) if has_valid else None,
     )
     return im, k
 
 
-def load_landmark_file(path: str | os.PathLike) -> LandmarkFile:
-    """Read a ground-truth or prediction file (``.json`` or ``.npz``, format in the module doc)."""
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _is_detect_output(data) -> bool:
+    return isinstance(data, dict) and "faces" in data and "images" not in data
+
+
+def load_detect_outputs(path: str | os.PathLike) -> LandmarkFile:
+    """Predictions written by ``maskface detect --json``: one such file, or a folder of them
+    (every ``*.json`` directly inside it)."""
     path = Path(path)
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no .json files in {path} (expected the output folder of `maskface detect --json`)")
+    images, k = [], None
+    for f in files:
+        data = _read_json(f)
+        if not _is_detect_output(data):
+            raise ValueError(f"{f}: not a `maskface detect --json` file (needs 'image' and 'faces')")
+        faces = data["faces"]
+        for face in faces:
+            if "score" not in face:
+                raise ValueError(f"{f}: a face without 'score'")
+        im, k = _image_from_faces(str(data.get("image", f.stem)), faces, k, str(f))
+        images.append(im)
+    if k is None:
+        raise ValueError(f"{path}: no face in any file, so the number of landmarks is unknown")
+    for im in images:
+        im.landmarks = im.landmarks.reshape(-1, k, 2)
+    return LandmarkFile(int(k), images)
+
+
+def join_by_stem(gt: LandmarkFile, pred: LandmarkFile) -> LandmarkFile:
+    """Prediction ids that are not ground-truth ids but equal exactly one ground-truth image's file
+    stem (what ``detect --json`` writes) are renamed to that image's id."""
+    gt_ids = {im.image for im in gt.images}
+    stems: dict[str, list[str]] = {}
+    for image in gt_ids:
+        stems.setdefault(Path(image).stem, []).append(image)
+    for im in pred.images:
+        if im.image not in gt_ids and len(stems.get(im.image, ())) == 1:
+            im.image = stems[im.image][0]
+    return pred
+
+
+def load_landmark_file(path: str | os.PathLike) -> LandmarkFile:
+    """Read a ground-truth or prediction file (``.json`` or ``.npz``, format in the module doc),
+    or ``maskface detect --json`` output (a file, or a folder of them)."""
+    path = Path(path)
+    if path.is_dir():
+        return load_detect_outputs(path)
     if not path.is_file():
         raise FileNotFoundError(f"landmark file not found: {path}")
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        data = _read_json(path)
+        if _is_detect_output(data):
+            return load_detect_outputs(path)
         if not isinstance(data, dict) or "images" not in data:
             raise ValueError(f"{path}: expected an object with 'images' (and 'num_landmarks')")
         k = data.get("num_landmarks")

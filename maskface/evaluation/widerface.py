@@ -93,16 +93,15 @@ class PredictionFormatError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def repository_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+TEXT_GT_FILE = "wider_face_val_bbx_gt.txt"
+TEXT_SETTING = "all"
 
 
-def default_gt_dir() -> Path:
-    """``$MASKFACE_WIDER_GT`` if set, else ``<repo>/../shared/data/widerface_val_gt``."""
+def default_gt_dir() -> Path | None:
+    """``$MASKFACE_WIDER_GT`` if set, else None (the ground truth is never looked for outside the
+    paths a user gives)."""
     env = os.environ.get(GT_ENV_VAR)
-    if env:
-        return Path(env)
-    return (repository_root() / ".." / "shared" / "data" / "widerface_val_gt").resolve()
+    return Path(env) if env else None
 
 
 def find_gt_dir(gt_dir: str | os.PathLike | None = None) -> Path:
@@ -111,17 +110,42 @@ def find_gt_dir(gt_dir: str | os.PathLike | None = None) -> Path:
     ``gt_dir`` may also be the path of ``wider_face_val.mat`` itself (its folder is used).
     """
     path = Path(gt_dir) if gt_dir is not None else default_gt_dir()
+    if path is None:
+        raise FileNotFoundError(
+            f"no WIDER FACE ground truth given: pass --gt with eval_tools/ground_truth/ of the official "
+            f"evaluation code (it holds {', '.join(GT_FILES.values())}) or with wider_face_split/"
+            f"{TEXT_GT_FILE} (all-faces AP only), or set {GT_ENV_VAR}")
     if path.is_file():
         path = path.parent
     if not path.is_dir():
         raise FileNotFoundError(
             f"WIDER FACE ground-truth folder not found: {path} (pass --gt DIR or set {GT_ENV_VAR}; "
-            f"it must hold {', '.join(GT_FILES.values())})"
+            f"it must hold {', '.join(GT_FILES.values())}, or {TEXT_GT_FILE})"
         )
     missing = [name for name in GT_FILES.values() if not (path / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"WIDER FACE ground-truth folder {path} lacks {', '.join(missing)}")
+        raise FileNotFoundError(
+            f"WIDER FACE ground-truth folder {path} lacks {', '.join(missing)}: the easy / medium / hard "
+            f"settings need the .mat files of the official evaluation code (eval_tools/ground_truth/); "
+            f"from {TEXT_GT_FILE} only an all-faces AP can be computed")
     return path
+
+
+def text_gt_file(gt: str | os.PathLike | None) -> Path | None:
+    """The ``*_bbx_gt.txt`` to read when ``gt`` names one (or a folder with the val file and no
+    ``.mat`` files); None when the ``.mat`` ground truth applies."""
+    if gt is None:
+        gt = default_gt_dir()
+        if gt is None:
+            return None
+    path = Path(gt)
+    if path.is_file() and path.name.endswith("_bbx_gt.txt"):
+        return path
+    if path.is_dir() and not (path / GT_FILES["all"]).is_file():
+        for candidate in (path / TEXT_GT_FILE, path / "wider_face_split" / TEXT_GT_FILE):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 @dataclass
@@ -183,12 +207,52 @@ def _mat_str(cell) -> str:
     return str(arr[0])
 
 
+def load_widerface_text_gt(path: str | os.PathLike) -> WiderFaceGT:
+    """The official text annotation (``wider_face_val_bbx_gt.txt``) as a ground truth with one
+    setting, ``"all"``: every face with a positive size and the ``invalid`` flag 0 counts; invalid
+    faces stay in the boxes, so a detection on one is ignored (neither true nor false positive),
+    as the official script treats faces outside a setting's keep list. The easy / medium / hard
+    keep lists are published only in the ``.mat`` files, so this file cannot give those APs.
+    """
+    import warnings as _warnings
+
+    from maskface.data.structures import DataReport
+    from maskface.data.widerface import read_bbx_gt
+
+    path = Path(path)
+    report = DataReport(str(path))  # zero-size faces are dropped (they can never be matched)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        records = read_bbx_gt(path, path.parent, report)
+    events: list[str] = []
+    image_events, image_names, boxes, keep = [], [], [], []
+    for rec in records:
+        rel = Path(rec.image_path).relative_to(path.parent)
+        event = rel.parent.as_posix()
+        if event not in events:
+            events.append(event)
+        image_events.append(event)
+        image_names.append(_strip_image_ext(rel.name))
+        xyxy = np.asarray(rec.boxes, np.float64).reshape(-1, 4)
+        xywh = np.round(np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)).astype(np.int32)
+        boxes.append(xywh)
+        invalid = np.asarray(rec.attributes.get("invalid", np.zeros(len(xywh))), np.int64).reshape(-1)
+        keep.append(np.flatnonzero(invalid == 0).astype(np.int64))
+    if not records:
+        raise ValueError(f"{path}: no image in the annotation file")
+    return WiderFaceGT(events, image_events, image_names, boxes, {TEXT_SETTING: keep}, source=path)
+
+
 def load_widerface_gt(gt_dir: str | os.PathLike | None = None, settings: Sequence[str] = SETTINGS) -> WiderFaceGT:
-    """Read ``wider_face_val.mat`` and the per-setting keep lists (see :class:`WiderFaceGT`).
+    """Read ``wider_face_val.mat`` and the per-setting keep lists (see :class:`WiderFaceGT`), or,
+    when ``gt_dir`` is a ``*_bbx_gt.txt`` (or a folder with only that), :func:`load_widerface_text_gt`.
 
     Checks that every setting file lists the same events, images and boxes as
     ``wider_face_val.mat`` (the official script takes the boxes from the setting file).
     """
+    text = text_gt_file(gt_dir)
+    if text is not None:
+        return load_widerface_text_gt(text)
     from scipy.io import loadmat  # scipy is a core dependency; imported lazily to keep import light
 
     folder = find_gt_dir(gt_dir)
