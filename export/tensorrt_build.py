@@ -616,6 +616,7 @@ def build_engines(
             inputs_meta[name]["fp16_onnx"] = str(build_src)
             inputs_meta[name]["fp16_onnx_sha256"] = sha256_file(build_src)
             inputs_meta[name]["fp16_conversion"] = {k: v for k, v in report.to_dict().items() if k != "policy"}
+        _check_conformance(build_src, echo)
         if echo:
             echo(f"tensorrt_build: building {PLAN_FILES[name]} from {build_src} ({plan.precision}, strongly typed)")
         results[name] = build_engine(
@@ -657,6 +658,19 @@ def build_engines(
     if echo:
         echo(f"tensorrt_build: wrote {', '.join(PLAN_FILES[n] for n in engines)} and {METADATA_FILE} to {out}")
     return manifest
+
+
+def _check_conformance(path: Path, echo: Callable[[str], None] | None) -> None:
+    """The graph TensorRT is about to parse (FP16 variant included) against TensorRT's documented limits
+    (export/conformance.py): ConformanceError names node and rule. Skipped, with a note, where the
+    reference files are not on this machine."""
+    from export.conformance import ThirdPartyMissing, require_conformance
+
+    try:
+        require_conformance([path])
+    except ThirdPartyMissing as exc:
+        if echo:
+            echo(f"tensorrt_build: conformance of {path.name} not checked: {exc}")
 
 
 def _fact(model_info: Mapping[str, Any] | None, key: str) -> int:

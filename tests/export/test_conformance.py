@@ -76,6 +76,17 @@ def test_todays_graphs_conform(graphs):
     assert conformance.main([str(graphs["detector"]), str(graphs["keypoint_head"])]) == 0
 
 
+def test_the_fp16_graphs_tensorrt_builds_conform(graphs, tmp_path):
+    from export import fp16
+
+    paths = []
+    for name in ("detector", "keypoint_head"):
+        report = fp16.convert_file(graphs[name], tmp_path / f"{name}.fp16.onnx", fp16.Fp16Policy())
+        assert report.fp16_nodes > 0
+        paths.append(tmp_path / f"{name}.fp16.onnx")
+    assert check_graphs(paths) == []
+
+
 def test_a_graph_with_k_5000_fails_naming_the_node_and_the_rule(detector_k5000, capsys):
     findings = check_graphs([detector_k5000])
     assert [(f.node, f.op, f.rule) for f in findings] == [("/TopK", "TopK", "topk-k-limit")] * 2

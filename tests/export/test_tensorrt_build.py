@@ -315,12 +315,18 @@ def test_build_failure_leaves_no_partial_files(tmp_path, graphs, fake_plugin):
 
 
 @pytest.mark.parametrize("version", ["10.16.0.0", "11.1.0.0"])
-def test_standin_refuses_topk_beyond_3840_like_tensorrt(tmp_path, graphs, detector_k5000, version):
+def test_standin_refuses_topk_beyond_3840_like_tensorrt(tmp_path, graphs, detector_k5000, version, monkeypatch):
     """NvInfer.h (10.16:8458, 11.1:8595): "Currently only values of K up to 3840 are supported." The
-    graph exported before issue 11 (K = 5000) does not parse; today's (K = 3840) does."""
+    graph exported before issue 11 (K = 5000) is refused by build_engines' conformance check before
+    TensorRT sees it, and, without that check, by the (stand-in) parser; today's (K = 3840) builds."""
+    from export.conformance import ConformanceError
+
+    old_graphs = {"detector": detector_k5000, "keypoint_head": graphs["keypoint_head"]}
+    with pytest.raises(ConformanceError, match=r"node '/TopK' \(TopK\): \[topk-k-limit\] K = 5000"):
+        _build(tmp_path, old_graphs, None, version, fp16=False, engines=("detector",))
+    monkeypatch.setattr(tensorrt_build, "_check_conformance", lambda path, echo: None)
     with pytest.raises(OnnxParseError) as info:
-        _build(tmp_path, {"detector": detector_k5000, "keypoint_head": graphs["keypoint_head"]}, None, version,
-               fp16=False, engines=("detector",))
+        _build(tmp_path, old_graphs, None, version, fp16=False, engines=("detector",))
     assert len(info.value.errors) == 1 and "'/TopK' (TopK)" in info.value.errors[0] and "K = 5000 > 3840" in info.value.errors[0]
     _, meta = _build(tmp_path / "ok", graphs, None, version, fp16=False, engines=("detector",))
     assert meta.pre_nms_topk == 3840
