@@ -177,6 +177,10 @@ def _from_dict(cls, data: dict[str, Any]):
     return cls(**kwargs)
 
 
+# WIDER FACE crops keep faces whose area (crop pixels) lies in this range: 0.4 x the smallest anchor
+# (16 px) squared to 2.5 x 406 px (about the largest anchor, 406.4) squared (data/transforms.py, engine/train_options.py).
+WIDER_AREA_RANGE = (0.4 * 16 ** 2, 2.5 * 406 ** 2)
+
 _PRESET_BACKBONES = {
     "r50": "resnet50",
     "mbv2": "mobilenet_v2",

@@ -33,13 +33,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from maskface.config import InputConfig
+from maskface.config import WIDER_AREA_RANGE, InputConfig
 from maskface.data.landmark_sets import flip_landmarks, flip_permutation
 from maskface.data.structures import Sample
 
 # Padding colour: the normalisation mean, BGR, so padded pixels become ~0 after to_tensor.
 BORDER_BGR = tuple(float(round(v)) for v in reversed(InputConfig().pixel_mean))
-WIDER_AREA_RANGE = (0.4 * 16 ** 2, 2.5 * 406 ** 2)
 
 
 # ---------------------------------------------------------------- affine helpers (3x3 matrices)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .trainer import TrainOptions, train
+from .train_options import TrainOptions
 
 _DEFAULTS = TrainOptions(data="")
 
@@ -35,10 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d = _DEFAULTS
     p = subparsers.add_parser("train", help="train MaskFace (SGD, warm-up, plateau decay, AMP, DDP via torchrun)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=d.config, help="preset: r50 (default), mbv2, rx101, rx152")
+    p.add_argument("--config", default=d.config, help="preset: r50, mbv2, rx101, rx152, demo, or tiny (narrow widths for smoke runs)")
     p.add_argument("--data", required=True, help="KIND:PATH with KIND widerface, aflw or 300w")
     p.add_argument("--val-data", default=None, help="KIND:PATH of the validation set (default: the --data root; 'none' disables)")
-    p.add_argument("--train-split", default=d.train_split)
+    p.add_argument("--train-split", default=d.train_split, help="annotation split to train on")
     p.add_argument("--val-split", default=None, help="default: val (WIDER FACE), holdout (AFLW, 300W: images held "
                    "out of --train-split; their test splits never steer training)")
     p.add_argument("--val-holdout-fraction", type=float, default=d.val_holdout_fraction,
@@ -46,31 +46,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=d.output_dir, help="folder for checkpoints and log.jsonl")
     p.add_argument("--backbone-weights", default=None, metavar="PATH", help="local ImageNet state_dict (torchvision naming)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per process (paper: 8 or 16 in total)")
-    p.add_argument("--max-iter", type=int, default=d.max_iter)
+    p.add_argument("--max-iter", type=int, default=d.max_iter, help="iterations (batches per process) in all")
     p.add_argument("--lr", type=float, default=d.base_lr, help="peak learning rate after warm-up")
-    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
-    p.add_argument("--warmup-start-lr", type=float, default=d.warmup_start_lr)
-    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters, help="linear warm-up length (iterations)")
+    p.add_argument("--warmup-start-lr", type=float, default=d.warmup_start_lr, help="learning rate at iteration 0")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="floor of the plateau decay (training ends when it stops improving there)")
     p.add_argument("--patience", type=int, default=d.patience, help="evaluations without improvement before lr x0.1")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--eval-period", type=int, default=d.eval_period)
-    p.add_argument("--checkpoint-period", type=int, default=d.checkpoint_period)
-    p.add_argument("--log-period", type=int, default=d.log_period)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
+    p.add_argument("--eval-period", type=int, default=d.eval_period, help="validate every N iterations (and at the end)")
+    p.add_argument("--checkpoint-period", type=int, default=d.checkpoint_period, help="write OUTPUT/last.pth every N iterations (also on SIGTERM / SIGINT)")
+    p.add_argument("--log-period", type=int, default=d.log_period, help="append a record to OUTPUT/log.jsonl every N iterations")
     p.add_argument("--crop-size", type=int, default=None, help="640 (WIDER FACE) / 480 (AFLW, 300W)")
-    p.add_argument("--scale-range", type=float, nargs=2, default=d.scale_range, metavar=("LO", "HI"))
-    p.add_argument("--area-range", type=float, nargs=2, default=d.area_range, metavar=("LO", "HI"))
-    p.add_argument("--face-size-range", type=float, nargs=2, default=d.face_size_range, metavar=("LO", "HI"))
-    p.add_argument("--max-rotation", type=float, default=d.max_rotation)
+    p.add_argument("--scale-range", type=float, nargs=2, default=d.scale_range, metavar=("LO", "HI"), help="WIDER FACE: random rescale factor range before the crop")
+    p.add_argument("--area-range", type=float, nargs=2, default=d.area_range, metavar=("LO", "HI"), help="WIDER FACE: faces whose box area (crop pixels) is outside are dropped")
+    p.add_argument("--face-size-range", type=float, nargs=2, default=d.face_size_range, metavar=("LO", "HI"), help="AFLW / 300W: the random face is resized to a side in this range (px)")
+    p.add_argument("--max-rotation", type=float, default=d.max_rotation, help="AFLW / 300W: random rotation in +-degrees")
     p.add_argument("--no-color", action="store_true", help="switch off the colour distortion")
-    p.add_argument("--val-max-side", type=int, default=d.val_max_side)
-    p.add_argument("--val-max-images", type=int, default=None)
-    p.add_argument("--workers", type=int, default=d.num_workers)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--amp", default=d.amp, choices=("auto", "fp16", "bf16", "off"))
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
+    p.add_argument("--val-max-side", type=int, default=d.val_max_side, help="validation images are resized so the longer side is at most this")
+    p.add_argument("--val-max-images", type=int, default=None, help="validate on the first N images only (default: all)")
+    p.add_argument("--workers", type=int, default=d.num_workers, help="data-loader worker processes")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, sampling and augmentation")
+    p.add_argument("--amp", default=d.amp, choices=("auto", "fp16", "bf16", "off"), help="mixed precision on CUDA (auto: bf16 if supported, else fp16; CPU: off)")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when available, else CPU), cpu, cuda")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/last.pth")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a model config field")
     p.set_defaults(func=run)
     return p
@@ -93,6 +93,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .trainer import train
+
     result = train(options_from_args(args))
     print(json.dumps({"done": True, **result}))
     return 0

@@ -32,7 +32,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,9 +44,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import load_weights, read_checkpoint, remove_stale_temporaries, save_checkpoint
 from ..config import TINY_MODEL_FIELDS, MaskFaceConfig, get_config
 from ..data.dataset import FaceDataset, build_dataset, collate
-from ..data.transforms import WIDER_AREA_RANGE, LandmarkTrainTransform, MaxSide, WiderFaceTrainTransform
+from ..data.transforms import LandmarkTrainTransform, MaxSide, WiderFaceTrainTransform
 from ..io_utils import atomic_write_bytes
 from ..modeling.maskface import MaskFace
+from .train_options import TrainOptions
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -58,50 +59,6 @@ LOG = "log.jsonl"
 # (tests/engine/test_train.py). On a busy 2-core machine use torch.set_num_threads(1) /
 # OMP_NUM_THREADS=1: oversubscribed threads made the same run 10x slower.
 SMOKE_MODEL_OVERRIDES: dict[str, Any] = TINY_MODEL_FIELDS  # the `tiny` preset's widths, for `mbv2` + overrides
-
-
-@dataclass
-class TrainOptions:
-    data: str  # KIND:PATH, e.g. widerface:/data/widerface
-    output_dir: str = "runs/maskface"
-    val_data: str | None = None  # default: the same root, split `val_split`; "none" disables
-    train_split: str = "train"
-    val_split: str | None = None  # default: val (WIDER FACE), holdout (AFLW, 300W: part of train_split)
-    val_holdout_fraction: float = 0.05  # share of the train images held out when val_split is "holdout"
-    config: str = "r50"
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # {"fpn": {"channels": 64}, ...}
-    backbone_weights: str | None = None
-    batch_size: int = 8  # per process
-    max_iter: int = 200_000
-    base_lr: float = 1e-2
-    warmup_iters: int = 5000
-    warmup_start_lr: float = 1e-4
-    min_lr: float = 1e-4
-    lr_decay: float = 0.1
-    patience: int = 2  # evaluations without improvement before a decay
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    eval_period: int = 5000
-    checkpoint_period: int = 1000
-    log_period: int = 20
-    crop_size: int | None = None  # 640 (WIDER FACE) / 480 (AFLW, 300W)
-    scale_range: tuple[float, float] = (0.5, 2.5)
-    area_range: tuple[float, float] = WIDER_AREA_RANGE
-    face_size_range: tuple[float, float] = (150.0, 450.0)
-    max_rotation: float = 30.0
-    color: bool = True
-    val_max_side: int | None = 1024
-    val_max_images: int | None = None
-    val_score_threshold: float = 0.02
-    num_workers: int = 4
-    seed: int = 0
-    amp: str = "auto"  # auto (on CUDA: bf16 if supported else fp16), fp16, bf16, off
-    device: str = "auto"
-    resume: bool = True  # continue from output_dir/last.pth when it exists
-    progress: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------- schedule
