@@ -133,6 +133,9 @@ def run_predict_landmarks(args: argparse.Namespace) -> int:
     from maskface.checkpoint import load_model
     from maskface.data.dataset import read_image
 
+    from maskface.api import resolve_device
+
+    args.device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=args.device)
     if model.num_landmarks != protocol.num_landmarks:
         return _fail("predict-landmarks", ValueError(
@@ -197,8 +200,10 @@ def run_predict_faces(args: argparse.Namespace) -> int:
     from maskface.checkpoint import load_model
     from maskface.engine.predictor import Predictor
     from maskface.engine.tta import TTAConfig, model_passes, tta_predict
+    from maskface.api import resolve_device
     from maskface.io_utils import atomic_write_bytes, read_image
 
+    args.device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=args.device)
     model.cfg.inference.score_threshold = args.score_threshold
     predictor = Predictor(model, device=args.device, max_side=args.max_side or None)
@@ -260,8 +265,10 @@ def run_predict_widerface(args: argparse.Namespace) -> int:
     from maskface.checkpoint import load_model
     from maskface.engine.predictor import Predictor
     from maskface.engine.tta import TTAConfig, model_passes, tta_predict
+    from maskface.api import resolve_device
     from maskface.io_utils import read_image
 
+    args.device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=args.device)
     model.cfg.inference.score_threshold = args.score_threshold
     if args.max_detections:
@@ -317,7 +324,7 @@ def add_parser(subparsers) -> None:
         fe.add_argument("--protocol", choices=("toolbox", "voc"), default="toolbox",
                         help="toolbox: the face-eval toolbox (detection size filter, inclusive-pixel overlap > 0.5, "
                         "box calibration; maskface/evaluation/face_eval.py); voc: plain pooled VOC AP, IoU >= 0.5")
-        fe.add_argument("--iou", type=float, default=0.5)
+        fe.add_argument("--iou", type=float, default=0.5, help="overlap a detection needs to count as a face")
         fe.add_argument("--iterations", type=int, default=5, help="toolbox box-calibration rounds (its --nit; 1: none)")
         fe.add_argument("--min-size", type=float, default=30.0, help="faces narrower or lower than this are ignored")
         fe.add_argument("--json", default=None, help="write AP to this .json")
@@ -342,7 +349,7 @@ def add_parser(subparsers) -> None:
     pl.add_argument("--gt-out", required=True, help="ground-truth file to write (.json or .npz), in the same layout")
     pl.add_argument("--score-threshold", type=float, default=0.02,
                     help="detections kept (the evaluator takes the most confident one per face)")
-    pl.add_argument("--device", default="cpu")
+    pl.add_argument("--device", default="auto", help=_DEVICE_HELP)
     pl.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_landmark_metric_args(pl, protocol_required=True)
@@ -350,16 +357,17 @@ def add_parser(subparsers) -> None:
 
     pf = subparsers.add_parser("predict-faces", help="detections for AFW / PASCAL faces (the images of a "
                                "face-eval toolbox annotation file)")
-    pf.add_argument("--checkpoint", required=True)
+    pf.add_argument("--checkpoint", required=True, help="a MaskFace checkpoint (.pth)")
     pf.add_argument("--images", required=True, help="folder holding the annotated images (imgname relative to it)")
     pf.add_argument("--gt", required=True, help="the face-eval toolbox .mat listing the images")
     pf.add_argument("--out", required=True, help="detection list to write")
     pf.add_argument("--tta", action="store_true", help="flip + pyramid + Soft-NMS on raw detections + box voting")
-    pf.add_argument("--tta-scales", default="0.5,1,1.5")
-    pf.add_argument("--score-threshold", type=float, default=0.02)
+    pf.add_argument("--tta-scales", default="0.5,1,1.5", help="pyramid scales for --tta (comma separated)")
+    pf.add_argument("--score-threshold", type=float, default=0.02,
+                    help="detection score threshold (low, as AP needs the whole curve)")
     pf.add_argument("--max-side", type=int, default=0, help="resize so the longer side is at most this (0: original)")
-    pf.add_argument("--device", default="cpu")
-    pf.add_argument("--quiet", action="store_true")
+    pf.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    pf.add_argument("--quiet", action="store_true", help="no progress bar")
     pf.set_defaults(func=run_predict_faces)
 
     p = subparsers.add_parser("predict-widerface", help="write WIDER FACE submission files for a folder of images")
@@ -369,7 +377,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gt", default=None, help="take the image list from this ground-truth folder")
     p.add_argument("--tta", action="store_true", help="flip + image pyramid + Soft-NMS + box voting (paper §4.2)")
     p.add_argument("--tta-scales", default="0.5,1,1.5", help="pyramid scales for --tta (comma separated)")
-    p.add_argument("--soft-nms", choices=("linear", "gaussian"), default="linear")
+    p.add_argument("--soft-nms", choices=("linear", "gaussian"), default="linear",
+                   help="Soft-NMS score decay of --tta (linear: 1 - IoU above 0.3; gaussian: exp(-IoU^2/0.5))")
     p.add_argument("--tta-hard-nms-first", action="store_true",
                    help="with --tta: run the model's hard NMS (0.4) before Soft-NMS (not the paper, which "
                    "applies Soft-NMS to each pass's raw detections)")
@@ -379,11 +388,14 @@ def add_parser(subparsers) -> None:
                    help="detections kept per image (per pass and after voting; 0: the checkpoint's setting / 1000)")
     p.add_argument("--max-side", type=int, default=0, help="without --tta: resize so the longer side is at most "
                    "this (0: original size, the usual WIDER FACE evaluation)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--limit", type=int, default=0, help="only the first N images (smoke runs)")
     p.add_argument("--resume", action="store_true", help="skip images whose prediction file exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict_widerface)
+
+
+_DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:N"
 
 
 def _add_landmark_metric_args(parser, protocol_required: bool = False) -> None:
