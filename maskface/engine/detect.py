@@ -5,18 +5,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ..io_utils import atomic_write_image, atomic_write_json, read_image
-from ..visualize import draw_detections
-from .predictor import Predictor
+# numpy, torch and OpenCV are imported inside the functions: `maskface --help` must not load them.
 
 DEMO_NAME = "astronaut"
 
 
-def demo_image() -> np.ndarray:
+def demo_image():
     """scikit-image's astronaut photo (shipped with the package: nothing is downloaded)."""
+    import numpy as np
+
     try:
         from skimage import data
     except ImportError as exc:
@@ -24,21 +21,12 @@ def demo_image() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
 
 
-def result_to_json(name: str, image: np.ndarray, result: dict[str, np.ndarray]) -> dict:
-    return {
-        "image": name,
-        "height": int(image.shape[0]),
-        "width": int(image.shape[1]),
-        "faces": [
-            {
-                "box": [round(float(v), 2) for v in result["boxes"][i]],
-                "score": round(float(result["scores"][i]), 5),
-                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in result["landmarks"][i]],
-                "landmark_scores": [round(float(s), 5) for s in result["landmark_scores"][i]],
-            }
-            for i in range(len(result["scores"]))
-        ],
-    }
+def result_to_json(name: str, image, result: dict) -> dict:
+    """The JSON layout of docs/CONTRACTS.md (written once, in maskface.api.Detections.to_dict)."""
+    from ..api import Detections
+
+    return Detections(result["boxes"], result["scores"], result["landmarks"], result["landmark_scores"],
+                      image=image, name=name).to_dict()
 
 
 def output_name_clash(sources: list[str]) -> str | None:
@@ -54,9 +42,13 @@ def output_name_clash(sources: list[str]) -> str | None:
     return None
 
 
-def load_predictor(args: argparse.Namespace) -> Predictor:
+def load_predictor(args: argparse.Namespace):
+    import torch
+
+    from ..api import resolve_device
     from ..checkpoint import load_model
     from ..modeling.maskface import build_model
+    from .predictor import Predictor
 
     if args.checkpoint:
         model = load_model(args.checkpoint)
@@ -69,11 +61,14 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
         model.cfg.inference.score_threshold = args.score_threshold
     if args.max_detections is not None:
         model.cfg.inference.max_detections = args.max_detections
-    return Predictor(model, device=args.device, max_side=args.max_side or None)
+    return Predictor(model, device=resolve_device(args.device), max_side=args.max_side or None)
 
 
 def run(args: argparse.Namespace) -> int:
-    inputs: list[tuple[str, np.ndarray]] = []
+    from ..io_utils import atomic_write_image, atomic_write_json, read_image
+    from ..visualize import draw_detections
+
+    inputs: list[tuple[str, object]] = []
     if args.demo:
         inputs.append((DEMO_NAME, demo_image()))
     for path in args.images:
@@ -107,5 +102,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("--score-threshold", type=float, default=None, help="override the checkpoint's threshold")
     p.add_argument("--max-detections", type=int, default=None, help="override the checkpoint's cap")
     p.add_argument("--max-side", type=int, default=640, help="resize so the longer side is at most this (0: keep)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     p.set_defaults(func=run)
