@@ -310,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(hostile)} kinds); server RSS {start_rss} MB, shm {start_shm} MB", flush=True)
 
         lock = threading.Lock()
+        kinds = {k: {"sent": 0, "refused_as_expected": 0} for k, _, _ in hostile}
         stats: dict[str, Any] = {"good": 0, "hostile": 0, "wrong": [], "status_500": [], "transport": [],
-                                 "latency_ms": [], "kinds": {k: {"sent": 0, "refused_as_expected": 0} for k, _, _ in hostile}}
+                                 "latency_ms": [], "kinds": kinds}
         hostile_turn = itertools.count()
         good_turn = itertools.count()
         stop_at = time.monotonic() + args.duration
@@ -372,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             t.start()
         while any(t.is_alive() for t in threads):
             time.sleep(min(args.sample_every, max(0.5, stop_at - time.monotonic())))
-            if time.monotonic() - t0 - samples[-1]["t_s"] >= args.sample_every or not any(t.is_alive() for t in threads):
+            finished = not any(t.is_alive() for t in threads)
+            if time.monotonic() - t0 - samples[-1]["t_s"] >= args.sample_every or finished:
                 samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_mb": group_rss_mb(server.pid),
                                 "shm_mb": shm_mb(server)})
                 print(f"soak: t={samples[-1]['t_s']:.0f} s  good {stats['good']}  hostile {stats['hostile']}  "
@@ -390,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "schema_version": 1,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python benchmarks/serving_soak.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "python benchmarks/serving_soak.py "
+                   + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "settings": {k: v for k, v in vars(args).items()},
         "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "wall_s": round(wall, 1),
@@ -398,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "wrong_answers": len(stats["wrong"]), "status_500": len(stats["status_500"]),
         "transport_errors": len(stats["transport"]),
         "examples": {k: stats[k][:10] for k in ("wrong", "status_500", "transport")},
-        "good_latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)},
+        "good_latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p99")},
         "hostile_kinds": stats["kinds"],
         "memory": {"rss_start_mb": start_rss, "rss_end_mb": end_rss, "shm_start_mb": start_shm, "shm_end_mb": end_shm,
                    "samples": samples, "processes_start": start_processes, "processes_end": end_processes},

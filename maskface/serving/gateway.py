@@ -51,7 +51,8 @@ def check_infer_header(header: dict[str, Any], binary_bytes: int | None) -> None
     if image.get("name") != "IMAGE":
         raise BadRequest(f"the only input is IMAGE, got {str(image.get('name'))[:64]!r}")
     if image.get("datatype") != "UINT8":
-        raise BadRequest(f"IMAGE has datatype UINT8 (the encoded file's bytes), got {str(image.get('datatype'))[:32]!r}")
+        got = str(image.get("datatype"))[:32]
+        raise BadRequest(f"IMAGE has datatype UINT8 (the encoded file's bytes), got {got!r}")
     shape = image.get("shape")
     if (not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) or isinstance(shape[0], bool)
             or shape[0] < 0):

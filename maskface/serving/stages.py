@@ -468,8 +468,9 @@ class OnnxModel:
                 for j, i in enumerate(indices):
                     results[i] = {k: v[offsets[j]:offsets[j + 1]] for k, v in out.items()}
             except Exception as exc:  # noqa: BLE001 - reported per request
+                # Without its traceback: the frames would keep the inputs (Triton's shared memory) alive.
                 for i in indices:
-                    results[i] = exc
+                    results[i] = exc.with_traceback(None)
         return results
 
 

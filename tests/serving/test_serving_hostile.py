@@ -59,6 +59,15 @@ def shm_sizes(server) -> dict[str, int]:
     return {name: os.path.getsize(f"/dev/shm/{name}") for name in server.shm_segments()}
 
 
+def stage_region_mb(server, model: str) -> float:
+    """Size of a stage's Python-backend shared-memory region (the stub's argv: stub, model.py, region)."""
+    for pid, name in _stub_models(server.pid).items():
+        if name == model:
+            region = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2].decode()
+            return os.path.getsize(f"/dev/shm/{region}") / MB
+    raise AssertionError(f"no stub of {model}")
+
+
 def infer(server, model: str, inputs: dict[str, np.ndarray], outputs: list[str], protocol: str = "http"):
     """A direct call of one model of the repository, as any client can make it."""
     module = httpclient if protocol == "http" else grpcclient
@@ -106,6 +115,13 @@ def test_direct_submodel_calls_are_bounded_like_the_ensemble(server, features, c
         times[f"detector 1280x1280 ({protocol})"] = refused(
             server, "maskface_detector", {"images": np.zeros((1, 3, 1280, 1280), np.float32)}, ["scores"],
             rf"1280x1280 exceeds {MAX_SIDE} px per side", protocol)
+    # Refused inputs do not stay in shared memory: a kept exception (its traceback holding the input)
+    # made the detector's region grow by ~20 MB per refusal until the stub's GC ran (776 MB in a soak).
+    region = stage_region_mb(server, "maskface_detector")
+    for _ in range(8):
+        refused(server, "maskface_detector", {"images": np.zeros((1, 3, 1280, 1280), np.float32)}, ["scores"],
+                "exceeds")
+    assert stage_region_mb(server, "maskface_detector") == region
     # the bound is the ensemble's own: max_detections ROIs still work
     ok = infer(server, "maskface_keypoints", {**features, "rois": np.tile(roi, (MAX_DETECTIONS, 1))}, ["landmarks"])
     assert ok["landmarks"].shape == (MAX_DETECTIONS, 5, 2)

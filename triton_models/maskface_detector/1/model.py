@@ -33,23 +33,31 @@ class TritonPythonModel:
                                       params.get_int("ort_threads", 0))
         self.bounds = stages.InputBounds.from_parameters(params)  # no larger image than preprocess makes
 
+    def _checked_feed(self, request):
+        feed = self.stages.input_arrays(pb_utils, request, ["images"])
+        self.bounds.check_images(feed["images"])
+        return feed
+
     def execute(self, requests):
+        # Errors become responses at once: a kept exception's traceback would hold this frame, and with
+        # it the inputs' shared memory, until the cyclic GC ran (the region then grows with every refusal).
         feeds, errors = [], {}
         for i, request in enumerate(requests):
             try:
-                feed = self.stages.input_arrays(pb_utils, request, ["images"])
-                self.bounds.check_images(feed["images"])
-                feeds.append(feed)
+                feeds.append(self._checked_feed(request))
             except Exception as exc:  # noqa: BLE001
-                errors[i] = exc
+                errors[i] = self.stages.error_response(pb_utils, exc)
                 feeds.append(None)
         valid = [i for i, f in enumerate(feeds) if f is not None]
         results = dict(zip(valid, self.graph.run_batched([feeds[i] for i in valid])))
+        feeds.clear()
         responses = []
         for i in range(len(requests)):
-            result = errors.get(i, results.get(i))
+            result = errors[i] if i in errors else results[i]
             if isinstance(result, Exception):
                 responses.append(self.stages.error_response(pb_utils, result))
-            else:
+            elif isinstance(result, dict):
                 responses.append(self.stages.output_response(pb_utils, {k: result[k] for k in OUTPUTS}))
+            else:
+                responses.append(result)
         return responses
