@@ -73,6 +73,8 @@ def test_the_matrix_and_the_headers_are_parsed_not_copied(checker):
 
 def test_todays_graphs_conform(graphs):
     assert check_graphs([graphs["detector"], graphs["keypoint_head"]]) == []
+    # The portable variant (ONNX Runtime's; standard RoiAlign nodes, FP32 per the matrix) conforms too.
+    assert check_graphs([graphs["keypoint_head_portable"]]) == []
     assert conformance.main([str(graphs["detector"]), str(graphs["keypoint_head"])]) == 0
 
 

@@ -21,7 +21,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 

@@ -2,7 +2,6 @@
 TensorRT runtime needed), and loaded by a real TensorRT runtime (tensorrt-lean) where it is installed."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
