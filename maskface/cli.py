@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "maskface.engine.detect",
     "maskface.evaluation.commands",
     "maskface.engine.train_cli",
+    "maskface.engine.plot_log",
     "maskface.serving.commands",
     "maskface.demo.commands",
 )

@@ -95,6 +95,11 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 def run(args: argparse.Namespace) -> int:
     from .trainer import train
 
+    import signal
+
     result = train(options_from_args(args))
+    if "interrupted" in result:  # stopped by SIGTERM / SIGINT after writing last.pth
+        print(json.dumps({"done": False, **result}))
+        return 128 + int(signal.Signals[result["interrupted"]])
     print(json.dumps({"done": True, **result}))
     return 0

@@ -20,9 +20,13 @@ Exact resume: `last.pth` (written atomically by maskface.checkpoint) holds the m
 scheduler, AMP scaler, iteration and every RNG state; the data order and the augmentations are
 functions of (seed, epoch, index) only (TrainBatchSampler + FaceDataset), so a run stopped at any
 checkpoint and resumed gives the same weights as an uninterrupted one (bit-exact on CPU).
+SIGTERM / SIGINT (Ctrl-C, a scheduler's preemption, torchrun forwarding either to every rank)
+finish the current iteration, write `last.pth` and stop; the same command resumes from it.
 
-Logs: a tqdm bar with the losses and lr (rank 0) and `log.jsonl` in the output folder, one JSON
-object per line: {"type": "train"|"val"|"checkpoint"|"start"|"end", "iter": ..., ...}.
+Logs: a tqdm bar with the losses and lr (rank 0), a second bar while validating, and `log.jsonl`
+in the output folder, one JSON object per line:
+{"type": "train"|"val"|"checkpoint"|"start"|"end"|"interrupted", "iter": ..., ...};
+`maskface plot-log OUTPUT/log.jsonl --out curves.png` draws it.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import functools
 import json
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -442,7 +448,14 @@ class Trainer:
                 self.val_set, batch_size=max(1, self.opts.batch_size // 2), shuffle=False,
                 num_workers=min(2, self.opts.num_workers),
                 collate_fn=functools.partial(collate, size_divisibility=self.cfg.input.size_divisibility))
-            for images, targets in loader:
+            # Say so: validation can take minutes, during which the training bar does not move.
+            self._log_main(f"validating {len(self.val_set)} images at iteration {self.iteration}...")
+            batches = loader
+            if self.opts.progress:
+                from tqdm import tqdm
+
+                batches = tqdm(loader, desc="validate", unit="batch", leave=False, dynamic_ncols=True)
+            for images, targets in batches:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     results = model(images.to(self.device))
                 for r, t in zip(results, targets):
@@ -479,8 +492,38 @@ class Trainer:
             dist.broadcast_object_list(box, src=0)
             self.schedule.load_state_dict(box[0])
 
+    # ---- stopping on SIGTERM / SIGINT
+    def _install_stop_handlers(self) -> dict:
+        """SIGTERM / SIGINT finish the current iteration, then the loop writes last.pth and stops
+        (a second signal of the same kind acts at once). Only in the main thread, as Python needs."""
+        self.stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def request_stop(signum, _frame):
+            if self.stop_signal is not None:  # asked twice: do not wait any longer
+                signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+                os.kill(os.getpid(), signum)
+                return
+            self.stop_signal = signum
+            self._log_main(f"{signal.Signals(signum).name}: stopping after iteration {self.iteration + 1}, "
+                           f"then writing {self.out / LAST}")
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, request_stop)
+        return previous
+
     # ---- the loop
     def train(self) -> dict[str, Any]:
+        previous = self._install_stop_handlers()
+        try:
+            return self._train()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _train(self) -> dict[str, Any]:
         o = self.opts
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -539,9 +582,18 @@ class Trainer:
                 if self.iteration % o.checkpoint_period == 0 and self.dist.is_main:
                     path = self.save(LAST)
                     self.log({"type": "checkpoint", "iter": self.iteration, "path": str(path)})
+                if self.stop_signal is not None:
+                    break
         finally:
             if bar is not None:
                 bar.close()
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            if self.dist.is_main:
+                path = self.save(LAST)
+                self.log({"type": "interrupted", "iter": self.iteration, "signal": name, "path": str(path)})
+                self._log_main(f"{name}: wrote {path} at iteration {self.iteration}; run the same command to resume")
+            return {"iteration": self.iteration, "best": self.schedule.best, "interrupted": name, **last}
         extra = {}
         if self.dist.enabled:
             extra["ddp_max_param_diff"] = self.max_param_diff_across_ranks()
