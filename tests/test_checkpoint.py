@@ -14,9 +14,9 @@ def mbv2():
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path, mbv2):
-    path = tmp_path / "ckpt" / "model.pt"
+    path = tmp_path / "ckpt" / "model.pth"
     save_checkpoint(path, mbv2, mbv2.cfg, iteration=7)
-    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary left behind
+    assert [p.name for p in path.parent.iterdir()] == ["model.pth"]  # no temporary left behind
     loaded = load_model(path)
     assert loaded.cfg == mbv2.cfg
     for (name, a), (_, b) in zip(mbv2.state_dict().items(), loaded.state_dict().items()):
@@ -25,7 +25,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path, mbv2):
 
 
 def test_wrong_architecture_is_refused_naming_both_configs(tmp_path, mbv2):
-    path = tmp_path / "mbv2.pt"
+    path = tmp_path / "mbv2.pth"
     save_checkpoint(path, mbv2, mbv2.cfg)
     other = build_model("mbv2", num_landmarks=68)
     with pytest.raises(CheckpointError, match=r"checkpoint config 'mbv2'.*num_landmarks': 5.*model config 'mbv2'.*num_landmarks': 68"):
@@ -33,7 +33,7 @@ def test_wrong_architecture_is_refused_naming_both_configs(tmp_path, mbv2):
 
 
 def test_not_a_checkpoint_and_unsafe_pickles_are_refused(tmp_path):
-    plain = tmp_path / "plain.pt"
+    plain = tmp_path / "plain.pth"
     torch.save({"weights": torch.zeros(1)}, plain)
     with pytest.raises(CheckpointError, match="not a MaskFace checkpoint"):
         load_model(plain)
@@ -42,16 +42,16 @@ def test_not_a_checkpoint_and_unsafe_pickles_are_refused(tmp_path):
         def __reduce__(self):
             return (print, ("unpickled!",))
 
-    evil = tmp_path / "evil.pt"
+    evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"format": "maskface", "config": Evil(), "model": {}}))
     with pytest.raises(CheckpointError, match="not a readable MaskFace checkpoint"):
         load_model(evil)
     with pytest.raises(FileNotFoundError):
-        load_model(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pth")
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path, mbv2, monkeypatch):
-    path = tmp_path / "model.pt"
+    path = tmp_path / "model.pth"
     save_checkpoint(path, mbv2, mbv2.cfg, iteration=1)
 
     def crash(*args, **kwargs):
@@ -62,4 +62,4 @@ def test_failed_save_keeps_the_previous_file(tmp_path, mbv2, monkeypatch):
         save_checkpoint(path, mbv2, mbv2.cfg, iteration=2)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["iteration"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]

@@ -144,13 +144,13 @@ def test_predict_faces_writes_the_list_evaluate_reads(tmp_path):
     torch.manual_seed(0)
     model = build_model("mbv2")
     model.cfg.inference.max_detections = 3
-    save_checkpoint(tmp_path / "m.pt", model, model.cfg)
+    save_checkpoint(tmp_path / "m.pth", model, model.cfg)
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
     for name in ("a.jpg", "b.jpg"):
         cv2.imwrite(str(tmp_path / "img" / name), rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
     mat = write_annotations(tmp_path / "afw.mat", [("a.jpg", [[0, 0, 40, 40, 0, 0]]), ("b.jpg", [[10, 10, 60, 60, 0, 0]])])
-    assert main(["predict-faces", "--checkpoint", str(tmp_path / "m.pt"), "--images", str(tmp_path / "img"),
+    assert main(["predict-faces", "--checkpoint", str(tmp_path / "m.pth"), "--images", str(tmp_path / "img"),
                  "--gt", str(mat), "--out", str(tmp_path / "det.txt"), "--score-threshold", "0", "--quiet"]) == 0
     dets = read_detection_list(tmp_path / "det.txt")
     assert sorted(dets) == ["a", "b"] and all(len(s) == 3 for _, s in dets.values())

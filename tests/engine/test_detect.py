@@ -16,7 +16,7 @@ from maskface.engine.predictor import Predictor
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("mbv2")
-    path = tmp_path_factory.mktemp("ckpt") / "mbv2.pt"
+    path = tmp_path_factory.mktemp("ckpt") / "mbv2.pth"
     save_checkpoint(path, model, model.cfg)
     return path
 

@@ -77,10 +77,10 @@ def test_evaluate_landmarks_cli(tmp_path, capsys):
 
 
 def test_predict_widerface_cli_input_errors(tmp_path, capsys):
-    assert main(["predict-widerface", "--checkpoint", str(tmp_path / "c.pt"), "--images", str(tmp_path / "no"),
+    assert main(["predict-widerface", "--checkpoint", str(tmp_path / "c.pth"), "--images", str(tmp_path / "no"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "image folder not found" in capsys.readouterr().err
-    assert main(["predict-widerface", "--checkpoint", str(tmp_path / "c.pt"), "--images", str(tmp_path),
+    assert main(["predict-widerface", "--checkpoint", str(tmp_path / "c.pth"), "--images", str(tmp_path),
                  "--out", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
@@ -105,7 +105,7 @@ def test_predict_widerface_writes_the_submission_layout(tmp_path):
 
     torch.manual_seed(0)
     model = build_model("mbv2")
-    ckpt = tmp_path / "mbv2.pt"
+    ckpt = tmp_path / "mbv2.pth"
     save_checkpoint(ckpt, model, model.cfg)
     rng = np.random.default_rng(0)
     images = tmp_path / "images"

@@ -99,7 +99,7 @@ def test_predict_landmarks_writes_what_evaluate_reads(tmp_path, capsys):
     torch.manual_seed(0)
     model = build_model("mbv2", num_landmarks=19)
     model.cfg.inference.max_detections = 4  # an untrained model: keep the keypoint head's work small
-    ckpt = tmp_path / "m19.pt"
+    ckpt = tmp_path / "m19.pth"
     save_checkpoint(ckpt, model, model.cfg)
     predictor = protocol_predictor(model)
     assert (predictor.min_side, predictor.max_side) == (640, None)
