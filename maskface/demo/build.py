@@ -37,6 +37,9 @@ class DemoDataOptions:
     min_side: int = 480
     max_side: int = 800
     jpeg_quality: int = 92
+    video_frames: int = 40  # frames taken from each video (every 15th)
+    photo_files: int | None = None  # only the first N source photos / videos of each split (smoke runs)
+    lfw_faces: int | None = None  # only the first N LFW crops of each split (smoke runs)
     cache: str | None = None
     progress: bool = True
 
@@ -64,16 +67,18 @@ def gan_patches(teacher: CenterFaceTeacher, gan: GanFaces, seed: int, split: str
             images = gan.generate(seed * 1_000_003 + SPLIT_IDS[split] * 10_007 + batch, 64)
             batch += 1
             for image in images:
+                if len(out) == count:
+                    break
                 f = label_small_face(teacher, image)
-                if f is not None and len(out) < count:
+                if f is not None:
                     out.append(FacePatch(image, f.boxes[0], f.landmarks[0]))
                     bar.update(1)
     return out
 
 
-def lfw_patches(teacher: CenterFaceTeacher, split: str) -> list[FacePatch]:
+def lfw_patches(teacher: CenterFaceTeacher, split: str, limit: int | None = None) -> list[FacePatch]:
     out = []
-    for image in lfw_faces(split):
+    for image in lfw_faces(split)[:limit]:
         f = label_small_face(teacher, image, min_score=0.6, upscale=8)
         if f is not None:
             out.append(FacePatch(image, f.boxes[0], f.landmarks[0]))
@@ -176,9 +181,9 @@ def build_demo_data(opts: DemoDataOptions) -> dict:
     summary = {"options": asdict(opts), "sources": sources.provenance(cache), "splits": {}}
     for split, count in (("train", opts.train_images), ("val", opts.val_images)):
         n_gan = opts.gan_faces_train if split == "train" else opts.gan_faces_val
-        photos = photo_library(teacher, files, split)
+        photos = photo_library(teacher, files, split, frames_limit=opts.video_frames, limit=opts.photo_files)
         library = {"photos": photos, "gan": gan_patches(teacher, gan, opts.seed, split, n_gan, opts.progress),
-                   "real": photo_patches(photos), "lfw": lfw_patches(teacher, split),
+                   "real": photo_patches(photos), "lfw": lfw_patches(teacher, split, opts.lfw_faces),
                    "backgrounds": backgrounds(split)}
         library["distractors"] = lfw_non_faces(split) + [
             b[y:y + 96, x:x + 96] for b in library["backgrounds"]

@@ -13,6 +13,9 @@ The full recipe and the measured accuracy are in maskface/demo/MODEL_CARD.md."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from .evaluate import add_parser as add_eval_parser
+
+    add_eval_parser(subparsers)
     from_defaults = dict(train_images=4000, val_images=400, seed=0)
     p = subparsers.add_parser(
         "demo-data", help="build the demo training data from pip packages, pseudo-labelled by CenterFace",

@@ -145,10 +145,10 @@ def label_photo(teacher: CenterFaceTeacher, image: np.ndarray, source: str, min_
 
 
 def photo_library(teacher: CenterFaceTeacher, files: dict[str, Path], split: str,
-                  frames_every: int = 15, frames_limit: int = 40) -> list[LabelledPhoto]:
-    """Teacher-labelled photos (and video frames) of one split."""
+                  frames_every: int = 15, frames_limit: int = 40, limit: int | None = None) -> list[LabelledPhoto]:
+    """Teacher-labelled photos (and video frames) of one split (the first `limit` source files)."""
     out = []
-    for name in SPLITS[split]:
+    for name in SPLITS[split][:limit]:
         path = files.get(name)
         if path is None:
             raise FileNotFoundError(f"source file {name} is missing from the demo sources")

@@ -1,0 +1,230 @@
+"""`maskface demo-eval`: the demo model against its teacher's labels on the held-out split.
+
+Detection, per image: detections (score >= 0.02) are taken in score order and matched greedily
+to the unmatched ground-truth face of highest IoU >= 0.5. A match with a face whose long side is
+at least `min_face` px (default 20) is a true positive; a match with a smaller face is ignored
+(neither TP nor FP: the target is defined for faces >= 20 px); every other detection is a false
+positive. Pooled over the split this gives the precision-recall curve, recall and false
+positives per image at the model's default threshold, and the best recall at <= 0.3 false
+positives per image.
+
+Landmarks: for true positives at the default threshold whose face has teacher landmarks, the
+5-point NME normalised by the inter-ocular distance (maskface.evaluation.landmarks), with CED.
+Outputs metrics.json, metrics.md, pr.png, recall_fppi.png and ced.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SIZE_BUCKETS = ((20, 64), (64, 224), (224, 1e9))
+
+
+@dataclass
+class Matched:
+    scores: np.ndarray  # [D] all detections of the split
+    is_tp: np.ndarray  # [D] bool
+    is_ignored: np.ndarray  # [D] bool (matched a face below min_face)
+    num_faces: int  # faces >= min_face
+    num_images: int
+
+
+def match_image(gt_boxes: np.ndarray, boxes: np.ndarray, scores: np.ndarray, min_face: float,
+                iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(is_tp [D], is_ignored [D], matched_gt [D] or -1) for one image, detections in any order."""
+    from ..evaluation.ap import box_iou
+
+    d = len(scores)
+    is_tp, ignored, matched = np.zeros(d, bool), np.zeros(d, bool), np.full(d, -1)
+    if d == 0 or len(gt_boxes) == 0:
+        return is_tp, ignored, matched
+    iou = box_iou(boxes, gt_boxes)  # [D, G]
+    big = np.maximum(gt_boxes[:, 2] - gt_boxes[:, 0], gt_boxes[:, 3] - gt_boxes[:, 1]) >= min_face
+    taken = np.zeros(len(gt_boxes), bool)
+    for i in np.argsort(-scores, kind="stable"):
+        cand = np.where(taken, -1.0, iou[i])
+        j = int(cand.argmax())
+        if cand[j] >= iou_threshold:
+            taken[j] = True
+            matched[i] = j
+            is_tp[i], ignored[i] = big[j], not big[j]
+    return is_tp, ignored, matched
+
+
+def sweep(m: Matched):
+    """Score-sorted cumulative (threshold, recall, precision, fp_per_image)."""
+    keep = ~m.is_ignored
+    order = np.argsort(-m.scores[keep], kind="stable")
+    s, tp = m.scores[keep][order], m.is_tp[keep][order]
+    ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+    recall = ctp / max(1, m.num_faces)
+    precision = ctp / np.maximum(1, ctp + cfp)
+    return s, recall, precision, cfp / max(1, m.num_images)
+
+
+def at_threshold(m: Matched, threshold: float) -> dict:
+    keep = (m.scores >= threshold) & ~m.is_ignored
+    tp = int((m.is_tp & keep).sum())
+    fp = int((~m.is_tp & keep).sum())
+    return {"threshold": threshold, "recall": tp / max(1, m.num_faces), "fp_per_image": fp / max(1, m.num_images),
+            "tp": tp, "fp": fp}
+
+
+def best_recall_at_fppi(m: Matched, fppi: float) -> dict:
+    s, recall, _, fp_img = sweep(m)
+    ok = fp_img <= fppi
+    if not ok.any():
+        return {"fppi": fppi, "recall": 0.0, "threshold": None}
+    i = int(np.flatnonzero(ok)[-1])
+    return {"fppi": fppi, "recall": float(recall[i]), "threshold": float(s[i])}
+
+
+def evaluate_split(predictor, records, min_face: float = 20.0, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from ..data.dataset import read_image
+    from ..evaluation.ap import voc_ap
+    from ..evaluation.landmarks import interocular_normaliser, nme_per_face
+
+    threshold = predictor.model.cfg.inference.score_threshold
+    scores, tps, ign = [], [], []
+    nme, nme_size = [], []
+    per_bucket = {b: [0, 0] for b in SIZE_BUCKETS}  # found at threshold, total
+    num_faces = 0
+    saved = predictor.model.cfg.inference.score_threshold
+    predictor.model.cfg.inference.score_threshold = 0.02
+    try:
+        for rec in tqdm(records, desc="demo-eval", dynamic_ncols=True, disable=not progress):
+            out = predictor(read_image(rec.image_path))
+            gt = rec.boxes.astype(np.float64)
+            is_tp, ignored, matched = match_image(gt, out["boxes"], out["scores"], min_face)
+            scores.append(out["scores"])
+            tps.append(is_tp)
+            ign.append(ignored)
+            side = np.maximum(gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]) if len(gt) else np.zeros(0)
+            num_faces += int((side >= min_face).sum())
+            found = np.zeros(len(gt), bool)
+            sel = is_tp & (out["scores"] >= threshold)
+            found[matched[sel]] = True
+            for lo, hi in SIZE_BUCKETS:
+                inb = (side >= lo) & (side < hi)
+                per_bucket[(lo, hi)][0] += int((found & inb).sum())
+                per_bucket[(lo, hi)][1] += int(inb.sum())
+            det = np.flatnonzero(sel)
+            if len(det):
+                g = matched[det]
+                valid = rec.landmark_valid[g]
+                has = valid.all(axis=1)
+                if has.any():
+                    gl = rec.landmarks[g][has]
+                    e = nme_per_face(out["landmarks"][det][has], gl, interocular_normaliser(gl))
+                    nme.extend(e.tolist())
+                    nme_size.extend(side[g][has].tolist())
+    finally:
+        predictor.model.cfg.inference.score_threshold = saved
+    m = Matched(np.concatenate(scores) if scores else np.zeros(0), np.concatenate(tps) if tps else np.zeros(0, bool),
+                np.concatenate(ign) if ign else np.zeros(0, bool), num_faces, len(records))
+    s, recall, precision, fp_img = sweep(m)
+    nme_arr = np.asarray([e for e in nme if np.isfinite(e)])
+    return {
+        "matched": m,
+        "curve": {"score": s, "recall": recall, "precision": precision, "fp_per_image": fp_img},
+        "nme": nme_arr,
+        "metrics": {
+            "images": len(records), "faces_ge_min": num_faces, "min_face_px": min_face,
+            "ap50": float(voc_ap(recall, precision)) if len(s) else 0.0,
+            "at_default_threshold": at_threshold(m, threshold),
+            "best_recall_at_0.3_fppi": best_recall_at_fppi(m, 0.3),
+            "recall_by_size_at_default": {f"{lo}-{int(hi) if hi < 1e8 else 'inf'}": (f / t if t else None)
+                                          for (lo, hi), (f, t) in per_bucket.items()},
+            "faces_by_size": {f"{lo}-{int(hi) if hi < 1e8 else 'inf'}": t for (lo, hi), (_, t) in per_bucket.items()},
+            "nme_interocular": {"faces": int(nme_arr.size), "mean": float(nme_arr.mean()) if nme_arr.size else None,
+                                "median": float(np.median(nme_arr)) if nme_arr.size else None,
+                                "p90": float(np.percentile(nme_arr, 90)) if nme_arr.size else None},
+        },
+    }
+
+
+def plot_recall_fppi(curve: dict, out: Path, target_fppi: float = 0.3) -> Path:
+    from ..evaluation.plots import _new_figure, _save
+
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(curve["fp_per_image"], curve["recall"], lw=2)
+    ax.axvline(target_fppi, color="grey", ls="--", label=f"{target_fppi} false positives / image")
+    ax.axhline(0.95, color="tab:red", ls=":", label="recall 0.95 (target)")
+    ax.set_xlim(0, max(1.0, 2 * target_fppi))
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("False positives per image")
+    ax.set_ylabel("Recall (faces >= 20 px)")
+    ax.set_title("Demo model vs teacher labels (held-out split)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, out)
+
+
+def write_report(result: dict, out_dir: Path, extra: dict | None = None) -> dict:
+    from ..evaluation.plots import plot_ced_curves, plot_pr_curves
+    from ..io_utils import atomic_write_bytes, atomic_write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = result["curve"]
+    metrics = {**(extra or {}), **result["metrics"]}
+    plot_pr_curves({"faces >= 20 px": (c["recall"], c["precision"], metrics["ap50"])}, out_dir / "pr.png",
+                   title="Demo model vs teacher labels (held-out split)")
+    plot_recall_fppi(c, out_dir / "recall_fppi.png")
+    if result["nme"].size:
+        plot_ced_curves({"5-point NME (inter-ocular)": result["nme"]}, out_dir / "ced.png", max_error=0.2,
+                        threshold=0.1, title="Landmarks vs teacher (held-out split)")
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    d = metrics["at_default_threshold"]
+    b = metrics["best_recall_at_0.3_fppi"]
+    n = metrics["nme_interocular"]
+    lines = [
+        "# Demo model on the held-out split (teacher labels)", "",
+        f"- images {metrics['images']}, faces >= {metrics['min_face_px']:g} px: {metrics['faces_ge_min']}",
+        f"- AP50: {metrics['ap50']:.4f}",
+        f"- default threshold {d['threshold']}: recall {d['recall']:.4f}, false positives / image {d['fp_per_image']:.3f}",
+        f"- best recall at <= 0.3 FP / image: {b['recall']:.4f} (threshold {b['threshold']})",
+        f"- 5-point NME (inter-ocular), {n['faces']} faces: mean {n['mean']}, median {n['median']}, p90 {n['p90']}",
+        "", "| face size (px) | faces | recall at default threshold |", "|---|---|---|",
+    ]
+    for k, r in metrics["recall_by_size_at_default"].items():
+        lines.append(f"| {k} | {metrics['faces_by_size'][k]} | {'-' if r is None else f'{r:.4f}'} |")
+    atomic_write_bytes(out_dir / "metrics.md", ("\n".join(lines) + "\n").encode())
+    return metrics
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("demo-eval", help="evaluate a model on the demo data's held-out split",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
+    p.add_argument("--data", required=True, help="the folder `maskface demo-data` wrote")
+    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for metrics.json/.md and the plots")
+    p.add_argument("--max-side", type=int, default=640, help="inference resize (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--min-face", type=float, default=20.0, help="smallest face (long side, px) that counts (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..data.widerface import WiderFaceDataset
+    from ..engine.predictor import Predictor
+
+    ds = WiderFaceDataset(args.data, split=args.split)
+    records = ds.records[: args.max_images] if args.max_images else ds.records
+    predictor = Predictor(load_model(args.checkpoint), max_side=args.max_side)
+    result = evaluate_split(predictor, records, args.min_face, progress=not args.no_progress)
+    metrics = write_report(result, Path(args.out), {"checkpoint": str(args.checkpoint), "split": args.split,
+                                                     "max_side": args.max_side})
+    print(json.dumps({k: metrics[k] for k in ("ap50", "at_default_threshold", "best_recall_at_0.3_fppi",
+                                              "nme_interocular")}))
+    return 0

@@ -1,0 +1,35 @@
+"""Demo evaluation rules on hand-made cases (expected values computed by hand)."""
+import numpy as np
+
+from maskface.demo.evaluate import Matched, at_threshold, best_recall_at_fppi, match_image, sweep
+
+
+def test_match_image_tp_fp_ignored_and_duplicates():
+    gt = np.array([[0, 0, 40, 40], [100, 100, 110, 110], [200, 0, 260, 60]], float)  # 40, 10 (small), 60 px
+    boxes = np.array([[1, 1, 41, 41],        # IoU 0.905 with face 0 -> TP
+                      [0, 0, 40, 39],        # duplicate of face 0 (lower score) -> FP
+                      [100, 100, 110, 111],  # the 10 px face -> ignored
+                      [300, 300, 340, 340]],  # nothing -> FP
+                     float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    tp, ignored, matched = match_image(gt, boxes, scores, min_face=20)
+    assert tp.tolist() == [True, False, False, False]
+    assert ignored.tolist() == [False, False, True, False]
+    assert matched.tolist() == [0, -1, 1, -1]
+
+
+def test_sweep_and_operating_points():
+    # 2 images, 3 faces >= 20 px. Detections by score: TP .9, FP .8, TP .7, ignored .65, FP .6, TP .4
+    m = Matched(scores=np.array([0.9, 0.8, 0.7, 0.65, 0.6, 0.4]),
+                is_tp=np.array([True, False, True, False, False, True]),
+                is_ignored=np.array([False, False, False, True, False, False]), num_faces=3, num_images=2)
+    s, recall, precision, fppi = sweep(m)
+    assert s.tolist() == [0.9, 0.8, 0.7, 0.6, 0.4]
+    assert np.allclose(recall, [1 / 3, 1 / 3, 2 / 3, 2 / 3, 1.0])
+    assert np.allclose(precision, [1.0, 0.5, 2 / 3, 0.5, 0.6])
+    assert np.allclose(fppi, [0, 0.5, 0.5, 1.0, 1.0])
+    d = at_threshold(m, 0.5)  # TP .9 .7, FP .8 .6 -> recall 2/3, 1 FP / image
+    assert d["tp"] == 2 and d["fp"] == 2 and np.isclose(d["recall"], 2 / 3) and d["fp_per_image"] == 1.0
+    b = best_recall_at_fppi(m, 0.5)  # the last point with <= 0.5 FP / image is the TP at 0.7
+    assert np.isclose(b["recall"], 2 / 3) and b["threshold"] == 0.7
+    assert best_recall_at_fppi(m, 0.0)["recall"] == 1 / 3
