@@ -1,11 +1,12 @@
 """A Python client of the `maskface` ensemble (HTTP or gRPC through tritonclient).
 
-    with MaskFaceClient("127.0.0.1:8000") as client:             # or protocol="grpc", port 8001
+    with MaskFaceClient("127.0.0.1:8000") as client:             # or "grpc://127.0.0.1:8001"
         faces = client.detect("photo.jpg")                        # path, encoded bytes or a BGR array
         faces["boxes"], faces["scores"], faces["landmarks"]      # [N, 4], [N], [N, K, 2], original pixels
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,37 @@ class ServingError(RuntimeError):
         self.status = status
 
 
-def _strip_scheme(url: str) -> str:
-    for scheme in ("http://", "https://", "grpc://"):
-        if url.startswith(scheme):
-            return url[len(scheme):].rstrip("/")
-    return url.rstrip("/")
+SCHEMES = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False)}
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001}  # Triton's
+
+
+def parse_url(url: str, protocol: str | None = None) -> tuple[str, str, bool]:
+    """(host:port, protocol, ssl) from "host:port", "http://host:port", "https://..." or
+    "grpc://host:port". The scheme picks the protocol; an explicit `protocol` must agree with it."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        if scheme.lower() not in SCHEMES:
+            raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}: use http://, https:// or grpc://")
+        implied, ssl = SCHEMES[scheme.lower()]
+        if protocol is not None and protocol != implied:
+            raise ValueError(f"the URL {url!r} says {implied}, but the protocol asked for is {protocol}")
+        protocol, address = implied, rest
+    else:
+        protocol, ssl, address = protocol or "http", False, url
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    address = address.rstrip("/")
+    if not address or "/" in address:
+        raise ValueError(f"expected host:port in {url!r} (e.g. 127.0.0.1:{DEFAULT_PORTS[protocol]})")
+    return address, protocol, ssl
+
+
+def keep_scores_at_least(faces: dict[str, np.ndarray], threshold: float | None) -> dict[str, np.ndarray]:
+    """The faces with score >= threshold (None: all). The server's own threshold applied first."""
+    if threshold is None:
+        return faces
+    keep = faces["scores"] >= threshold
+    return {k: v[keep] for k, v in faces.items()}
 
 
 def encode_image(image: Any) -> np.ndarray:
@@ -61,11 +88,10 @@ class MaskFaceClient:
     "StatusCode.INVALID_ARGUMENT" over gRPC for a bad request).
     """
 
-    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model_name: str = ENSEMBLE,
+    def __init__(self, url: str = "127.0.0.1:8000", protocol: str | None = None, model_name: str = ENSEMBLE,
                  timeout: float = 60.0, verbose: bool = False):
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        self.url = _strip_scheme(url)
+        # protocol None: from the URL's scheme (grpc://, http://, https://), else http
+        self.url, protocol, ssl = parse_url(url, protocol)
         self.protocol = protocol
         self.model_name = model_name
         self.timeout = float(timeout)
@@ -73,7 +99,7 @@ class MaskFaceClient:
             import tritonclient.http as module
 
             self._client = module.InferenceServerClient(self.url, verbose=verbose, connection_timeout=self.timeout,
-                                                        network_timeout=self.timeout)
+                                                        network_timeout=self.timeout, ssl=ssl)
         else:
             import tritonclient.grpc as module
 
@@ -92,6 +118,12 @@ class MaskFaceClient:
             raise ServingError(exc.message() or str(exc), exc.status()) from None
         except (ConnectionError, OSError) as exc:
             raise ServingError(f"cannot reach {self.protocol}://{self.url}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - e.g. an HTTP parser fed a gRPC port's answer
+            other = "grpc" if self.protocol == "http" else "http"
+            raise ServingError(
+                f"{self.protocol}://{self.url} did not answer as a Triton {self.protocol} endpoint "
+                f"({type(exc).__name__}: {exc}); is it the {other} port? (Triton: HTTP {DEFAULT_PORTS['http']}, "
+                f"gRPC {DEFAULT_PORTS['grpc']}; use {other}://{self.url} if so)") from None
 
     def is_live(self) -> bool:
         try:
@@ -137,9 +169,10 @@ class MaskFaceClient:
         out["landmark_scores"] = out["landmark_scores"].reshape(-1, k).astype(np.float32, copy=False)
         return out
 
-    def detect(self, image: Any) -> dict[str, np.ndarray]:
-        """Faces of one image (path, encoded bytes or BGR array), in original image pixels."""
-        return self.infer_raw(encode_image(image), "UINT8")
+    def detect(self, image: Any, score_threshold: float | None = None) -> dict[str, np.ndarray]:
+        """Faces of one image (path, encoded bytes or BGR array), in original image pixels;
+        `score_threshold` keeps the faces scoring at least that (above the server's threshold)."""
+        return keep_scores_at_least(self.infer_raw(encode_image(image), "UINT8"), score_threshold)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -153,6 +186,19 @@ class MaskFaceClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def format_results(results: list[dict[str, Any]]) -> str:
+    """Valid JSON, one line per face (not one number per line): a list of {"image", "faces"}."""
+    blocks = []
+    for entry in results:
+        head = json.dumps({k: v for k, v in entry.items() if k != "faces"})[:-1]
+        if "faces" not in entry:
+            blocks.append(" " + head + "}")
+            continue
+        faces = ",\n".join("   " + json.dumps(face) for face in entry["faces"])
+        blocks.append(" " + head + (', "faces": [\n' + faces + "\n ]}" if faces else ', "faces": []}'))
+    return "[\n" + ",\n".join(blocks) + "\n]" if blocks else "[]"
 
 
 def faces_to_json(faces: dict[str, np.ndarray]) -> list[dict[str, Any]]:
