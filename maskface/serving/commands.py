@@ -3,12 +3,11 @@
     maskface serve --target cpu --repo runs/triton_repo --onnx-dir artifacts/onnx
     maskface serve --target tensorrt --repo runs/triton_repo --engines-dir artifacts/engines \\
         --plugin plugins/build/cmake/libmaskface_plugins.so
-    maskface client photo.jpg other.png --url 127.0.0.1:8000 [--protocol grpc --url 127.0.0.1:8001] [--json]
+    maskface client photo.jpg other.png --url 127.0.0.1:8000 [--url grpc://127.0.0.1:8001] [--json]
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -25,7 +24,8 @@ def add_parser(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="render the Triton model repository and run tritonserver on it",
                                   description="Render triton_models/ for a target and serve it with a real "
                                               "tritonserver (system install, else the one bundled in nvidia-pytriton).")
-    serve.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
+    serve.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
+                       help="cpu: ONNX Runtime in Python-backend stages; tensorrt: the engines on a GPU")
     serve.add_argument("--repo", required=True, help="model repository folder to render (and serve)")
     serve.add_argument("--onnx-dir", default="artifacts/onnx",
                        help="cpu: folder with detector.onnx + keypoint_head_portable.onnx (default %(default)s)")
@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 = a free port (default %(default)s)")
     serve.add_argument("--metrics-port", type=int, help="enable metrics on this port (default: off)")
     serve.add_argument("--tritonserver", help="tritonserver binary (default: system, else nvidia-pytriton's)")
-    serve.add_argument("--ready-timeout", type=float, default=180.0)
+    serve.add_argument("--ready-timeout", type=float, default=180.0,
+                       help="seconds to wait for the server and every model to be ready")
     serve.add_argument("--gateway-port", type=int,
                        help="also serve the HTTP gateway on --gateway-host:PORT (0 = a free port): only the "
                             "maskface ensemble, bodies above the request limit refused before they are read, "
@@ -52,12 +53,14 @@ def add_parser(subparsers) -> None:
                             f"(statistics, logging, shared memory, model repository, trace); default ${ADMIN_KEY_ENV}, "
                             "else a random key nobody knows (admin APIs closed)")
     serve.add_argument("--num-landmarks", type=int, help="K (default: read from the graphs / engines.json, else 5)")
-    serve.add_argument("--score-threshold", type=float)
-    serve.add_argument("--nms-threshold", type=float)
-    serve.add_argument("--max-detections", type=int)
+    serve.add_argument("--score-threshold", type=float, help="faces kept score at least this (default: 0.5)")
+    serve.add_argument("--nms-threshold", type=float, help="NMS IoU threshold (default: 0.4)")
+    serve.add_argument("--max-detections", type=int, help="faces per image at most (default: 750)")
     serve.add_argument("--max-side", type=int, help="longer image side after resizing (0: no resize)")
-    serve.add_argument("--max-image-pixels", type=int)
-    serve.add_argument("--max-request-bytes", type=int)
+    serve.add_argument("--max-image-pixels", type=int,
+                       help="images with more pixels than this are refused before decoding (default: 64,000,000)")
+    serve.add_argument("--max-request-bytes", type=int,
+                       help="encoded images of more bytes than this are refused (default: 33,554,432 = 32 MiB)")
     serve.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="any other ServingParams field, e.g. detector_max_batch_size=8, preprocess_instances=4")
     serve.set_defaults(func=run_serve)
@@ -65,11 +68,15 @@ def add_parser(subparsers) -> None:
     client = subparsers.add_parser("client", help="send images to a running maskface ensemble",
                                    description="Detect faces with a running Triton `maskface` ensemble.")
     client.add_argument("images", nargs="+", help="JPEG/PNG files")
-    client.add_argument("--url", help="host:port (default 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)")
-    client.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    client.add_argument("--model", default="maskface")
-    client.add_argument("--timeout", type=float, default=60.0)
-    client.add_argument("--json", action="store_true", help="print JSON instead of text")
+    client.add_argument("--url", help="host:port, http://host:port or grpc://host:port (the scheme picks the "
+                        "protocol; default: 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)")
+    client.add_argument("--protocol", choices=("http", "grpc"), default=None,
+                        help="default: from the --url scheme, else http")
+    client.add_argument("--model", default="maskface", help="model to call (the ensemble)")
+    client.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    client.add_argument("--score-threshold", type=float, default=None,
+                        help="keep faces scoring at least this (on top of the server's threshold; default: all)")
+    client.add_argument("--json", action="store_true", help="print JSON (one line per face) instead of text")
     client.add_argument("--out", help="also write the JSON results to this file")
     client.set_defaults(func=run_client)
 
@@ -204,9 +211,9 @@ def run_serve(args) -> int:
 
 
 def run_client(args) -> int:
-    from .client import MaskFaceClient, ServingError, faces_to_json
+    from .client import DEFAULT_PORTS, MaskFaceClient, ServingError, faces_to_json, format_results
 
-    url = args.url or ("127.0.0.1:8000" if args.protocol == "http" else "127.0.0.1:8001")
+    url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol or 'http']}"
     results, failures = [], 0
     try:
         client = MaskFaceClient(url, args.protocol, args.model, timeout=args.timeout)
@@ -216,7 +223,7 @@ def run_client(args) -> int:
     with client:
         for path in args.images:
             try:
-                faces = client.detect(path)
+                faces = client.detect(path, score_threshold=args.score_threshold)
             except (ServingError, OSError, ValueError) as exc:
                 failures += 1
                 print(f"client: {path}: {exc}", file=sys.stderr)
@@ -231,7 +238,9 @@ def run_client(args) -> int:
                     points = " ".join(f"({x:.1f}, {y:.1f})" for x, y in face["landmarks"])
                     print(f"  score {face['score']:.3f}  box [{box}]  landmarks {points}")
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(format_results(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        from ..io_utils import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), (format_results(results) + "\n").encode())
     return 1 if failures else 0
