@@ -1,4 +1,4 @@
-"""Export a MaskFace model to the two ONNX graphs of ARCHITECTURE.md §4.
+"""Export a MaskFace model to the two ONNX graphs of docs/CONTRACTS.md.
 
     python export/export_onnx.py [--checkpoint PATH | --config r50] --out DIR [--portable] [--opset 17]
 

@@ -5,7 +5,7 @@ the ONNX graph gives it. FP16 engines therefore come from an FP16 ONNX graph, wh
 writes; TensorRT 10 builds the same graph with a strongly typed network (BuilderFlag.FP16 is deprecated
 since 10.12; see export/tensorrt_build.py for the evidence).
 
-The rule (documented in ARCHITECTURE.md §4's terms; every part is a field of Fp16Policy):
+The rule (in docs/CONTRACTS.md's terms; every part is a field of Fp16Policy):
 
 * FP16 region = nodes whose name starts with one of the TorchScript exporter's module scopes
   ``/backbone/``, ``/fpn/``, ``/context.`` (detector) and ``/keypoint_head/`` (keypoint graph),

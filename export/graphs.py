@@ -1,4 +1,4 @@
-"""The two exported graphs as torch modules wrapping a MaskFace model (ARCHITECTURE.md §4).
+"""The two exported graphs as torch modules wrapping a MaskFace model (docs/CONTRACTS.md).
 
 Both call the model's own inference stages, so the graphs compute exactly what PyTorch does:
 - DetectorGraph:     images [B, 3, H, W] -> scores [B, k], boxes [B, k, 4], m2..m6

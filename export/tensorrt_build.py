@@ -1,4 +1,4 @@
-"""TensorRT engines from the exported ONNX graphs (ARCHITECTURE.md §4, §5; issue 5).
+"""TensorRT engines from the exported ONNX graphs (docs/CONTRACTS.md, docs/ARCHITECTURE.md §5-6; issue 5).
 
     from export.tensorrt_build import tensorrt_status, build_engines
     ok, reason = tensorrt_status()

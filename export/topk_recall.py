@@ -1,6 +1,6 @@
 """What capping the detector's in-graph top-k at TensorRT's 3840 (was 5000) costs in final detections.
 
-    python export/topk_recall.py --checkpoint model.pt --out runs/topk_recall      # a trained model
+    python export/topk_recall.py --checkpoint runs/r50/best.pth --out runs/topk_recall      # a trained model
     python export/topk_recall.py --out runs/topk_recall                             # trains a brief one first
 
 For every image (scikit-image's real photos + synthetic crowds of small faces), the PyTorch model's

@@ -9,7 +9,7 @@ Which binary: `binary=` / $MASKFACE_TRITONSERVER, else a system `tritonserver` (
 one needs a backend folder holding the wheel's Python backend and the stub for this interpreter,
 LD_LIBRARY_PATH with libpython and nvidia_pytriton.libs, and this environment's bin first on PATH
 (the stub finds its site-packages through `python3`); this module arranges all of that
-(ARCHITECTURE.md §5).
+(docs/ARCHITECTURE.md §6).
 
 Health: Triton keeps answering ready after a Python-backend stub dies (every request then fails
 with "Stub process ... is not healthy"), so `dead_stages()` watches the stubs themselves and the
