@@ -209,7 +209,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=640, help="inference resize (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--min-face", type=float, default=20.0, help="smallest face (long side, px) that counts (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
