@@ -890,29 +890,33 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         return False
     rows = report["rows"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
-    labels, det, nms, kp = [], [], [], []
-    for r in rows:
-        labels.append(f"ours {r['backbone']} {r['size']}\n{r['backend']}\n{r['device_kind']}")
-        det.append(r["detector_ms"]["median"])
-        nms.append(r["nms_ms"]["median"])
-        kp.append(r["e2e_keypoints_ms"]["median"])
-    n = len(labels)
-    xs = np.arange(n)
-    ax1.bar(xs, det, color="#3b75af", label="detector")
-    ax1.bar(xs, nms, bottom=det, color="#ef8636", label="NMS")
-    ax1.bar(xs, kp, bottom=np.add(det, nms), color="#519e3e", label="keypoint head (E faces)")
+    # Grouped bars, one per stage and the end-to-end total, on a log axis: stacking segments on a
+    # log scale would hide the small ones (NMS) and misstate each segment's share.
+    stages = (("detector", "detector_ms", "#3b75af"), ("NMS", "nms_ms", "#ef8636"),
+              ("keypoint head (E faces)", "e2e_keypoints_ms", "#519e3e"), ("end to end", "e2e_ms", "#7f3fbf"))
+    labels = [f"ours {r['backbone']} {r['size']}\n{r['backend']}\n{r['device_kind']}" for r in rows]
     paper = [p for p in report["paper_table7"] if p["unit"] == "ms / image"]
-    px = np.arange(n, n + len(paper))
-    ax1.bar(px, [p["ms"] for p in paper], color="#aaaaaa", hatch="//", label="paper Table 7")
     labels += [f"paper {p['method']}\n{p['backbone']}\n{p['hardware'].replace('NVIDIA ', '')}" for p in paper]
+    width = 0.8 / len(stages)
+    heights = []
+    for k, (name, key, colour) in enumerate(stages):
+        values = [r[key]["median"] for r in rows]
+        xs = np.arange(len(rows)) + (k - (len(stages) - 1) / 2) * width
+        ax1.bar(xs, values, width, color=colour, label=name)
+        for x, v in zip(xs, values):
+            ax1.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6, rotation=90)
+        heights += values
+    px = np.arange(len(rows), len(rows) + len(paper))
+    ax1.bar(px, [p["ms"] for p in paper], width, color="#aaaaaa", hatch="//", label="paper Table 7 (per image)")
+    heights += [p["ms"] for p in paper]
     ax1.set_xticks(np.arange(len(labels)))
     ax1.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax1.set_yscale("log")
-    heights = [v for v in det + [p["ms"] for p in paper] if v > 0]
-    if heights:
-        ax1.set_ylim(bottom=min(heights) / 3)
-    ax1.set_ylabel("ms per image (median, log scale)")
-    ax1.set_title("Per-image latency (preprocessing excluded)")
+    positive = [v for v in heights if v > 0]
+    if positive:
+        ax1.set_ylim(min(positive) / 3, max(positive) * 4)
+    ax1.set_ylabel("ms per image (median, log scale; bars side by side, not stacked)")
+    ax1.set_title("Per-image latency by stage (preprocessing excluded)")
     ax1.legend(fontsize=8)
     faces = report["settings"]["faces"]
     for r in rows:

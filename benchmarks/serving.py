@@ -332,6 +332,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         ax.set_xscale("log", base=2)
         ax.set_xticks(cs)
         ax.set_xticklabels([str(c) for c in cs])
+        ax.set_ylim(bottom=0)  # from 0, so that the curves' heights compare honestly
         ax.grid(alpha=0.3)
     s = report["settings"]
     fig.suptitle(f"Triton ensemble '{s['model']}' at {s['address']} ({s['protocol']}), "
