@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskface.contracts import FEATURE_NAMES
 from maskface.serving.manifest import EngineManifest
 
 from .tensorrt_build import (
@@ -38,7 +39,6 @@ from .tensorrt_build import (
     load_plugin_library,
 )
 
-FEATURE_NAMES = ("m2", "m3", "m4", "m5", "m6")
 RUNTIME_MODULES = ("tensorrt", "tensorrt_lean")
 _DUMMY_BYTES = 256
 

@@ -18,14 +18,12 @@ from pathlib import Path
 import onnx
 import torch
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.graphs import (  # noqa: E402
-    CUSTOM_DOMAIN, CUSTOM_OP_VERSION, DETECTOR_INPUTS, DETECTOR_OUTPUTS, FEATURE_NAMES, HEATMAP_OUTPUT,
+from export.graphs import (
+    PLUGIN_NAMESPACE, PLUGIN_OP_VERSION, DETECTOR_INPUTS, DETECTOR_OUTPUTS, FEATURE_NAMES, HEATMAP_OUTPUT,
     KEYPOINT_INPUTS, KEYPOINT_OUTPUTS, POOLED_NAME, DetectorGraph, KeypointGraph,
 )
-from maskface.modeling.maskface import MaskFace  # noqa: E402
+from maskface.modeling.maskface import MaskFace
 
 DEFAULT_OPSET = 17
 # TensorRT's TopK limit, the same in 10.16 and 11.1: "Currently only values of K up to 3840 are supported."
@@ -47,7 +45,7 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs, d
         torch.onnx.export(
             module, args, str(tmp), dynamo=False, opset_version=opset, input_names=list(inputs),
             output_names=list(outputs), dynamic_axes=dynamic_axes, do_constant_folding=True,
-            custom_opsets={CUSTOM_DOMAIN: CUSTOM_OP_VERSION} if custom else None,
+            custom_opsets={PLUGIN_NAMESPACE: PLUGIN_OP_VERSION} if custom else None,
         )
     fold_static_shape_ops(tmp)
     tmp.replace(path)
@@ -166,7 +164,7 @@ def validate(path: str | Path, expected_inputs=None, expected_outputs=None) -> o
     """onnx.checker + shape inference (strict where the graph has only standard ops)."""
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
-    has_custom = any(n.domain == CUSTOM_DOMAIN for n in model.graph.node)
+    has_custom = any(n.domain == PLUGIN_NAMESPACE for n in model.graph.node)
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=not has_custom)
     names_in = tuple(i.name for i in model.graph.input)
     names_out = tuple(o.name for o in model.graph.output)

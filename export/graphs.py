@@ -15,21 +15,13 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from maskface.modeling.maskface import MaskFace
-from maskface.modeling.poolers import assign_levels
+from maskface.modeling.levels import assign_levels
+from maskface.contracts import (  # noqa: F401  (re-exported: export_onnx and tests read them here too)
+    DETECTOR_INPUTS, DETECTOR_OUTPUTS, FEATURE_NAMES, HEATMAP_OUTPUT, KEYPOINT_INPUTS, KEYPOINT_OUTPUTS,
+    PLUGIN_NAMESPACE, PLUGIN_OP_NAME, PLUGIN_OP_VERSION, POOLED_NAME,
+)
 from maskface.postprocess import decode_heatmaps
 
-CUSTOM_DOMAIN = "maskface"
-CUSTOM_OP = "MultiLevelRoIAlign"
-CUSTOM_OP_VERSION = 1
-FEATURE_NAMES = ("m2", "m3", "m4", "m5", "m6")
-DETECTOR_INPUTS = ("images",)
-DETECTOR_OUTPUTS = ("scores", "boxes") + FEATURE_NAMES
-KEYPOINT_INPUTS = FEATURE_NAMES + ("rois",)
-KEYPOINT_OUTPUTS = ("landmarks", "landmark_scores")
-HEATMAP_OUTPUT = "heatmaps"
-# Name given to the pooled RoI features [N, C, 14, 14] in both keypoint graphs (after export),
-# so that tests can read that tensor and compare the two variants node by node.
-POOLED_NAME = "pooled_rois"
 
 
 class DetectorGraph(nn.Module):
@@ -73,13 +65,13 @@ class _MultiLevelRoIAlignOp(torch.autograd.Function):
     def symbolic(g, rois, m2, m3, m4, m5, m6, output_size, sampling_ratio, canonical_level, canonical_size,
                  min_level, max_level, strides):
         pooled = g.op(
-            f"{CUSTOM_DOMAIN}::{CUSTOM_OP}", m2, m3, m4, m5, m6, rois,
+            f"{PLUGIN_NAMESPACE}::{PLUGIN_OP_NAME}", m2, m3, m4, m5, m6, rois,
             output_size_i=output_size, sampling_ratio_i=sampling_ratio,
             canonical_level_i=canonical_level, canonical_size_f=float(canonical_size),
             min_level_i=min_level, max_level_i=max_level, aligned_i=1,
             spatial_scales_f=[1.0 / s for s in strides],
             # TensorRT's ONNX parser finds the plugin by op type + these string attributes.
-            plugin_namespace_s=CUSTOM_DOMAIN, plugin_version_s=str(CUSTOM_OP_VERSION),
+            plugin_namespace_s=PLUGIN_NAMESPACE, plugin_version_s=str(PLUGIN_OP_VERSION),
         )
         # Declare the output [N, C, S, S] so the exporter knows the rank downstream.
         channels = m2.type().sizes()[1] if m2.type().sizes() else None

@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from maskface.contracts import PLUGIN_LIBRARY_ENV, PLUGIN_LIBRARY_NAME, PLUGIN_NAMESPACE, PLUGIN_OP_NAME, PLUGIN_OP_VERSION
 from maskface.io_utils import atomic_write_bytes, sha256_file
 from maskface.serving.manifest import (
     DEFAULT_MAX_BATCH, DEFAULT_MAX_FACES, DEFAULT_MAX_SIZE, EngineEntry, EngineManifest, Profile,
@@ -68,9 +69,6 @@ PLAN_FILES = {DETECTOR: "detector.plan", KEYPOINT_HEAD: "keypoint_head.plan"}
 METADATA_FILE = "engines.json"
 DEFAULT_OUT_DIR = Path("artifacts/engines")
 
-PLUGIN_NAME = "MultiLevelRoIAlign"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "maskface"
 
 IMAGE_INPUT = "images"
 ROIS_INPUT = "rois"
@@ -328,8 +326,8 @@ def resolve_plugin_library(path: str | os.PathLike | None = None, trt_major: int
     """The plugin library to load: `path`, else $MASKFACE_PLUGIN_LIBRARY, else built from plugins/
     against TensorRT headers of the same major version as the runtime (a plugin compiled against
     TensorRT 11 headers does not load into TensorRT 10 and vice versa). Raises PluginLoadError."""
-    if path is None and os.environ.get("MASKFACE_PLUGIN_LIBRARY"):
-        path = os.environ["MASKFACE_PLUGIN_LIBRARY"]
+    if path is None and os.environ.get(PLUGIN_LIBRARY_ENV):
+        path = os.environ[PLUGIN_LIBRARY_ENV]
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -340,12 +338,12 @@ def resolve_plugin_library(path: str | os.PathLike | None = None, trt_major: int
     include = _tensorrt_headers_for_major(trt_major) if trt_major is not None else binding.find_tensorrt_include()
     if include is None:
         raise PluginLoadError(
-            f"no TensorRT {trt_major or ''} headers to build {binding.PLUGIN_LIBRARY} (set TensorRT_ROOT / "
+            f"no TensorRT {trt_major or ''} headers to build {PLUGIN_LIBRARY_NAME} (set TensorRT_ROOT / "
             "TensorRT_INCLUDE_DIR, or pass a prebuilt library)")
     try:
         return binding.build_plugin_library(archs=archs, tensorrt_include=include)
     except binding.BuildError as exc:
-        raise PluginLoadError(f"cannot build {binding.PLUGIN_LIBRARY}: {exc}") from exc
+        raise PluginLoadError(f"cannot build {PLUGIN_LIBRARY_NAME}: {exc}") from exc
 
 
 def load_plugin_library(trt, path: str | os.PathLike, check_creator: bool = True):
@@ -361,9 +359,9 @@ def load_plugin_library(trt, path: str | os.PathLike, check_creator: bool = True
             f"{trt.__name__} {getattr(trt, '__version__', '?')} could not load {path} (built against another "
             "TensorRT major version, or missing CUDA libraries?)")
     if check_creator:
-        creator = registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+        creator = registry.get_creator(PLUGIN_OP_NAME, str(PLUGIN_OP_VERSION), PLUGIN_NAMESPACE)
         if creator is None:
-            raise PluginLoadError(f"{path} loaded but registered no {PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION} creator")
+            raise PluginLoadError(f"{path} loaded but registered no {PLUGIN_NAMESPACE}::{PLUGIN_OP_NAME} v{PLUGIN_OP_VERSION} creator")
     return handle
 
 
@@ -599,7 +597,7 @@ def build_engines(
         plugin_path = resolve_plugin_library(plugin_library, major)
         load_plugin_library(trt, plugin_path)
         plugin_meta = {"path": str(plugin_path), "sha256": sha256_file(plugin_path), "embedded": bool(embed_plugin),
-                       "creator": f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION}"}
+                       "creator": f"{PLUGIN_NAMESPACE}::{PLUGIN_OP_NAME} v{PLUGIN_OP_VERSION}"}
         if echo:
             echo(f"tensorrt_build: loaded plugin library {plugin_path}")
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from maskface.contracts import KERNEL_LIBRARY_NAME, PLUGIN_LIBRARY_NAME
+
 if TYPE_CHECKING:  # annotations only; torch is imported where it is used
     import torch
 
@@ -32,13 +34,8 @@ BUILD_ROOT = PLUGIN_DIR / "build"
 
 #: GPU architectures of the default build (2080 Ti, A100, A10/3090, L4/4090, H100) + PTX of the last one.
 DEFAULT_ARCHS: tuple[str, ...] = ("75", "80", "86", "89", "90")
-KERNEL_LIBRARY = "libmaskface_mlra.so"
-PLUGIN_LIBRARY = "libmaskface_plugins.so"
 ABI_VERSION = 1
 
-PLUGIN_NAME = "MultiLevelRoIAlign"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "maskface"
 
 _KERNEL_SOURCES = ("mlra_kernel.cu", "mlra_reference.cpp")
 _PLUGIN_SOURCES = _KERNEL_SOURCES + ("mlra_plugin.cpp",)
@@ -271,7 +268,7 @@ def build_library(
     second call (or test) reuses the library. archs: e.g. ("75", "90") or "75;90"; default
     $MASKFACE_CUDA_ARCHS or DEFAULT_ARCHS; ptx adds PTX of the last arch for newer GPUs.
     """
-    return _build(KERNEL_LIBRARY, _KERNEL_SOURCES, build_dir, archs, ptx, None, verbose)
+    return _build(KERNEL_LIBRARY_NAME, _KERNEL_SOURCES, build_dir, archs, ptx, None, verbose)
 
 
 def build_plugin_library(
@@ -290,7 +287,7 @@ def build_plugin_library(
             "TensorRT headers (NvInferRuntime.h) not found: set TensorRT_ROOT or TensorRT_INCLUDE_DIR "
             "(or pass tensorrt_include=) to build the TensorRT plugin; the kernel library needs none"
         )
-    return _build(PLUGIN_LIBRARY, _PLUGIN_SOURCES, build_dir, archs, ptx, include, verbose)
+    return _build(PLUGIN_LIBRARY_NAME, _PLUGIN_SOURCES, build_dir, archs, ptx, include, verbose)
 
 
 def build_plugin_selftest(
@@ -401,21 +398,6 @@ def cuda_device_count(lib: ctypes.CDLL | None = None) -> int:
 
 
 # --------------------------------------------------------------------------------------------- numpy API
-
-
-def assign_levels(
-    rois: np.ndarray, canonical_level: int = 3, canonical_size: float = 224.0, min_level: int = 2, max_level: int = 6
-) -> np.ndarray:
-    """Eq. 6 level of each ROI in numpy float32 (rois [N, 5] with a batch column, or boxes [N, 4])."""
-    rois = np.asarray(rois, dtype=np.float32)
-    boxes = rois[:, 1:5] if rois.shape[-1] == 5 else rois
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    s = np.sqrt(np.maximum(w * h, np.float32(0)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k = np.floor(np.float32(canonical_level) + np.log2(s / np.float32(canonical_size) + np.float32(1e-6)))
-    k = np.where(np.isnan(k), np.float32(min_level), k)
-    return np.clip(k, min_level, max_level).astype(np.int64)
 
 
 def assign_levels_cpu(

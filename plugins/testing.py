@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only; torch is imported where it is used
     import torch
 
-from .binding import assign_levels
+from maskface.modeling.levels import assign_levels
 
 #: Eq. 6 level boundaries in sqrt(area) (pixels) for the default k0 = 3, canonical size 224.
 LEVEL_BOUNDARIES = (112.0, 224.0, 448.0, 896.0, 1792.0)
@@ -116,13 +116,12 @@ def torchvision_multilevel(
     max_level: int = 6,
     aligned: bool = True,
 ) -> "torch.Tensor":
-    """Reference: torchvision.ops.roi_align on the Eq. 6 level of each ROI (levels from the numpy rule).
+    """Reference: torchvision.ops.roi_align on the Eq. 6 level of each ROI (levels from maskface.modeling.levels).
     Computes in the features' dtype and device; ROIs are cast to that dtype as torchvision requires."""
     import torch
     from torchvision.ops import roi_align
 
-    levels = assign_levels(rois.detach().cpu().numpy(), canonical_level, canonical_size, min_level, max_level)
-    levels = torch.as_tensor(levels, device=rois.device)
+    levels = assign_levels(rois[:, 1:].detach().cpu(), canonical_level, canonical_size, min_level, max_level).to(rois.device)
     out = features[0].new_zeros((rois.shape[0], features[0].shape[1], output_size, output_size))
     for i, f in enumerate(features):
         idx = torch.nonzero(levels == min_level + i, as_tuple=True)[0]

@@ -1,24 +1,14 @@
-"""FPN level assignment (Eq. 6) and the multi-level RoIAlign over M2..M6.
-
-The same rule runs inside the TensorRT plugin (plugins/); keep both in step:
-  s = sqrt(max(w * h, 0)),  k = floor(k0 + log2(s / canonical_size + 1e-6)),  k in [min, max].
-"""
+"""The multi-level RoIAlign over M2..M6: each RoI pooled from its Eq. 6 level (levels.assign_levels,
+the rule the TensorRT plugin in plugins/ runs too)."""
 from __future__ import annotations
 
 import torch
 from torchvision.ops import roi_align
 
 from ..config import KeypointConfig
+from .levels import assign_levels
 
-
-def assign_levels(
-    boxes: torch.Tensor, canonical_level: int = 3, canonical_size: float = 224.0, min_level: int = 2, max_level: int = 6
-) -> torch.Tensor:
-    """Pyramid level (min_level..max_level) of each box [N, 4] (x1, y1, x2, y2), computed in float32."""
-    boxes = boxes.float()
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0)
-    k = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_size + 1e-6))
-    return k.clamp(min=min_level, max=max_level).to(torch.int64)
+__all__ = ["MultiLevelRoIAlign", "assign_levels"]
 
 
 class MultiLevelRoIAlign(torch.nn.Module):

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-PLUGIN_ENV = "MASKFACE_PLUGIN_LIBRARY"
-PLUGIN_NAME = "libmaskface_plugins.so"
+from ..contracts import PLUGIN_LIBRARY_ENV, PLUGIN_LIBRARY_NAME
+
 ADMIN_KEY_ENV = "MASKFACE_ADMIN_KEY"
 EXIT_STAGE_DIED = 3  # a stage died: the server was stopped so that an orchestrator restarts us
 
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--engines-dir", default="artifacts/engines",
                        help="tensorrt: folder with detector.plan, keypoint_head.plan, engines.json "
                             "(default %(default)s)")
-    serve.add_argument("--plugin", help=f"tensorrt: {PLUGIN_NAME} (default ${PLUGIN_ENV}, else plugins/build/**)")
+    serve.add_argument("--plugin", help=f"tensorrt: {PLUGIN_LIBRARY_NAME} (default ${PLUGIN_LIBRARY_ENV}, else plugins/build/**)")
     serve.add_argument("--no-render", action="store_true", help="serve --repo as it is")
     serve.add_argument("--render-only", action="store_true", help="render the repository and exit")
     serve.add_argument("--exit-after-ready", action="store_true", help="start, wait until ready, stop (a smoke test)")
@@ -87,11 +87,11 @@ def add_parser(subparsers) -> None:
 def find_plugin_library(explicit: str | None = None) -> Path | None:
     if explicit:
         return Path(explicit)
-    if os.environ.get(PLUGIN_ENV):
-        return Path(os.environ[PLUGIN_ENV])
+    if os.environ.get(PLUGIN_LIBRARY_ENV):
+        return Path(os.environ[PLUGIN_LIBRARY_ENV])
     root = Path(__file__).resolve().parents[2] / "plugins" / "build"
-    built = sorted(root.glob(f"*/{PLUGIN_NAME}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    candidates = [root / "cmake" / PLUGIN_NAME] + built
+    built = sorted(root.glob(f"*/{PLUGIN_LIBRARY_NAME}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = [root / "cmake" / PLUGIN_LIBRARY_NAME] + built
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -137,8 +137,8 @@ def run_serve(args) -> int:
     if args.target == "tensorrt":
         plugin = find_plugin_library(args.plugin)
         if (plugin is None or not plugin.is_file()) and not args.render_only:
-            print(f"serve: the tensorrt target needs the MultiLevelRoIAlign plugin ({PLUGIN_NAME}): pass --plugin "
-                  f"or set ${PLUGIN_ENV} (build it with plugins/binding.py build_plugin_library or CMake, "
+            print(f"serve: the tensorrt target needs the MultiLevelRoIAlign plugin ({PLUGIN_LIBRARY_NAME}): pass --plugin "
+                  f"or set ${PLUGIN_LIBRARY_ENV} (build it with plugins/binding.py build_plugin_library or CMake, "
                   "see plugins/README.md)", file=sys.stderr)
             return 2
     try:

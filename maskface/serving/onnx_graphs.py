@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from ..config import InferenceConfig, InputConfig
+from ..contracts import FEATURE_NAMES
 from ..postprocess import select_detections
 from ..preprocess import prepare_image
 
-FEATURE_NAMES = ("m2", "m3", "m4", "m5", "m6")
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):

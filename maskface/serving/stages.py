@@ -24,9 +24,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..config import InferenceConfig, InputConfig
+from ..contracts import FEATURE_NAMES, FEATURE_STRIDES
 from ..preprocess import MAX_INPUT_PIXELS, Prepared, decode_image, prepare_image
 
-FEATURE_NAMES = ("m2", "m3", "m4", "m5", "m6")
 
 
 class RequestError(ValueError):
@@ -218,7 +218,6 @@ class Preprocessor:
 # ----------------------------------------------------------------------------- bounds of the sub-models
 
 
-FEATURE_STRIDES = (4, 8, 16, 32, 64)  # m2..m6
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from export.export_onnx import export_keypoint_head
-from export.graphs import CUSTOM_DOMAIN, CUSTOM_OP, DETECTOR_OUTPUTS, KEYPOINT_INPUTS, POOLED_NAME
+from maskface.contracts import DETECTOR_OUTPUTS, KEYPOINT_INPUTS, PLUGIN_NAMESPACE, PLUGIN_OP_NAME, POOLED_NAME
 from export.parity import FP32_TOLERANCE, candidate_errors, clear_peaks
 from maskface.serving.onnx_graphs import OnnxGraphs, ort_session
 
@@ -36,13 +36,13 @@ def test_graph_contracts(built):
     assert dims == ["batch", 3, "height", "width"]
     custom = onnx.load(str(out / "onnx" / "keypoint_head.onnx"))
     assert tuple(i.name for i in custom.graph.input) == KEYPOINT_INPUTS
-    nodes = [n for n in custom.graph.node if n.domain == CUSTOM_DOMAIN]
-    assert [n.op_type for n in nodes] == [CUSTOM_OP]
+    nodes = [n for n in custom.graph.node if n.domain == PLUGIN_NAMESPACE]
+    assert [n.op_type for n in nodes] == [PLUGIN_OP_NAME]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
     assert attrs["plugin_namespace"] == b"maskface" and attrs["output_size"] == 14
     assert (attrs["canonical_level"], attrs["min_level"], attrs["max_level"]) == (3, 2, 6)
     portable = onnx.load(str(out / "onnx" / "keypoint_head_portable.onnx"))
-    assert not any(n.domain == CUSTOM_DOMAIN for n in portable.graph.node)
+    assert not any(n.domain == PLUGIN_NAMESPACE for n in portable.graph.node)
     roi_aligns = [n for n in portable.graph.node if n.op_type == "RoiAlign"]
     assert len(roi_aligns) == 5
     assert all(onnx.helper.get_attribute_value(a) == b"half_pixel"
@@ -150,7 +150,7 @@ def test_custom_and_portable_graphs_differ_only_in_the_pooler(built):
     assert [o.name for o in custom.graph.output] == [o.name for o in portable.graph.output]
     assert [i.name for i in custom.graph.input] == [i.name for i in portable.graph.input]
     # ...and the custom node reads the same ROIs (with the padding ROI) as the portable RoiAligns.
-    node = next(n for n in custom.graph.node if n.op_type == CUSTOM_OP)
+    node = next(n for n in custom.graph.node if n.op_type == PLUGIN_OP_NAME)
     assert list(node.input[:5]) == ["m2", "m3", "m4", "m5", "m6"] and list(node.output) == [POOLED_NAME]
     portable_rois = {sig_p(n.input[1]) for n in portable.graph.node if n.op_type == "RoiAlign"}
     custom_rois = _signature(custom, set())(node.input[5])
@@ -171,7 +171,7 @@ def test_plugin_reference_matches_the_portable_pooler(built, tmp_path):
 
     out, _ = built
     custom = onnx.load(str(out / "onnx" / "keypoint_head.onnx"))
-    node = next(n for n in custom.graph.node if n.op_type == CUSTOM_OP)
+    node = next(n for n in custom.graph.node if n.op_type == PLUGIN_OP_NAME)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     portable = onnx.load(str(out / "onnx" / "keypoint_head_portable.onnx"))
     portable.graph.output.append(onnx.helper.make_tensor_value_info(POOLED_NAME, onnx.TensorProto.FLOAT, None))

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from maskface.contracts import PLUGIN_LIBRARY_NAME
 from plugins import binding
 from tests.plugins.conftest import lean_env
 
@@ -15,7 +16,7 @@ from tests.plugins.conftest import lean_env
 def test_plugin_library_compiles_against_tensorrt_headers(plugin_library, tensorrt_include):
     version = binding.tensorrt_header_version(tensorrt_include)
     print(f"libmaskface_plugins.so built against TensorRT {version} headers at {tensorrt_include}")
-    assert plugin_library.is_file() and plugin_library.name == binding.PLUGIN_LIBRARY
+    assert plugin_library.is_file() and plugin_library.name == PLUGIN_LIBRARY_NAME
     # Exports the loadLibrary entry points and the C API (one .so serves Triton, trtexec and ctypes).
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(plugin_library)], capture_output=True, text=True)
     if symbols.returncode == 0:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from maskface.modeling.levels import assign_levels
 from plugins import binding
 from plugins.testing import boundary_rois, make_features, make_rois, torchvision_multilevel
 
@@ -32,7 +33,7 @@ def test_fp32_reference_equals_torchvision_on_the_eq6_level(mlra_lib, sampling_r
     rng = np.random.default_rng(100 + sampling_ratio)
     features = make_features(rng, batch=2, channels=4)
     rois = make_rois(rng, n=400, batch=2)
-    levels = binding.assign_levels(rois)
+    levels = assign_levels(rois[:, 1:])
     assert set(np.unique(levels)) == {2, 3, 4, 5, 6}  # every map is exercised
     got = binding.multilevel_roi_align_cpu(features, rois, sampling_ratio=sampling_ratio)
     want = _expected(features, rois, sampling_ratio=sampling_ratio)
@@ -99,7 +100,7 @@ def test_level_assignment_at_the_eq6_boundaries(mlra_lib):
     table = {f"{np.sqrt((r[3] - r[1]) * (r[4] - r[2])):.2f}": int(k) for r, k in zip(rois[:10], expected[:10])}
     print("sqrt(area) -> level:", table)
     np.testing.assert_array_equal(binding.assign_levels_cpu(rois), expected)  # the C code of the plugin
-    np.testing.assert_array_equal(binding.assign_levels(rois), expected)      # numpy float32 rule
+    np.testing.assert_array_equal(assign_levels(rois[:, 1:]), expected)      # numpy float32 rule
     # Constant maps (value = level) covering a 2048x2048 image: the pooled value shows which map each ROI read.
     features = [np.full((1, 1, 2048 >> l, 2048 >> l), float(l), np.float32) for l in range(2, 7)]
     valid = (rois[:, 3] > rois[:, 1]) & (rois[:, 4] > rois[:, 2]) & (rois[:, 3:] < 2048).all(axis=1)
@@ -117,11 +118,35 @@ def test_level_rule_agrees_with_numpy_and_the_python_pooler(mlra_lib):
     wh[::50] *= -1  # some inverted boxes
     rois = np.concatenate([np.zeros((n, 1), np.float32), xy, xy + wh], axis=1)
     c_levels = binding.assign_levels_cpu(rois)
-    np.testing.assert_array_equal(c_levels, binding.assign_levels(rois))
+    np.testing.assert_array_equal(c_levels, assign_levels(rois[:, 1:]))
     assert np.bincount(c_levels, minlength=7)[2:].min() > 100
     from maskface.modeling.poolers import assign_levels as pooler_levels
 
     np.testing.assert_array_equal(c_levels, pooler_levels(torch.from_numpy(rois[:, 1:])).numpy())
+
+
+def test_python_and_cpp_level_rules_agree_on_a_sweep_of_box_sizes(mlra_lib):
+    """The one Python Eq. 6 (maskface.modeling.levels) against the one C++ Eq. 6 (mlra_math.h's
+    assign_level through the CPU reference): every integer square side 1..4000, sides 1/100 px either
+    side of each level edge 224 * 2^j, non-square boxes, and NaN / inf / empty / inverted boxes."""
+    sides = np.arange(1, 4001, dtype=np.float32)
+    edges = 224.0 * 2.0 ** np.arange(-3, 4)  # 28 ... 1792: the clamped edges (< 112, > 1792) included
+    near = np.concatenate([edges - 0.01, edges, edges + 0.01]).astype(np.float32)
+    sq = np.concatenate([sides, near])
+    boxes = np.stack([np.full_like(sq, 7.0), np.full_like(sq, 3.0), 7.0 + sq, 3.0 + sq], axis=1)
+    aspect = np.stack([np.zeros_like(sides), np.zeros_like(sides), sides * 4, sides / 4], axis=1)  # same area
+    odd = np.array([[0, 0, np.nan, 5], [np.nan] * 4, [0, 0, np.inf, 5], [0, 0, np.inf, np.inf], [0, 0, 0, 0],
+                    [10, 10, 0, 0], [5, 5, 4, 9]], np.float32)
+    boxes = np.concatenate([boxes, aspect, odd]).astype(np.float32)
+    rois = np.concatenate([np.zeros((len(boxes), 1), np.float32), boxes], axis=1)
+    python = assign_levels(boxes)
+    np.testing.assert_array_equal(python, binding.assign_levels_cpu(rois))
+    np.testing.assert_array_equal(python, assign_levels(torch.from_numpy(boxes)).numpy())  # torch path too
+    # Hand-computed levels at the edges the brief names: floor(3 + log2(s / 224)), clamped to 2..6.
+    by_side = dict(zip(sq.tolist(), python[: len(sq)].tolist()))
+    assert [by_side[s] for s in (111, 113, 223, 225, 447, 449, 895, 897, 1791, 1793, 4000)] == \
+        [2, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert python[-7:].tolist() == [2, 2, 6, 6, 2, 2, 2]  # NaN -> min, inf -> max, empty / inverted -> min
 
 
 def test_float16_conversions_match_numpy_bit_for_bit(mlra_lib):
