@@ -23,7 +23,7 @@ TOP_FIELDS = {"schema_version", "complete", "created", "command", "environment",
               "preprocess_ms", "paper_table7", "rows", "ratios", "skipped"}
 ENV_FIELDS = {"torch", "cpu", "device", "device_name", "threads", "cpu_available", "peak", "onnxruntime"}
 TINY = ["--backbones", "mbv2", "--sizes", "128x128", "--runs", "2", "--warmup", "1", "--faces", "1,2",
-        "--e2e-faces", "2", "--device", "cpu", "--threads", "2", "--no-progress"]
+        "--e2e-faces", "2", "--device", "cpu", "--threads", "2", "--no-progress", "--peak-runs", "2"]
 
 
 def _has(module: str) -> bool:
@@ -48,7 +48,9 @@ def test_tiny_run_writes_every_field(tiny_run):
     assert report["complete"] is True
     assert ENV_FIELDS <= set(report["environment"])
     peak = report["environment"]["peak"]
-    assert peak["estimate"] is True and "formula" in peak
+    assert peak["estimate"] is False and peak["source"] == "measured" and peak["threads"] == 2
+    assert set(peak["kernels"]) == {"conv3x3", "sgemm"} and peak["gflops"] > 0
+    assert report["environment"]["peak_estimate"]["estimate"] is True
 
     expected = {"torch-fp32", "onnxruntime"} if _has("onnxruntime") else {"torch-fp32"}
     assert {r["backend"] for r in report["rows"]} == expected
@@ -128,6 +130,27 @@ def test_peak_estimate_formula():
     assert latency.cpu_peak_gflops({**info, "flags": ["avx512f", "fma"]}, 16)["gflops"] == pytest.approx(8 * 3 * 16 * 2 * 2)
     assert latency.cpu_peak_gflops({**info, "flags": ["sse2"]}, 1)["gflops"] == pytest.approx(3 * 4 * 1 * 2)
     assert latency.cpu_peak_gflops({**info, "max_mhz": None}, 1)["gflops"] is None
+
+
+def test_measured_peak_counts_the_flops_it_times():
+    """FLOPs of the timed kernels as torch's own FLOP counter sees them; rate = FLOPs / median time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks import hardware
+
+    shape = {"channels": 16, "height": 12, "width": 10}
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.conv2d(torch.zeros(1, 16, 12, 10), torch.zeros(16, 16, 3, 3), padding=1)
+    assert hardware.conv3x3_flop(**shape) == counter.get_total_flops() == 2 * 16 * 16 * 9 * 12 * 10
+    peak = hardware.measure_peak_gflops("cpu", threads=1, runs=3, conv_shape=shape, sgemm_size=64)
+    assert peak["estimate"] is False and peak["threads"] == 1
+    for name, k in peak["kernels"].items():
+        assert k["runs"] == 3 and k["gflops"] == pytest.approx(k["gflop"] / (k["median_ms"] / 1e3))
+    assert peak["kernels"]["sgemm"]["gflop"] == pytest.approx(2 * 64**3 / 1e9)
+    assert peak["gflops"] == max(k["gflops"] for k in peak["kernels"].values())
+    before = torch.get_num_threads()
+    hardware.measure_peak_gflops("cpu", threads=1, runs=1, conv_shape=shape, sgemm_size=32)
+    assert torch.get_num_threads() == before
 
 
 def test_arguments():
