@@ -26,7 +26,17 @@ setup(
     version="0.1.0",
     description="MaskFace: multi-task face and landmark detector, with ONNX/TensorRT/Triton deployment",
     python_requires=">=3.10",
-    packages=find_packages(include=["maskface", "maskface.*"]),
+    # export/, plugins/ and benchmarks/ are packages too, so that an installed maskface builds engines
+    # and runs the benchmarks without sys.path edits. The Triton model templates (triton_models/) ship
+    # as the package data of maskface.serving.triton_models; the plugin's C++/CUDA sources as plugins'.
+    packages=find_packages(include=["maskface", "maskface.*", "export", "plugins", "benchmarks"])
+    + ["maskface.serving.triton_models"],
+    package_dir={"maskface.serving.triton_models": "triton_models"},
+    package_data={
+        "maskface.serving.triton_models": ["README.md", "*/config.pbtxt.in", "*/1/model.py"],
+        "plugins": ["CMakeLists.txt", "README.md", "include/*/*.h", "src/*", "tools/*"],
+        "benchmarks": ["README.md", "gpu_check.sh"],
+    },
     install_requires=CORE,
     extras_require={
         "export": EXPORT,

@@ -19,13 +19,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from plugins import binding  # noqa: E402
-from plugins.testing import boundary_rois, make_features, make_rois, torchvision_multilevel  # noqa: E402
+from plugins import binding
+from plugins.testing import boundary_rois, make_features, make_rois, torchvision_multilevel
 
 TOL_FP32 = 1e-5
 TOL_FP16 = 1e-2

@@ -38,11 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `export` is a top-level folder of the repository
-    sys.path.insert(0, str(REPO_ROOT))
 
-from maskface.io_utils import atomic_write_bytes, atomic_write_json  # noqa: E402
+from maskface.io_utils import atomic_write_bytes, atomic_write_json
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
 PIXEL_TOL, SCORE_TOL = 1e-3, 1e-5

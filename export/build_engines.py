@@ -33,12 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.export_onnx import export_all, load_or_init_model  # noqa: E402
-from export.parity import FP32_RTOL, failure_message, run_parity, to_markdown, with_rtol, write_report  # noqa: E402
-from maskface.serving.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_FACES, DEFAULT_MAX_SIZE  # noqa: E402
+from export.export_onnx import export_all, load_or_init_model
+from export.parity import FP32_RTOL, failure_message, run_parity, to_markdown, with_rtol, write_report
+from maskface.serving.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_FACES, DEFAULT_MAX_SIZE
 
 EXIT_PARITY_FAILED = 1
 EXIT_TRT_REQUIRED = 2

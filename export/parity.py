@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskface.io_utils import atomic_write_bytes, atomic_write_json  # noqa: E402
-from maskface.modeling.maskface import MaskFace  # noqa: E402
-from maskface.preprocess import prepare_image  # noqa: E402
+from maskface.io_utils import atomic_write_bytes, atomic_write_json
+from maskface.modeling.maskface import MaskFace
+from maskface.preprocess import prepare_image
 
 # The gate, per compared tensor: max|a - b| <= atol + rtol * max|b| (b = PyTorch's tensor), so that
 # float noise may grow with the tensor's scale (a trained model's context maps reach ~1-100, where

@@ -25,12 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maskface.io_utils import atomic_write_bytes, atomic_write_json  # noqa: E402
-from maskface.postprocess import select_detections, top_candidates  # noqa: E402
-from maskface.preprocess import prepare_image  # noqa: E402
+from maskface.io_utils import atomic_write_bytes, atomic_write_json
+from maskface.postprocess import select_detections, top_candidates
+from maskface.preprocess import prepare_image
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "camera",
                   "coins", "page", "horse", "retina", "gravel")

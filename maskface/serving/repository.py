@@ -53,9 +53,12 @@ _TARGET_LINE = re.compile(r"^(\s*)#@(\w+) (.*)$")
 
 
 def templates_dir() -> Path:
-    """triton_models/ of this checkout (or $MASKFACE_TRITON_MODELS)."""
+    """The Triton model templates: $MASKFACE_TRITON_MODELS, else those installed with the package
+    (maskface/serving/triton_models, package data of a wheel), else triton_models/ of this checkout."""
     env = os.environ.get(TEMPLATES_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "triton_models"
+    installed = Path(__file__).resolve().parent / "triton_models"
+    checkout = Path(__file__).resolve().parents[2] / "triton_models"
+    path = Path(env) if env else installed if (installed / ENSEMBLE / TEMPLATE_NAME).is_file() else checkout
     if not (path / ENSEMBLE / TEMPLATE_NAME).is_file():
         raise FileNotFoundError(f"Triton model templates not found in {path} "
                                 f"(set ${TEMPLATES_ENV} to the triton_models/ folder)")
@@ -326,7 +329,6 @@ def render_repository(
         setattr(params, key, given if given is not None else found if found is not None else default)
 
     values = params.template_values()
-    values["maskface_root"] = str(Path(__file__).resolve().parents[2])
 
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} exists and is not a rendered MaskFace repository; refusing to overwrite it")

@@ -324,6 +324,12 @@ class TritonServer:
         # Large request buffers (up to the body size) go back to the OS when freed instead of
         # staying in the heap: a fixed mmap threshold stops glibc from raising it after each one.
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+        # The Python stages import the maskface that launched them (an installed wheel or a checkout):
+        # its parent folder goes first on the stubs' PYTHONPATH.
+        import maskface
+
+        package_parent = str(Path(maskface.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         if self.install.bundled:
             libs = [sysconfig.get_config_var("LIBDIR") or "", str(self.install.libs_dir or "")]
             paths = [p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]

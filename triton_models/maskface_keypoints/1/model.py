@@ -5,26 +5,15 @@ Stand-in for the TensorRT plan of the `tensorrt` target (same tensor names): m2.
 the ONNX Runtime thread count are config.pbtxt parameters (onnx_file, ort_threads).
 """
 import json
-import os
-import sys
 
 import triton_python_backend_utils as pb_utils
 
 INPUTS = ["m2", "m3", "m4", "m5", "m6", "rois"]
 
 
-def _import_path(config):
-    """Put the checkout that rendered this repository (parameter maskface_root) first on sys.path;
-    without it the installed maskface is used. `import maskface` is light (the model is lazy)."""
-    root = config.get("parameters", {}).get("maskface_root", {}).get("string_value", "")
-    if root and os.path.isfile(os.path.join(root, "maskface", "__init__.py")) and root not in sys.path:
-        sys.path.insert(0, root)
-
-
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        _import_path(config)
         from maskface.serving import stages
 
         params = stages.Parameters.from_model_config(config)

@@ -5,24 +5,13 @@ score threshold, NMS, max detections; ties broken by candidate index). Threshold
 config.pbtxt parameters.
 """
 import json
-import os
-import sys
 
 import triton_python_backend_utils as pb_utils
-
-
-def _import_path(config):
-    """Put the checkout that rendered this repository (parameter maskface_root) first on sys.path;
-    without it the installed maskface is used. `import maskface` is light (the model is lazy)."""
-    root = config.get("parameters", {}).get("maskface_root", {}).get("string_value", "")
-    if root and os.path.isfile(os.path.join(root, "maskface", "__init__.py")) and root not in sys.path:
-        sys.path.insert(0, root)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        _import_path(config)
         import torch
 
         from maskface.serving import stages
