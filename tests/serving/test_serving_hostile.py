@@ -374,3 +374,22 @@ def test_killing_the_launcher_takes_tritonserver_down(onnx_dir, tmp_path, capsys
     with capsys.disabled():
         print(f"\n[hostile] launcher killed: tritonserver and its stubs gone after {time.monotonic() - killed:.1f} s")
     assert _process_group_members(server_pid) == [], "tritonserver outlived its launcher"
+
+
+def test_the_backends_unhealthy_verdict_in_the_log_counts_once(tmp_path):
+    """A stub that hangs (alive, but not answering) shows only in the log: each new line is reported
+    once, a line still being written is kept for the next look."""
+    from maskface.serving.server import TritonServer
+
+    (tmp_path / "repo").mkdir()
+    server = TritonServer(tmp_path / "repo", work_dir=tmp_path / "work")
+    server.work_dir.mkdir()
+    server.log_path.write_text("I1202 model_lifecycle.cc] successfully loaded 'maskface_nms'\n")
+    assert server._unhealthy_in_log() == []
+    with open(server.log_path, "a") as f:
+        f.write("E1202 infer_handler.cc] Stub process 'maskface_nms_0_0' is not healthy.\nE1202 partial: Stub pro")
+    assert server._unhealthy_in_log() == ["E1202 infer_handler.cc] Stub process 'maskface_nms_0_0' is not healthy."]
+    assert server._unhealthy_in_log() == []
+    with open(server.log_path, "a") as f:
+        f.write("cess 'maskface_keypoints_0_0' is not healthy.\n")
+    assert server._unhealthy_in_log() == ["E1202 partial: Stub process 'maskface_keypoints_0_0' is not healthy."]
