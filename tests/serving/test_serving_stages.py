@@ -281,3 +281,32 @@ def test_nms_refuses_non_finite_or_outside_candidates():
         select(np.full((1, 4), np.nan, np.float32), boxes)
     with pytest.raises(RequestError, match="inside the 192x192"):
         select(scores, np.tile(np.float32([0, 0, 1e30, 1e30]), (1, 4, 1)))
+
+
+def test_gateway_header_checks():
+    """maskface.serving.gateway.check_infer_header: what Triton would answer with 500 (or accept) is a 400."""
+    from maskface.serving.gateway import BadRequest, check_infer_header
+
+    def image(**fields):
+        return {"inputs": [{"name": "IMAGE", "datatype": "UINT8", **fields}]}
+
+    check_infer_header(image(shape=[3], data=[0, 128, 255]), None)
+    check_infer_header(image(shape=[10], parameters={"binary_data_size": 10}), 10)
+    check_infer_header({**image(shape=[0], data=[]), "outputs": [{"name": "BOXES"}]}, None)
+    cases = [
+        ([], None, "JSON object"),
+        (image(shape=[10], parameters={"binary_data_size": 10}), 9, "binary part of 10 bytes"),
+        (image(shape=[10], parameters={"binary_data_size": 12}), 10, "binary_data_size 12"),
+        (image(shape=[10], parameters={"binary_data_size": 10}), None, "no Inference-Header-Content-Length"),
+        (image(shape=[3], data=[1, 2, 3]), 5, "5 binary bytes follow"),
+        (image(shape=[3], data=[1, 2, True]), None, "integers in 0..255"),
+        (image(shape=[3], data=[[1, 2, 3]]), None, "flat list of 3 byte values"),
+        (image(shape=[1], data=[[1]]), None, "integers in 0..255"),
+        (image(shape=[1.5], data=[1]), None, r"shape must be \[n\]"),
+        (image(shape=[2, 2], data=[1, 2, 3, 4]), None, r"shape must be \[n\]"),
+        ({**image(shape=[1], data=[1]), "outputs": [{"name": "m2"}]}, None, "'outputs' may only name"),
+        ({"inputs": [image(shape=[1], data=[1])["inputs"][0]] * 2}, None, "exactly one input"),
+    ]
+    for header, binary, message in cases:
+        with pytest.raises(BadRequest, match=message):
+            check_infer_header(header, binary)
