@@ -81,3 +81,9 @@ def test_bare_call_prints_help_and_version(capsys):
     from maskface import __version__
 
     assert capsys.readouterr().out.strip() == f"maskface {__version__}"
+
+
+def test_bare_evaluate_lists_its_data_sets(capsys):
+    assert main(["evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("widerface", "landmarks", "afw", "pascal"))

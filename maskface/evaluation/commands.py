@@ -296,9 +296,11 @@ def run_predict_widerface(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     ev = subparsers.add_parser("evaluate", help="evaluate predictions (WIDER FACE AP, landmark NME)")
-    sub = ev.add_subparsers(dest="evaluate_command", required=True)
+    sub = ev.add_subparsers(dest="evaluate_command", metavar="DATASET")
+    ev.set_defaults(func=lambda args: ev.print_help() or 0)  # a bare `maskface evaluate` lists the data sets
 
-    w = sub.add_parser("widerface", help="official WIDER FACE validation protocol (easy/medium/hard AP)")
+    w = sub.add_parser("widerface", help="official WIDER FACE validation protocol (easy/medium/hard AP from the "
+                       ".mat files; all-faces AP from wider_face_val_bbx_gt.txt)")
     w.add_argument("--pred", required=True, help="submission folder: <pred>/<event>/<image>.txt")
     w.add_argument("--gt", default=None, help="eval_tools/ground_truth/ of the official evaluation code "
                    "(wider_face_val.mat + wider_{easy,medium,hard}_val.mat: easy/medium/hard AP), or "
