@@ -12,7 +12,8 @@
    FP16/FP32 engines OUT/engines/{detector,keypoint_head}.plan + engines.json, and a TensorRT
    parity report. Elsewhere it says exactly what is missing and exits 0 (2 with --require-trt).
 
-Without --checkpoint the model is a seeded initialisation of --config, and the job says so.
+Without --checkpoint the model is the shipped demo model (maskface/demo/MODEL_CARD.md); --config NAME or
+--random-init gives a seeded initialisation instead, and the job says so.
 
 Parity gate: per tensor, max|a - b| <= atol + rtol * max|b| (export/parity.py); a failure names the
 tensor, the input and the numbers; --parity-rtol R changes the relative part, --no-parity-gate
@@ -45,8 +46,11 @@ EXIT_NOT_CONFORMANT = 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="trained MaskFace checkpoint (default: seeded initialisation)")
-    p.add_argument("--config", default="r50", help="preset used without a checkpoint (r50, mbv2, rx101, rx152)")
+    p.add_argument("--checkpoint", help="trained MaskFace checkpoint (default: the shipped demo model, "
+                   "maskface/demo/MODEL_CARD.md)")
+    p.add_argument("--config", default=None, help="a seeded, untrained preset instead of a checkpoint "
+                   "(r50, mbv2, rx101, rx152, demo, tiny)")
+    p.add_argument("--random-init", action="store_true", help="seeded untrained weights of --config (default r50)")
     p.add_argument("--out", default="artifacts", help="output root: onnx/, parity/, engines/")
     p.add_argument("--fp16", action="store_true", help="FP16 engines (BuilderFlag.FP16 on TRT 10, an FP16 graph on TRT 11)")
     # The defaults are serving's (maskface.serving.manifest), so `maskface serve` takes the engines as built.
@@ -74,10 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    model, trained = load_or_init_model(args.checkpoint, args.config)
-    if not trained:
-        print(f"build_engines: no --checkpoint: using a seeded initialisation of '{args.config}' "
-              "(untrained; pass --checkpoint PATH for a trained model)")
+    from maskface.demo.weights import default_checkpoint
+
+    checkpoint = default_checkpoint(args.checkpoint, args.config, args.random_init)
+    model, trained = load_or_init_model(checkpoint, args.config or "r50")
+    if trained:
+        print(f"build_engines: model {checkpoint}")
+    else:
+        print(f"build_engines: using a seeded initialisation of '{args.config or 'r50'}' "
+              "(untrained; without --config / --random-init the shipped demo model is used)")
 
     start = time.perf_counter()
     onnx_paths = export_all(model, out / "onnx")

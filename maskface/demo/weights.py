@@ -1,7 +1,9 @@
-"""Where the trained demo checkpoint lives (package data), and how it is written from a run.
+"""Where the trained demo checkpoint lives (package data), how commands fall back to it, and how
+it is written from a training run.
 
-The checkpoint holds the model weights (FP32, ~10 MB), the config and the training facts
-(iteration, validation metrics); it is read with weights_only=True like every checkpoint.
+The shipped file is the run's whole training state (FP32 weights ~10 MB, SGD momentum, schedule,
+RNG, iteration: ~20 MB) plus `facts` (measured accuracy); it is read with weights_only=True like
+every checkpoint, and `maskface train` can resume from it.
 """
 from __future__ import annotations
 
@@ -20,14 +22,24 @@ def demo_checkpoint() -> Path:
     return DEMO_CHECKPOINT
 
 
+def default_checkpoint(checkpoint: str | None, config: str | None, random_init: bool = False) -> str | None:
+    """The checkpoint a command should load: the given one; none (a seeded `config`) when a preset
+    or --random-init is asked for; else the shipped demo model. One rule for every command."""
+    if checkpoint:
+        return checkpoint
+    if random_init or config:
+        return None
+    return str(demo_checkpoint())
+
+
 def export_demo_checkpoint(run_checkpoint: str | Path, out: str | Path = DEMO_CHECKPOINT,
                            facts: dict[str, Any] | None = None) -> Path:
-    """Copy the model part of a training checkpoint (no optimizer / RNG state) with `facts`."""
-    from ..checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, read_checkpoint
+    """Ship a training checkpoint as the demo model: the whole training state (model, optimizer,
+    schedule, RNG, iteration), so that training can go on from the shipped file, plus `facts`."""
+    from ..checkpoint import atomic_torch_save, read_checkpoint
 
     data = read_checkpoint(run_checkpoint)
-    slim = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": data["config"], "model": data["model"],
-            "iteration": int(data.get("iteration", 0)), "facts": dict(facts or {})}
+    data["facts"] = dict(facts or {})
     out = Path(out)
-    atomic_torch_save(slim, out)
+    atomic_torch_save(data, out)
     return out

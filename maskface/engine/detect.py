@@ -50,13 +50,17 @@ def load_predictor(args: argparse.Namespace):
     from ..modeling.maskface import build_model
     from .predictor import Predictor
 
-    if args.checkpoint:
-        model = load_model(args.checkpoint)
+    from ..demo.weights import default_checkpoint
+
+    checkpoint = default_checkpoint(args.checkpoint, args.config, args.random_init)
+    if checkpoint:
+        model = load_model(checkpoint)
     else:
-        print(f"maskface: no --checkpoint given: using a seeded random initialisation of '{args.config}' "
+        config = args.config or "r50"
+        print(f"maskface: using a seeded random initialisation of '{config}' "
               "(untrained: it finds no faces at the default threshold)", file=sys.stderr)
         torch.manual_seed(0)
-        model = build_model(args.config).eval()
+        model = build_model(config).eval()
     if args.score_threshold is not None:
         model.cfg.inference.score_threshold = args.score_threshold
     if args.max_detections is not None:
@@ -95,8 +99,11 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("detect", help="detect faces and landmarks in images")
     p.add_argument("images", nargs="*", help="image files (JPEG/PNG)")
     p.add_argument("--demo", action="store_true", help="also run on scikit-image's astronaut photo")
-    p.add_argument("--checkpoint", help="a MaskFace checkpoint (without one: seeded untrained weights)")
-    p.add_argument("--config", default="r50", help="preset when no checkpoint is given (r50, mbv2, rx101, rx152)")
+    p.add_argument("--checkpoint", help="a MaskFace checkpoint (default: the shipped demo model, "
+                   "maskface/demo/MODEL_CARD.md)")
+    p.add_argument("--config", default=None, help="a seeded, untrained preset instead of a checkpoint "
+                   "(r50, mbv2, rx101, rx152, demo, tiny)")
+    p.add_argument("--random-init", action="store_true", help="seeded untrained weights of --config (default r50)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="also write <name>.json with the numbers")
     p.add_argument("--score-threshold", type=float, default=None, help="override the checkpoint's threshold")
