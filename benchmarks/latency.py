@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
-import json
 import platform
 import re
 import shlex
@@ -63,17 +61,19 @@ from benchmarks.hardware import (  # noqa: F401  (re-exported for callers of lat
     available_cpus, cpu_info, cpu_label, cpu_peak_gflops, measure_peak_gflops,
 )
 from maskface.config import InferenceConfig, MaskFaceConfig
-from maskface.io_utils import atomic_write_bytes, atomic_write_json, sha256_file
+from maskface.io_utils import atomic_write_bytes, atomic_write_json
 from maskface.modeling.maskface import MaskFace, build_model
-from maskface.postprocess import PAD_SCORE, select_detections, top_candidates
+from benchmarks.latency_report import BACKBONE_NAMES, _jsonable, plot, ratios, to_markdown  # noqa: F401
+from benchmarks.latency_runners import (  # noqa: F401  (re-exported: tests and callers use latency.X)
+    CUDA_ONLY, ONNX_EXPORT_VERSION, OrtRunner, Skip, TorchRunner, TrtRunner, input_hw, make_runner, model_key,
+    onnx_graphs, tensorrt_runner,
+)
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch-fp32", "onnxruntime", "torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16", "torch-fp32-cl")
 DEFAULT_BACKENDS = BACKENDS[:5]  # torch-fp32-cl only when asked for
-CUDA_ONLY = ("torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16")
 DEFAULT_RUNS = {"cpu": 10, "cuda": 50}
 DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
-ONNX_EXPORT_VERSION = 1  # bump when the way the benchmark exports changes
 
 # The paper's Table 7 (inference time per image; MaskFace rows at 640x480).
 PAPER_TABLE7 = (
@@ -92,8 +92,6 @@ PAPER_TABLE7 = (
     dict(method="DFS", backbone="ResNet-50", ms=35.0, unit="ms / image", hardware="NVIDIA Tesla P40",
          input="as in the paper"),
 )
-BACKBONE_NAMES = {"r50": "ResNet-50", "mbv2": "MobileNetV2", "rx101": "ResNeXt-101 32x8d",
-                  "rx152": "ResNeXt-152 32x8d"}
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -228,13 +226,6 @@ def load_model(name: str, checkpoint: str | None, seed: int) -> tuple[MaskFace, 
     return build_model(name).eval(), False
 
 
-def input_hw(size: tuple[int, int], cfg: MaskFaceConfig) -> tuple[int, int]:
-    """Network input (H, W) of a WIDTHxHEIGHT image: padded up to multiples of size_divisibility."""
-    div = cfg.input.size_divisibility
-    w, h = size
-    return -(-h // div) * div, -(-w // div) * div
-
-
 def count_gflop(cfg: MaskFaceConfig, hw: tuple[int, int]) -> dict[str, float]:
     """FLOPs (2 per multiply-add) of the detector at input hw and of the keypoint head for one face."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -311,291 +302,6 @@ def summarize(seconds: list[float]) -> dict[str, float]:
             "mean": float(ms.mean()), "n": int(ms.size)}
 
 
-# ------------------------------------------------------------------------------------------------ runners
-
-
-class Skip(Exception):
-    """A backend that cannot run here; the message is the reason."""
-
-
-class TorchRunner:
-    """The model's own stages (detect_candidates / select_detections / landmarks) on torch tensors."""
-
-    engine = "PyTorch eager"
-
-    def __init__(self, model: MaskFace, device: str, half: bool = False, channels_last: bool = False,
-                 cuda_graph: bool = False):
-        self.model = model
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if half else torch.float32
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.cuda_graph = cuda_graph
-        self._graphs: dict[tuple[int, ...], _TrunkGraph] = {}
-        self.checks: dict[str, float] = {}
-
-    def prepare(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(image[None]).to(self.device, self.dtype)
-        return x.contiguous(memory_format=self.memory_format)
-
-    def detect(self, x: torch.Tensor):
-        if self.cuda_graph:
-            key = tuple(x.shape)
-            if key not in self._graphs:
-                self._graphs[key] = _TrunkGraph(self.model, x)
-                self._check_graph(self._graphs[key], x)
-            return self._graphs[key](x)
-        return self.model.detect_candidates(x)
-
-    def _check_graph(self, graph: "_TrunkGraph", x: torch.Tensor) -> None:
-        """The replayed graph must give the eager scores (same kernels, so equal up to cuDNN choices)."""
-        want, _, _ = self.model.detect_candidates(x)
-        got, _, _ = graph(x)
-        self.checks["cudagraph_vs_eager_scores_max_abs"] = float((got.float() - want.float()).abs().max())
-
-    def nms(self, scores, boxes, inference: InferenceConfig):
-        return select_detections(scores, boxes, inference.score_threshold, inference.nms_threshold,
-                                 inference.max_detections)
-
-    def keypoints(self, features, rois):
-        points, scores, _ = self.model.landmarks(features, rois)
-        return points, scores
-
-    def rois(self, boxes, index):
-        b = boxes[index]
-        return torch.cat([b.new_zeros((b.shape[0], 1)), b], dim=1)
-
-    def first(self, n: int):
-        return torch.arange(n, device=self.device)
-
-    def fill(self, kept, num_candidates: int, n: int):
-        """kept indices first, then the best candidates not kept, n in all (kept[:n] when enough survive)."""
-        if kept.numel() >= n:
-            return kept[:n]
-        free = torch.ones(num_candidates, dtype=torch.bool, device=kept.device)
-        free[kept] = False
-        return torch.cat([kept, torch.nonzero(free, as_tuple=True)[0][: n - kept.numel()]])
-
-    def num_real(self, scores) -> int:
-        return int((scores > PAD_SCORE).sum())
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-class _TrunkGraph:
-    """CUDA graph of the detector trunk (context_features + detection head convs) at one input shape.
-
-    The tail of detect_candidates (anchors, top-k over all anchors, box decoding) runs eagerly on the
-    graph's static outputs, through the same maskface.postprocess.top_candidates the model uses; the anchors
-    of the fixed shape are computed once.
-    """
-
-    def __init__(self, model: MaskFace, example: torch.Tensor, warmup: int = 3):
-        self.model = model
-        self.static_in = example.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm up cuDNN / allocator outside the capture
-            for _ in range(warmup):
-                model.detection_head(model.context_features(self.static_in))
-        torch.cuda.current_stream().wait_stream(stream)
-        torch.cuda.synchronize()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            features = model.context_features(self.static_in)
-            logits, deltas = model.detection_head(features)
-        self.outputs = (logits, deltas, features)
-        self.anchors = model.anchors(features)
-
-    def __call__(self, images: torch.Tensor):
-        self.static_in.copy_(images)
-        self.graph.replay()
-        logits, deltas, features = self.outputs
-        cfg = self.model.cfg
-        scores, boxes = top_candidates(logits, deltas, self.anchors, self.model.box_coder,
-                                       cfg.inference.pre_nms_topk, images.shape[-2:])
-        return scores, boxes, features
-
-
-class TrtRunner(TorchRunner):
-    """TensorRT engines through export/engine_runner.TrtGraphs (torch CUDA tensors in and out)."""
-
-    def __init__(self, graphs, model: MaskFace, engine: str):
-        super().__init__(model, "cuda")
-        self.graphs = graphs
-        self.engine = engine
-
-    def detect(self, x):
-        return self.graphs.detect(x)
-
-    def keypoints(self, features, rois):
-        return self.graphs.keypoints(features, rois)
-
-
-class OrtRunner:
-    """ONNX Runtime sessions (maskface.serving.onnx_graphs.OnnxGraphs) on numpy arrays."""
-
-    def __init__(self, graphs, engine: str):
-        self.graphs = graphs
-        self.engine = engine
-        self.checks: dict[str, float] = {}
-
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(image[None], np.float32)
-
-    def detect(self, x):
-        return self.graphs.detect(x)
-
-    def nms(self, scores, boxes, inference: InferenceConfig):
-        from maskface.serving.onnx_graphs import nms_step
-
-        return nms_step(scores, boxes, inference)
-
-    def keypoints(self, features, rois):
-        return self.graphs.keypoints(features, rois)
-
-    def rois(self, boxes, index):
-        b = np.asarray(boxes)[index]
-        return np.concatenate([np.zeros((len(b), 1), np.float32), b.astype(np.float32)], axis=1)
-
-    def first(self, n: int):
-        return np.arange(n)
-
-    def fill(self, kept, num_candidates: int, n: int):
-        if len(kept) >= n:
-            return kept[:n]
-        free = np.ones(num_candidates, bool)
-        free[kept] = False
-        return np.concatenate([kept, np.nonzero(free)[0][: n - len(kept)]]).astype(np.int64)
-
-    def num_real(self, scores) -> int:
-        return int((np.asarray(scores) > PAD_SCORE).sum())
-
-    def sync(self) -> None:
-        pass
-
-
-# ------------------------------------------------------------------------------------------------ backends
-
-
-def model_key(cfg: MaskFaceConfig, seed: int, checkpoint: str | None) -> str:
-    """Hash of what decides the exported graphs: config, seed / checkpoint content, opset, versions."""
-    try:
-        from export.export_onnx import DEFAULT_OPSET
-    except ImportError:  # onnx missing: the key is only used where exporting works
-        DEFAULT_OPSET = None
-    payload = {"config": cfg.to_dict(), "seed": None if checkpoint else seed,
-               "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None, "opset": DEFAULT_OPSET,
-               "torch": torch.__version__, "maskface": maskface.__version__, "export_version": ONNX_EXPORT_VERSION}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def onnx_graphs(model: MaskFace, key: str, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Path]:
-    """export.export_onnx.export_all into cache_dir/onnx/<preset>, reused when its export_meta.json has `key`."""
-    try:
-        from export.export_onnx import export_all
-    except ImportError as exc:
-        raise Skip(f"cannot export ONNX here ({exc})") from exc
-    folder = cache_dir / "onnx" / model.cfg.name
-    meta_path = folder / "export_meta.json"
-    names = {"detector": "detector.onnx", "keypoint_head": "keypoint_head.onnx",
-             "keypoint_head_portable": "keypoint_head_portable.onnx"}
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        meta = {}
-    paths = {k: folder / v for k, v in names.items()}
-    if meta.get("key") == key and all(p.is_file() for p in paths.values()):
-        log(f"latency: reusing ONNX graphs in {folder} (key {key})")
-        return paths
-    log(f"latency: exporting ONNX graphs of {model.cfg.name} to {folder} (key {key}) ...")
-    t0 = time.perf_counter()
-    meta_path.unlink(missing_ok=True)
-    paths = {k: Path(v) for k, v in export_all(model, folder).items()}
-    atomic_write_json(meta_path, {"key": key, "preset": model.cfg.name, "files": {k: p.name for k, p in paths.items()}})
-    log(f"latency: exported in {time.perf_counter() - t0:.1f} s")
-    return paths
-
-
-def tensorrt_runner(model: MaskFace, key: str, cache_dir: Path, onnx_paths: Callable[[], dict[str, Path]],
-                    max_side: int, max_faces: int, log: Callable[[str], None]) -> TrtRunner:
-    try:
-        from export.tensorrt_build import build_engines, tensorrt_status
-    except ImportError as exc:
-        raise Skip(f"export/tensorrt_build.py is not importable here ({exc})") from exc
-    available, reason = tensorrt_status()
-    if not available:
-        raise Skip(f"TensorRT not available: {reason}")
-    try:
-        from export.engine_runner import TrtGraphs
-
-        folder = cache_dir / "engines" / f"{model.cfg.name}-fp16-{max_side}-{max_faces}"
-        meta_path = folder / "bench_meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        if meta.get("key") != key:
-            log(f"latency: building FP16 TensorRT engines in {folder} ...")
-            # plugin_library=None: built against the headers of the runtime's TensorRT major version.
-            metadata = build_engines(onnx_paths(), folder, plugin_library=None, fp16=True, max_size=max_side,
-                                     max_batch=1, max_faces=max_faces, workspace_gb=4.0)
-            meta = {"key": key, "metadata": metadata.to_json()}
-            atomic_write_json(meta_path, meta)
-        version = (meta.get("metadata") or {}).get("tensorrt_version", "?")
-        plugin = meta["metadata"]["plugin"]["path"]
-        return TrtRunner(TrtGraphs(folder, plugin), model, f"TensorRT {version} engines (FP16)")
-    except Skip:
-        raise
-    except Exception as exc:  # a builder/runtime failure: report it as the reason, keep the other rows
-        raise Skip(f"TensorRT engines could not be built or loaded: {type(exc).__name__}: {exc}") from exc
-
-
-def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: str,
-                onnx_paths: Callable[[], dict[str, Path]], log: Callable[[str], None]):
-    """(runner, precision label) or raises Skip."""
-    cuda = args.device == "cuda"
-    if backend in CUDA_ONLY and not cuda:
-        raise Skip("needs --device cuda (a CUDA GPU)")
-    if backend == "torch-fp32":
-        runner = TorchRunner(copy.deepcopy(model).to(args.device) if cuda else model, args.device)
-        runner.engine = f"PyTorch {torch.__version__} eager"
-        tf32 = cuda and torch.backends.cudnn.allow_tf32
-        return runner, "FP32 (cuDNN may use TF32 for convs)" if tf32 else "FP32"
-    if backend == "torch-fp32-cl":
-        runner = TorchRunner(copy.deepcopy(model).to(args.device).to(memory_format=torch.channels_last),
-                             args.device, channels_last=True)
-        runner.engine = f"PyTorch {torch.__version__} eager, channels-last"
-        tf32 = cuda and torch.backends.cudnn.allow_tf32
-        return runner, "FP32 (cuDNN may use TF32 for convs)" if tf32 else "FP32"
-    if backend in ("torch-fp16", "torch-fp16-cudagraph"):
-        half = copy.deepcopy(model).to(args.device).half().to(memory_format=torch.channels_last)
-        graph = backend.endswith("cudagraph")
-        runner = TorchRunner(half, args.device, half=True, channels_last=True, cuda_graph=graph)
-        runner.engine = (f"PyTorch {torch.__version__}, channels-last"
-                         + (", CUDA graph of the detector trunk" if graph else " eager"))
-        return runner, "FP16"
-    if backend == "onnxruntime":
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise Skip("onnxruntime is not installed") from exc
-        from maskface.serving.onnx_graphs import OnnxGraphs
-
-        providers = ["CPUExecutionProvider"]
-        if cuda:
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise Skip("onnxruntime has no CUDAExecutionProvider here; run --device cpu for the CPU rows")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        paths = onnx_paths()
-        graphs = OnnxGraphs(paths["detector"], paths["keypoint_head_portable"], threads=args.threads,
-                            providers=providers)
-        return OrtRunner(graphs, f"ONNX Runtime {ort.__version__} ({providers[0]})"), "FP32"
-    if backend == "tensorrt-fp16":
-        max_side = max(max(input_hw(s, model.cfg)) for s in args.sizes)
-        max_faces = max(max(args.faces), args.e2e_faces, 1)
-        return tensorrt_runner(model, key, Path(args.cache_dir), onnx_paths, max_side, max_faces, log), "FP16"
-    raise Skip(f"unknown backend {backend}")  # pragma: no cover - parse_args refuses it
-
-
 # ------------------------------------------------------------------------------------------------ measuring
 
 
@@ -621,14 +327,14 @@ def measure(runner, image: np.ndarray, inference: InferenceConfig, faces: list[i
             scores, boxes, features = runner.detect(x)
             runner.sync()
             t1 = time.perf_counter()
-            kept = runner.nms(scores[0], boxes[0], inference)
+            kept = runner.select(scores[0], boxes[0], inference)
             runner.sync()
             t2 = time.perf_counter()
             if e2e_faces:
                 runner.keypoints(features, runner.rois(boxes[0], runner.fill(kept, num_candidates, e2e_faces)))
             runner.sync()
             t3 = time.perf_counter()
-            kept_all = runner.nms(scores[0], boxes[0], full)
+            kept_all = runner.select(scores[0], boxes[0], full)
             runner.sync()
             t4 = time.perf_counter()
             sweep = {}
@@ -668,200 +374,6 @@ def add_rates(row: dict[str, Any], gflop: dict[str, float], peak: float | None) 
         rates[f"keypoints_{f}"] = per_face * int(f) / (v["total_ms"]["median"] / 1e3)
     row["gflops_achieved"] = rates
     row["peak_fraction"] = {k: (v / peak if peak else None) for k, v in rates.items()}
-
-
-# ------------------------------------------------------------------------------------------------ reports
-
-
-def _fmt(v: float | None, digits: int | None = None) -> str:
-    if v is None:
-        return "n/a"
-    if digits is None:
-        digits = 2 if abs(v) < 10 else 1 if abs(v) < 1000 else 0
-    return f"{v:.{digits}f}"
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}%"
-
-
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """ONNX Runtime / PyTorch FP32 time ratios for the same backbone, size and device (> 1: ORT slower)."""
-    out = []
-    for ort_row in (r for r in rows if r["backend"] == "onnxruntime"):
-        for ref in rows:
-            if ref["backend"] == "torch-fp32" and (ref["backbone"], ref["size"]) == (ort_row["backbone"], ort_row["size"]):
-                item = {"backbone": ort_row["backbone"], "size": ort_row["size"], "numerator": "onnxruntime",
-                        "denominator": "torch-fp32"}
-                for stage in ("detector_ms", "nms_ms", "e2e_ms"):
-                    item[stage.replace("_ms", "")] = ort_row[stage]["median"] / ref[stage]["median"]
-                f = max(ort_row["keypoints"], key=int)
-                item[f"keypoints_{f}"] = (ort_row["keypoints"][f]["total_ms"]["median"]
-                                          / ref["keypoints"][f]["total_ms"]["median"])
-                out.append(item)
-    return out
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    env, rows = report["environment"], report["rows"]
-    faces = report["settings"]["faces"]
-    trained = {r["trained"] for r in rows}
-    lines = [
-        "# MaskFace latency (benchmarks/latency.py)",
-        "",
-        f"- Device: **{env['device_name']}** (`--device {env['device']}`)"
-        + (f"; host CPU: {env['cpu']}" if env.get("gpu") else "")
-        + f"; threads: {env['threads']} of {env['cpu_available']} available CPUs",
-        f"- Software: torch {env['torch']}, onnxruntime {env.get('onnxruntime') or 'not installed'}, "
-        f"Python {env['python']}" + (f", CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}" if env.get("gpu") else ""),
-        f"- Weights: {'trained (--checkpoint)' if trained == {True} else 'seeded initialisation, untrained' if trained == {False} else 'mixed'}"
-        " (timings do not depend on the weight values, except the number of faces NMS keeps)",
-        f"- {report['settings']['runs']} timed runs after {report['settings']['warmup']} warm-up runs; batch 1; "
-        "times in ms, median / p90",
-        "- e2e = detector + NMS + keypoint head for E faces, chained; preprocessing EXCLUDED "
-        "(reported separately below)",
-        f"- Peak (the % peak columns divide by it): {env['peak']['formula']}",
-        *([f"- For comparison only, an ESTIMATE from the clock: {env['peak_estimate']['formula']}"]
-          if env.get("peak_estimate") else []),
-        f"- Created {report['created']} by `{report['command']}`",
-        "",
-        "## Our rows",
-        "",
-    ]
-    if not report.get("complete", True):
-        lines[-2:-2] = ["**PARTIAL: the run has not finished (or was cut short); rows so far only.**", ""]
-    head = (["backbone", "image (input)", "backend", "precision", "device", "threads", "detector", "NMS [kept]",
-             "NMS all candidates [kept/of]"] + [f"kp ms/face @{f}" for f in faces]
-            + ["e2e [E faces]", "detector GFLOP/s", "detector % of measured peak", "e2e GFLOP/s"])
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for r in rows:
-        cells = [
-            r["backbone_name"], f"{r['size']} ({r['input_hw'][1]}x{r['input_hw'][0]})", r["backend"], r["precision"],
-            r["device_kind"], str(r["threads"]),
-            f"{_fmt(r['detector_ms']['median'])} / {_fmt(r['detector_ms']['p90'])}",
-            f"{_fmt(r['nms_ms']['median'], 3)} / {_fmt(r['nms_ms']['p90'], 3)} [{r['nms_kept']}]",
-            f"{_fmt(r['nms_full_ms']['median'], 3)} / {_fmt(r['nms_full_ms']['p90'], 3)} "
-            f"[{r['nms_full_kept']}/{r['nms_full_candidates']}]",
-        ]
-        for f in faces:
-            v = r["keypoints"][str(f)]["per_face_ms"]
-            cells.append(f"{_fmt(v['median'], 3)} / {_fmt(v['p90'], 3)}")
-        cells += [f"{_fmt(r['e2e_ms']['median'])} / {_fmt(r['e2e_ms']['p90'])} [{r['e2e_faces']}]",
-                  _fmt(r["gflops_achieved"]["detector"], 1), _pct(r["peak_fraction"]["detector"]),
-                  _fmt(r["gflops_achieved"]["e2e"], 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    if not rows:
-        lines.append("| (no backend ran) |" + " |" * (len(head) - 1))
-
-    lines += ["", "## Side by side with the paper's Table 7", "",
-              "| source | method | backbone | precision | hardware | image | ms / image | keypoint head ms / face |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        f1 = r["keypoints"][str(max(faces, key=int))]["per_face_ms"]["median"]
-        lines.append(f"| ours ({r['backend']}) | MaskFace | {r['backbone_name']} | {r['precision']} | {r['device_name']} "
-                     f"| {r['size']} | {_fmt(r['e2e_ms']['median'])} (e2e, {r['e2e_faces']} faces) "
-                     f"| {_fmt(f1, 3)} (@{max(faces)}) |")
-    for p in report["paper_table7"]:
-        per_image = _fmt(p["ms"]) if p["unit"] == "ms / image" else "-"
-        per_face = _fmt(p["ms"], 2) if p["unit"] == "ms / face" else "-"
-        lines.append(f"| paper Table 7 | {p['method']} | {p['backbone']} | (not stated) | {p['hardware']} | "
-                     f"{p['input']} | {per_image} | {per_face} |")
-
-    lines += ["", "## Work and rates", "", "| backbone | image | detector GFLOP | keypoint GFLOP / face | preprocess ms (median) |",
-              "|---|---|---|---|---|"]
-    seen = set()
-    for r in rows:
-        if (r["backbone"], r["size"]) in seen:
-            continue
-        seen.add((r["backbone"], r["size"]))
-        pre = report["preprocess_ms"].get(r["size"]) or {}  # None: no OpenCV to decode the JPEG
-        lines.append(f"| {r['backbone_name']} | {r['size']} | {_fmt(r['gflop']['detector'], 1)} | "
-                     f"{_fmt(r['gflop']['keypoint_per_face'], 3)} | {_fmt(pre.get('median'))} |")
-    if report["ratios"]:
-        lines += ["", "## ONNX Runtime / PyTorch FP32 (time ratio, > 1 means ONNX Runtime is slower)", "",
-                  "| backbone | image | detector | NMS | keypoints (largest F) | e2e |", "|---|---|---|---|---|---|"]
-        for q in report["ratios"]:
-            kpk = next(k for k in q if k.startswith("keypoints_"))
-            lines.append(f"| {BACKBONE_NAMES.get(q['backbone'], q['backbone'])} | {q['size']} | {q['detector']:.2f} | "
-                         f"{q['nms']:.2f} | {q[kpk]:.2f} ({kpk.split('_')[1]} faces) | {q['e2e']:.2f} |")
-    if report["skipped"]:
-        lines += ["", "## Skipped", ""]
-        lines += [f"- {s['backbone']} / {s['backend']}: {s['reason']}" for s in report["skipped"]]
-    notes = [n for r in rows for n in r.get("notes", [])]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    rows = report["rows"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
-    # Grouped bars, one per stage and the end-to-end total, on a log axis: stacking segments on a
-    # log scale would hide the small ones (NMS) and misstate each segment's share.
-    stages = (("detector", "detector_ms", "#3b75af"), ("NMS", "nms_ms", "#ef8636"),
-              ("keypoint head (E faces)", "e2e_keypoints_ms", "#519e3e"), ("end to end", "e2e_ms", "#7f3fbf"))
-    labels = [f"ours {r['backbone']} {r['size']}\n{r['backend']}\n{r['device_kind']}" for r in rows]
-    paper = [p for p in report["paper_table7"] if p["unit"] == "ms / image"]
-    labels += [f"paper {p['method']}\n{p['backbone']}\n{p['hardware'].replace('NVIDIA ', '')}" for p in paper]
-    width = 0.8 / len(stages)
-    heights = []
-    for k, (name, key, colour) in enumerate(stages):
-        values = [r[key]["median"] for r in rows]
-        xs = np.arange(len(rows)) + (k - (len(stages) - 1) / 2) * width
-        ax1.bar(xs, values, width, color=colour, label=name)
-        for x, v in zip(xs, values):
-            ax1.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6, rotation=90)
-        heights += values
-    px = np.arange(len(rows), len(rows) + len(paper))
-    ax1.bar(px, [p["ms"] for p in paper], width, color="#aaaaaa", hatch="//", label="paper Table 7 (per image)")
-    heights += [p["ms"] for p in paper]
-    ax1.set_xticks(np.arange(len(labels)))
-    ax1.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax1.set_yscale("log")
-    positive = [v for v in heights if v > 0]
-    if positive:
-        ax1.set_ylim(min(positive) / 3, max(positive) * 4)
-    ax1.set_ylabel("ms per image (median, log scale; bars side by side, not stacked)")
-    ax1.set_title("Per-image latency by stage (preprocessing excluded)")
-    ax1.legend(fontsize=8)
-    faces = report["settings"]["faces"]
-    for r in rows:
-        ax2.plot(faces, [r["keypoints"][str(f)]["per_face_ms"]["median"] for f in faces], marker="o",
-                 label=f"{r['backbone']} {r['size']} {r['backend']}")
-    ax2.axhline(0.11, color="#777777", linestyle="--", label="paper: 0.11 ms/face (2080 Ti)")
-    ax2.set_xscale("log", base=2)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("faces per call")
-    ax2.set_ylabel("keypoint head ms per face (median)")
-    ax2.set_title("Keypoint head")
-    ax2.legend(fontsize=7)
-    env = report["environment"]
-    fig.suptitle(f"MaskFace latency on {env['device_name']} ({env['threads']} threads; "
-                 f"{'trained' if all(r['trained'] for r in rows) and rows else 'untrained'} weights)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------ main

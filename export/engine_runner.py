@@ -2,7 +2,7 @@
 
     engine = TrtEngine("artifacts/engines/keypoint_head.plan", plugin_library=lib)
     out = engine({"m2": m2, ..., "rois": rois})          # dict of torch CUDA tensors
-    graphs = TrtGraphs("artifacts/engines", lib)          # same detect / keypoints as OnnxGraphs
+    runtime = TensorRTRuntime("artifacts/engines", lib)   # a maskface.pipeline.Runtime, like OrtRuntime
 
 Per call: every input's shape goes to ``set_input_shape`` (dynamic shapes, checked against the
 engine's profile), outputs are allocated as torch tensors from the context's resolved shapes
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from maskface.contracts import FEATURE_NAMES
+from maskface.pipeline import select_candidates
 from maskface.serving.manifest import EngineManifest
 
 from .tensorrt_build import (
@@ -246,11 +247,12 @@ def _to_numpy(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
             for t in tensors]
 
 
-class TrtGraphs:
-    """detector.plan + keypoint_head.plan with OnnxGraphs' interface (detect / keypoints / num_landmarks).
+class TensorRTRuntime:
+    """detector.plan + keypoint_head.plan as a pipeline runtime (maskface.pipeline.Runtime: detect /
+    select / keypoints; num_landmarks).
 
     engines: the build folder (detector.plan, keypoint_head.plan, engines.json) or a
-    (detector_plan, keypoint_plan) pair. output="numpy" returns numpy arrays like OnnxGraphs;
+    (detector_plan, keypoint_plan) pair. output="numpy" returns numpy arrays like OrtRuntime;
     output="torch" returns CUDA tensors (no host copies; for benchmarks), and keypoints() then takes
     the CUDA features of detect() directly.
     """
@@ -294,6 +296,10 @@ class TrtGraphs:
         scores, boxes, *features = self._out([out["scores"], out["boxes"], *(out[n] for n in self.feature_names)])
         return scores, boxes, features
 
+    def select(self, scores, boxes, inference) -> Any:
+        """The pipeline's selection rule on one image's candidates (numpy or CUDA tensors)."""
+        return select_candidates(scores, boxes, inference)
+
     def keypoints(self, features: Sequence[Any], rois) -> tuple[Any, Any]:
         """features m2..m6 (numpy or torch), rois [N, 5] -> landmarks [N, K, 2], landmark_scores [N, K]."""
         feeds = dict(zip(self.feature_names, features))
@@ -308,3 +314,6 @@ class TrtGraphs:
         out = self.keypoint_head(feeds)
         landmarks, scores = self._out([out["landmarks"], out["landmark_scores"]])
         return landmarks, scores
+
+
+TrtGraphs = TensorRTRuntime  # the old name, kept for existing callers

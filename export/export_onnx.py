@@ -19,7 +19,7 @@ import onnx
 import torch
 
 
-from export.graphs import (
+from export.export_modules import (
     PLUGIN_NAMESPACE, PLUGIN_OP_VERSION, DETECTOR_INPUTS, DETECTOR_OUTPUTS, FEATURE_NAMES, HEATMAP_OUTPUT,
     KEYPOINT_INPUTS, KEYPOINT_OUTPUTS, POOLED_NAME, DetectorGraph, KeypointGraph,
 )

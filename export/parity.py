@@ -91,11 +91,13 @@ def clear_peaks(heatmaps: torch.Tensor, margin: float = PEAK_MARGIN) -> np.ndarr
     return ((top2[..., 0] - top2[..., 1]) > margin).numpy()
 
 
-def compare(model: MaskFace, graphs, name: str, image: np.ndarray, num_rois: int = 37) -> CaseReport:
-    """One input through PyTorch and through `graphs` (OnnxGraphs / TrtGraphs interface)."""
-    with torch.no_grad():
-        t_scores, t_boxes, t_features = model.detect_candidates(torch.from_numpy(image[None]))
-    scores, boxes, features = graphs.detect(image[None])
+def compare(model: MaskFace, runtime, name: str, image: np.ndarray, num_rois: int = 37) -> CaseReport:
+    """One input through the PyTorch runtime and through `runtime` (a maskface.pipeline.Runtime:
+    OrtRuntime, TensorRTRuntime), stage by stage."""
+    from maskface.runtimes.torch_runtime import TorchRuntime
+
+    t_scores, t_boxes, t_features = TorchRuntime(model).detect(image[None])
+    scores, boxes, features = runtime.detect(image[None])
     score_err, box_err = candidate_errors(t_scores[0].numpy(), t_boxes[0].numpy(), scores[0], boxes[0])
     names = [f"m{i + 2}" for i in range(len(features))]
     f_max = {n: float(np.abs(f - t.numpy()).max()) for n, f, t in zip(names, features, t_features)}
@@ -113,7 +115,7 @@ def compare(model: MaskFace, graphs, name: str, image: np.ndarray, num_rois: int
     with torch.no_grad():
         t_points, t_point_scores, t_heatmaps = model.landmarks(t_features, rois)
     # The backends read the PyTorch features, so only the keypoint graph itself is compared.
-    points, point_scores = graphs.keypoints([t.numpy() for t in t_features], rois.numpy())
+    points, point_scores = runtime.keypoints([t.numpy() for t in t_features], rois.numpy())
     if report.num_rois:
         clear = clear_peaks(t_heatmaps)
         report.ambiguous_peaks = int((~clear).sum())
@@ -177,13 +179,13 @@ def failure_message(report: dict) -> str:
     return "\n".join(lines + [f"  {WAY_OUT}"])
 
 
-def run_parity(model: MaskFace, graphs, backend: str, tolerance: dict | None = None, rtol: dict | None = None,
+def run_parity(model: MaskFace, runtime, backend: str, tolerance: dict | None = None, rtol: dict | None = None,
                **kwargs) -> dict:
     """Compare every input; the gate is per tensor (see FP32_TOLERANCE / FP32_RTOL)."""
     from tqdm import tqdm
 
     inputs = parity_inputs(model, **kwargs)
-    cases = [compare(model, graphs, name, image)
+    cases = [compare(model, runtime, name, image)
              for name, image in tqdm(inputs, desc=f"parity vs {backend}", unit="input", leave=False)]
     return summarise(cases, backend, model.cfg.name, tolerance, rtol)
 
@@ -235,7 +237,7 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     from export.export_onnx import DETECTOR_FILE, KEYPOINT_PORTABLE_FILE, load_or_init_model
-    from maskface.serving.onnx_graphs import OnnxGraphs
+    from maskface.runtimes.ort_runtime import OrtRuntime
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--onnx-dir", default="artifacts/onnx")
@@ -246,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"relative tolerance of every tensor with one (default: {FP32_RTOL})")
     args = p.parse_args(argv)
     model, _ = load_or_init_model(args.checkpoint, args.config)
-    graphs = OnnxGraphs(Path(args.onnx_dir) / DETECTOR_FILE, Path(args.onnx_dir) / KEYPOINT_PORTABLE_FILE)
-    report = run_parity(model, graphs, "onnxruntime", rtol=with_rtol(FP32_RTOL, args.rtol))
+    runtime = OrtRuntime(Path(args.onnx_dir) / DETECTOR_FILE, Path(args.onnx_dir) / KEYPOINT_PORTABLE_FILE)
+    report = run_parity(model, runtime, "onnxruntime", rtol=with_rtol(FP32_RTOL, args.rtol))
     paths = write_report(report, args.out)
     print(to_markdown(report))
     print(f"parity: wrote {paths[0]} and {paths[1]}")

@@ -71,8 +71,10 @@ class MaskFace(nn.Module):
         return scores, boxes, features
 
     def select_detections(self, scores: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        inf = self.cfg.inference
-        return select_detections(scores, boxes, inf.score_threshold, inf.nms_threshold, inf.max_detections)
+        """The pipeline's selection rule (maskface.pipeline.select_candidates) with cfg.inference."""
+        from ..pipeline import select_candidates
+
+        return select_candidates(scores, boxes, self.cfg.inference)
 
     def landmarks(self, features: list[torch.Tensor], rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Landmarks [N, K, 2], scores [N, K] and heatmap logits [N, K, 56, 56] for rois [N, 5]."""

@@ -1,6 +1,6 @@
 """Serving: the exported graphs in-process and behind a real Triton server.
 
-onnx_graphs   the whole pipeline in ONNX Runtime, in-process (parity reference, benchmarks)
+onnx_graphs   old name of maskface.runtimes.ort_runtime (the pipeline in ONNX Runtime, in-process)
 stages        the logic of the Triton Python-backend models (triton_models/*/1/model.py)
 repository    render triton_models/ for the `cpu` or `tensorrt` target
 server        launch / stop tritonserver (bundled in nvidia-pytriton or a system install)

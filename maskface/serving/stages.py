@@ -2,8 +2,8 @@
 
 `triton_models/*/1/model.py` are thin adapters: they read their config.pbtxt parameters, call the
 stage objects below and turn exceptions into error responses. The stages themselves call the
-library (maskface.preprocess, maskface.postprocess via onnx_graphs.nms_step) so the server runs
-exactly the code of `OnnxPredictor` / the PyTorch predictor, and they can be tested in-process.
+library (maskface.preprocess, maskface.pipeline.select_candidates) so the server runs exactly the
+stages of maskface.pipeline.Pipeline (what Predictor / OnnxPredictor run), testable in-process.
 
 Tensors between the stages (all per request, batch 1; see triton_models/README.md):
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import InferenceConfig, InputConfig
 from ..contracts import FEATURE_NAMES, FEATURE_STRIDES
+from ..pipeline import rois_of
 from ..preprocess import MAX_INPUT_PIXELS, Prepared, decode_image, prepare_image
 
 
@@ -346,11 +347,11 @@ class CandidateSelector:
     """Score threshold + NMS + max detections on one image's candidates (maskface.postprocess)."""
 
     def __init__(self, cfg: InferenceConfig | None = None, bounds: InputBounds | None = None):
-        from .onnx_graphs import nms_step  # imports torch/torchvision: only the NMS model pays for it
+        from ..pipeline import select_candidates  # imports torch/torchvision when called: only the NMS model
 
         self.cfg = cfg or InferenceConfig()
         self.bounds = bounds or InputBounds(max_detections=self.cfg.max_detections)
-        self._nms_step = nms_step
+        self._select = select_candidates
 
     @classmethod
     def from_parameters(cls, p: Parameters) -> "CandidateSelector":
@@ -368,9 +369,8 @@ class CandidateSelector:
             raise RequestError(f"expected scores [1, k] and boxes [1, k, 4], got {list(scores.shape)} "
                                f"and {list(boxes.shape)}")
         check_detector_outputs(scores, boxes, self.bounds)
-        keep = self._nms_step(scores[0], boxes[0], self.cfg)
-        kept = boxes[0][keep]
-        rois = np.concatenate([np.zeros((len(keep), 1), np.float32), kept], axis=1).astype(np.float32)
+        keep = self._select(scores[0], boxes[0], self.cfg)
+        rois = rois_of(boxes[0][keep])
         return rois.reshape(-1, 5), scores[0][keep].astype(np.float32).reshape(-1)
 
 
@@ -422,8 +422,7 @@ class OnnxModel:
     """One exported graph in ONNX Runtime, the `cpu` target's stand-in for a TensorRT plan."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        # onnxruntime directly, not onnx_graphs.ort_session: that module imports torch, which would
-        # add seconds to every stub's start-up for nothing.
+        # onnxruntime directly (no torch in the stubs that run graphs: seconds of start-up saved).
         import onnxruntime as ort
 
         path = Path(path)

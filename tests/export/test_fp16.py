@@ -24,7 +24,7 @@ from export.fp16 import (
     emulate_fp16_storage,
     fp16_path,
 )
-from export.graphs import POOLED_NAME
+from maskface.contracts import POOLED_NAME
 from export.parity import clear_peaks
 from tests.export.conftest_trt import exported_graphs
 

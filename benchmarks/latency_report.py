@@ -1,0 +1,204 @@
+"""The latency benchmark's report: markdown tables (our rows, the paper's Table 7, ratios) and the chart."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BACKBONE_NAMES = {"r50": "ResNet-50", "mbv2": "MobileNetV2", "rx101": "ResNeXt-101 32x8d",
+                  "rx152": "ResNeXt-152 32x8d"}
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+def _fmt(v: float | None, digits: int | None = None) -> str:
+    if v is None:
+        return "n/a"
+    if digits is None:
+        digits = 2 if abs(v) < 10 else 1 if abs(v) < 1000 else 0
+    return f"{v:.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ONNX Runtime / PyTorch FP32 time ratios for the same backbone, size and device (> 1: ORT slower)."""
+    out = []
+    for ort_row in (r for r in rows if r["backend"] == "onnxruntime"):
+        for ref in rows:
+            if ref["backend"] == "torch-fp32" and (ref["backbone"], ref["size"]) == (ort_row["backbone"], ort_row["size"]):
+                item = {"backbone": ort_row["backbone"], "size": ort_row["size"], "numerator": "onnxruntime",
+                        "denominator": "torch-fp32"}
+                for stage in ("detector_ms", "nms_ms", "e2e_ms"):
+                    item[stage.replace("_ms", "")] = ort_row[stage]["median"] / ref[stage]["median"]
+                f = max(ort_row["keypoints"], key=int)
+                item[f"keypoints_{f}"] = (ort_row["keypoints"][f]["total_ms"]["median"]
+                                          / ref["keypoints"][f]["total_ms"]["median"])
+                out.append(item)
+    return out
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    env, rows = report["environment"], report["rows"]
+    faces = report["settings"]["faces"]
+    trained = {r["trained"] for r in rows}
+    lines = [
+        "# MaskFace latency (benchmarks/latency.py)",
+        "",
+        f"- Device: **{env['device_name']}** (`--device {env['device']}`)"
+        + (f"; host CPU: {env['cpu']}" if env.get("gpu") else "")
+        + f"; threads: {env['threads']} of {env['cpu_available']} available CPUs",
+        f"- Software: torch {env['torch']}, onnxruntime {env.get('onnxruntime') or 'not installed'}, "
+        f"Python {env['python']}" + (f", CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}" if env.get("gpu") else ""),
+        f"- Weights: {'trained (--checkpoint)' if trained == {True} else 'seeded initialisation, untrained' if trained == {False} else 'mixed'}"
+        " (timings do not depend on the weight values, except the number of faces NMS keeps)",
+        f"- {report['settings']['runs']} timed runs after {report['settings']['warmup']} warm-up runs; batch 1; "
+        "times in ms, median / p90",
+        "- e2e = detector + NMS + keypoint head for E faces, chained; preprocessing EXCLUDED "
+        "(reported separately below)",
+        f"- Peak (the % peak columns divide by it): {env['peak']['formula']}",
+        *([f"- For comparison only, an ESTIMATE from the clock: {env['peak_estimate']['formula']}"]
+          if env.get("peak_estimate") else []),
+        f"- Created {report['created']} by `{report['command']}`",
+        "",
+        "## Our rows",
+        "",
+    ]
+    if not report.get("complete", True):
+        lines[-2:-2] = ["**PARTIAL: the run has not finished (or was cut short); rows so far only.**", ""]
+    head = (["backbone", "image (input)", "backend", "precision", "device", "threads", "detector", "NMS [kept]",
+             "NMS all candidates [kept/of]"] + [f"kp ms/face @{f}" for f in faces]
+            + ["e2e [E faces]", "detector GFLOP/s", "detector % of measured peak", "e2e GFLOP/s"])
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for r in rows:
+        cells = [
+            r["backbone_name"], f"{r['size']} ({r['input_hw'][1]}x{r['input_hw'][0]})", r["backend"], r["precision"],
+            r["device_kind"], str(r["threads"]),
+            f"{_fmt(r['detector_ms']['median'])} / {_fmt(r['detector_ms']['p90'])}",
+            f"{_fmt(r['nms_ms']['median'], 3)} / {_fmt(r['nms_ms']['p90'], 3)} [{r['nms_kept']}]",
+            f"{_fmt(r['nms_full_ms']['median'], 3)} / {_fmt(r['nms_full_ms']['p90'], 3)} "
+            f"[{r['nms_full_kept']}/{r['nms_full_candidates']}]",
+        ]
+        for f in faces:
+            v = r["keypoints"][str(f)]["per_face_ms"]
+            cells.append(f"{_fmt(v['median'], 3)} / {_fmt(v['p90'], 3)}")
+        cells += [f"{_fmt(r['e2e_ms']['median'])} / {_fmt(r['e2e_ms']['p90'])} [{r['e2e_faces']}]",
+                  _fmt(r["gflops_achieved"]["detector"], 1), _pct(r["peak_fraction"]["detector"]),
+                  _fmt(r["gflops_achieved"]["e2e"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        lines.append("| (no backend ran) |" + " |" * (len(head) - 1))
+
+    lines += ["", "## Side by side with the paper's Table 7", "",
+              "| source | method | backbone | precision | hardware | image | ms / image | keypoint head ms / face |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f1 = r["keypoints"][str(max(faces, key=int))]["per_face_ms"]["median"]
+        lines.append(f"| ours ({r['backend']}) | MaskFace | {r['backbone_name']} | {r['precision']} | {r['device_name']} "
+                     f"| {r['size']} | {_fmt(r['e2e_ms']['median'])} (e2e, {r['e2e_faces']} faces) "
+                     f"| {_fmt(f1, 3)} (@{max(faces)}) |")
+    for p in report["paper_table7"]:
+        per_image = _fmt(p["ms"]) if p["unit"] == "ms / image" else "-"
+        per_face = _fmt(p["ms"], 2) if p["unit"] == "ms / face" else "-"
+        lines.append(f"| paper Table 7 | {p['method']} | {p['backbone']} | (not stated) | {p['hardware']} | "
+                     f"{p['input']} | {per_image} | {per_face} |")
+
+    lines += ["", "## Work and rates", "", "| backbone | image | detector GFLOP | keypoint GFLOP / face | preprocess ms (median) |",
+              "|---|---|---|---|---|"]
+    seen = set()
+    for r in rows:
+        if (r["backbone"], r["size"]) in seen:
+            continue
+        seen.add((r["backbone"], r["size"]))
+        pre = report["preprocess_ms"].get(r["size"]) or {}  # None: no OpenCV to decode the JPEG
+        lines.append(f"| {r['backbone_name']} | {r['size']} | {_fmt(r['gflop']['detector'], 1)} | "
+                     f"{_fmt(r['gflop']['keypoint_per_face'], 3)} | {_fmt(pre.get('median'))} |")
+    if report["ratios"]:
+        lines += ["", "## ONNX Runtime / PyTorch FP32 (time ratio, > 1 means ONNX Runtime is slower)", "",
+                  "| backbone | image | detector | NMS | keypoints (largest F) | e2e |", "|---|---|---|---|---|---|"]
+        for q in report["ratios"]:
+            kpk = next(k for k in q if k.startswith("keypoints_"))
+            lines.append(f"| {BACKBONE_NAMES.get(q['backbone'], q['backbone'])} | {q['size']} | {q['detector']:.2f} | "
+                         f"{q['nms']:.2f} | {q[kpk]:.2f} ({kpk.split('_')[1]} faces) | {q['e2e']:.2f} |")
+    if report["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {s['backbone']} / {s['backend']}: {s['reason']}" for s in report["skipped"]]
+    notes = [n for r in rows for n in r.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = report["rows"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
+    # Grouped bars, one per stage and the end-to-end total, on a log axis: stacking segments on a
+    # log scale would hide the small ones (NMS) and misstate each segment's share.
+    stages = (("detector", "detector_ms", "#3b75af"), ("NMS", "nms_ms", "#ef8636"),
+              ("keypoint head (E faces)", "e2e_keypoints_ms", "#519e3e"), ("end to end", "e2e_ms", "#7f3fbf"))
+    labels = [f"ours {r['backbone']} {r['size']}\n{r['backend']}\n{r['device_kind']}" for r in rows]
+    paper = [p for p in report["paper_table7"] if p["unit"] == "ms / image"]
+    labels += [f"paper {p['method']}\n{p['backbone']}\n{p['hardware'].replace('NVIDIA ', '')}" for p in paper]
+    width = 0.8 / len(stages)
+    heights = []
+    for k, (name, key, colour) in enumerate(stages):
+        values = [r[key]["median"] for r in rows]
+        xs = np.arange(len(rows)) + (k - (len(stages) - 1) / 2) * width
+        ax1.bar(xs, values, width, color=colour, label=name)
+        for x, v in zip(xs, values):
+            ax1.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6, rotation=90)
+        heights += values
+    px = np.arange(len(rows), len(rows) + len(paper))
+    ax1.bar(px, [p["ms"] for p in paper], width, color="#aaaaaa", hatch="//", label="paper Table 7 (per image)")
+    heights += [p["ms"] for p in paper]
+    ax1.set_xticks(np.arange(len(labels)))
+    ax1.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax1.set_yscale("log")
+    positive = [v for v in heights if v > 0]
+    if positive:
+        ax1.set_ylim(min(positive) / 3, max(positive) * 4)
+    ax1.set_ylabel("ms per image (median, log scale; bars side by side, not stacked)")
+    ax1.set_title("Per-image latency by stage (preprocessing excluded)")
+    ax1.legend(fontsize=8)
+    faces = report["settings"]["faces"]
+    for r in rows:
+        ax2.plot(faces, [r["keypoints"][str(f)]["per_face_ms"]["median"] for f in faces], marker="o",
+                 label=f"{r['backbone']} {r['size']} {r['backend']}")
+    ax2.axhline(0.11, color="#777777", linestyle="--", label="paper: 0.11 ms/face (2080 Ti)")
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("faces per call")
+    ax2.set_ylabel("keypoint head ms per face (median)")
+    ax2.set_title("Keypoint head")
+    ax2.legend(fontsize=7)
+    env = report["environment"]
+    fig.suptitle(f"MaskFace latency on {env['device_name']} ({env['threads']} threads; "
+                 f"{'trained' if all(r['trained'] for r in rows) and rows else 'untrained'} weights)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,8 @@
+"""Runtimes of the inference pipeline (maskface.pipeline.Runtime): the detector graph, the keypoint
+graph and the selection step on one backend each.
+
+torch_runtime   TorchRuntime: the PyTorch model's own stages (maskface.modeling)
+ort_runtime     OrtRuntime: detector.onnx + keypoint_head_portable.onnx in ONNX Runtime
+triton_runtime  TritonRuntime: the maskface_detector / maskface_keypoints models of a Triton server
+(TensorRT engines: export/engine_runner.TensorRTRuntime, which needs the TensorRT runtime.)
+"""

@@ -1,0 +1,59 @@
+"""The exported graphs (detector.onnx + a portable keypoint_head graph) in ONNX Runtime as a pipeline
+runtime. Used by the export parity checks, the benchmarks and, through maskface.serving.stages,
+the `cpu` Triton target. Imports neither torch nor onnxruntime until they are needed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..config import InferenceConfig, InputConfig
+from ..contracts import FEATURE_NAMES, KEYPOINT_OUTPUTS
+from ..pipeline import Pipeline, select_candidates
+
+
+def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("onnxruntime is needed to run the ONNX graphs: pip install 'maskface[export]'") from exc
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX graph {path} not found: run `python export/build_engines.py` first")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+class OrtRuntime:
+    """detector.onnx + a portable keypoint_head graph in ONNX Runtime (numpy in, numpy out)."""
+
+    def __init__(self, detector: str | Path, keypoint_head: str | Path, threads: int | None = None,
+                 providers: Sequence[str] | None = None):
+        self.detector = ort_session(detector, threads, providers)
+        self.keypoint_head = ort_session(keypoint_head, threads, providers)
+
+    def detect(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        scores, boxes, *features = self.detector.run(None, {"images": np.ascontiguousarray(images, np.float32)})
+        return scores, boxes, features
+
+    def select(self, scores: np.ndarray, boxes: np.ndarray, inference: InferenceConfig) -> np.ndarray:
+        return select_candidates(scores, boxes, inference)
+
+    def keypoints(self, features: Sequence[np.ndarray], rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feeds = dict(zip(FEATURE_NAMES, features))
+        feeds["rois"] = np.ascontiguousarray(rois, np.float32).reshape(-1, 5)
+        landmarks, scores = self.keypoint_head.run(list(KEYPOINT_OUTPUTS), feeds)
+        return landmarks, scores
+
+
+class OnnxPredictor(Pipeline):
+    """The pipeline on an OrtRuntime; the same contract as maskface.engine.predictor.Predictor."""
+
+    def __init__(self, graphs: OrtRuntime, inference: InferenceConfig | None = None,
+                 input_cfg: InputConfig | None = None, max_side: int | None = 640):
+        super().__init__(graphs, inference, input_cfg, max_side)
+        self.graphs = graphs

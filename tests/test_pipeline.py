@@ -1,0 +1,99 @@
+"""One pipeline, many runtimes: a change of a stage's behaviour made in ONE place reaches every runner.
+
+The selection rule lives in maskface.postprocess.select_detections (`score >= threshold`). Patched
+to `score > threshold`, the PyTorch Predictor, the ONNX Runtime OnnxPredictor, the Triton NMS stage
+(maskface.serving.stages.CandidateSelector, in-process) and the latency benchmark's runners must all
+drop exactly the faces whose score equals the threshold, and nothing else."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from maskface import postprocess
+from maskface.config import InferenceConfig, get_config
+from maskface.modeling.maskface import build_model
+
+
+@pytest.fixture(scope="module")
+def runners(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from export.export_onnx import export_all
+    from maskface.engine.predictor import Predictor
+    from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
+
+    torch.manual_seed(0)
+    model = build_model(config=get_config("tiny")).eval()
+    model.cfg.inference = InferenceConfig(score_threshold=0.0, nms_threshold=0.4, max_detections=12)
+    paths = export_all(model, tmp_path_factory.mktemp("onnx"))
+    ort = OrtRuntime(paths["detector"], paths["keypoint_head_portable"], threads=1)
+    image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    return model, ort, Predictor(model, max_side=None), OnnxPredictor(ort, model.cfg.inference, model.cfg.input,
+                                                                      max_side=None), image
+
+
+def strictly_above(original):
+    """select_detections with `score > threshold` semantics (the next float32 up, `>=`)."""
+    calls = []
+
+    def select(scores, boxes, score_threshold, nms_threshold, max_detections):
+        calls.append(score_threshold)
+        above = np.nextafter(np.float32(score_threshold), np.float32(np.inf))
+        return original(scores, boxes, float(above), nms_threshold, max_detections)
+
+    return select, calls
+
+
+def test_a_selection_change_in_one_place_reaches_every_runner(runners, monkeypatch):
+    from benchmarks.latency import OrtRunner, TorchRunner
+    from maskface.serving.stages import CandidateSelector
+
+    model, ort, predictor, onnx_predictor, image = runners
+    inference = model.cfg.inference  # shared by both predictors
+    images = onnx_predictor_input(onnx_predictor, image)
+    scores, boxes, _ = ort.detect(images)
+    with torch.no_grad():
+        t_scores, t_boxes, _ = TorchRunner(model, "cpu").detect(torch.from_numpy(images))
+    candidates = {"torch": (t_scores[0], t_boxes[0]), "onnxruntime": (scores[0], boxes[0])}
+
+    def candidate_threshold(backend: str) -> float:
+        """The 8th best score after NMS at threshold 0: a score this backend really produces."""
+        from maskface.pipeline import select_candidates
+
+        inference.score_threshold = 0.0
+        backend_scores, backend_boxes = candidates[backend]
+        return float(backend_scores[select_candidates(backend_scores, backend_boxes, inference)][7])
+
+    runs = {  # name: (backend of its candidates, a call of the runner -> its kept scores)
+        "Predictor": ("torch", lambda: predictor(image)["scores"]),
+        "OnnxPredictor": ("onnxruntime", lambda: onnx_predictor(image)["scores"]),
+        "CandidateSelector (Triton NMS stage)": ("onnxruntime", lambda: CandidateSelector(inference)(scores, boxes)[1]),
+        "latency TorchRunner": ("torch", lambda: t_scores[0][TorchRunner(model, "cpu").select(
+            t_scores[0], t_boxes[0], inference)].numpy()),
+        "latency OrtRunner": ("onnxruntime", lambda: scores[0][OrtRunner(ort, "ONNX Runtime").select(
+            scores[0], boxes[0], inference)]),
+    }
+    for name, (backend, run) in runs.items():
+        threshold = candidate_threshold(backend)
+        inference.score_threshold = threshold
+        before = np.asarray(run())
+        assert len(before) == 8 and before.min() == np.float32(threshold), name  # `>=` keeps the face at it
+        patched, calls = strictly_above(postprocess.select_detections)
+        monkeypatch.setattr(postprocess, "select_detections", patched)
+        after = np.asarray(run())
+        monkeypatch.undo()
+        np.testing.assert_array_equal(after, before[before > np.float32(threshold)], err_msg=name)
+        assert len(after) == 7 and calls == [threshold], name
+    # and the whole result follows: boxes, landmarks of the other faces unchanged
+    inference.score_threshold = candidate_threshold("torch")
+    full_before = predictor(image)
+    monkeypatch.setattr(postprocess, "select_detections", strictly_above(postprocess.select_detections)[0])
+    full_after = predictor(image)
+    for key in ("boxes", "scores", "landmarks", "landmark_scores"):
+        np.testing.assert_array_equal(full_after[key], full_before[key][:7], err_msg=key)
+
+
+def onnx_predictor_input(pipeline, image) -> np.ndarray:
+    from maskface.preprocess import prepare_image
+
+    return prepare_image(image, pipeline.input_cfg, pipeline.max_side).image[None]
