@@ -224,7 +224,9 @@ def test_bad_arguments_raise_clear_errors(mlra_lib):
 
 
 def test_missing_nvcc_is_reported(monkeypatch, tmp_path):
-    monkeypatch.setattr(binding, "find_nvcc", lambda: None)
+    from plugins import nvcc_build
+
+    monkeypatch.setattr(nvcc_build, "find_nvcc", lambda: None)
     with pytest.raises(binding.BuildError, match="nvcc not found"):
         binding.build_library(build_dir=tmp_path)
 
