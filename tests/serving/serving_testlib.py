@@ -36,3 +36,74 @@ def assert_stopped_cleanly(server, report) -> None:
     assert report.clean, f"unclean stop: {report}\n{log}"
     assert _process_group_members(server.last_pgid) == []
     assert server.shm_segments() == []
+
+
+class ServeCommand:
+    """`maskface serve ...` as a subprocess for a `with` block: waits for its `serve: ready` line
+    (http_url, grpc_url, pid of tritonserver), stops it with SIGINT on exit and keeps its output
+    (`text`, `returncode`) for the assertions after the block."""
+
+    READY = r"serve: ready\s+http=(\S+)\s+grpc=(\S+).*pid=(\d+)"
+
+    def __init__(self, command: list[str], ready_timeout: float = 240, **popen):
+        self.command, self.ready_timeout, self.popen = command, ready_timeout, popen
+        self.output: list[str] = []
+        self.http_url = self.grpc_url = None
+        self.server_pid: int | None = None
+        self.returncode: int | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def __enter__(self) -> "ServeCommand":
+        import queue
+        import re
+        import subprocess
+        import threading
+        import time
+
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     **self.popen)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        ready, deadline = None, time.monotonic() + self.ready_timeout
+        try:
+            while ready is None and time.monotonic() < deadline:
+                try:
+                    line = self.lines.get(timeout=1)
+                except queue.Empty:
+                    continue
+                if line is None:
+                    break
+                self.output.append(line)
+                ready = re.search(self.READY, line)
+            assert ready, self.text
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.http_url, self.grpc_url, self.server_pid = ready.group(1), ready.group(2), int(ready.group(3))
+        return self
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        while True:
+            line = self.lines.get(timeout=10)
+            if line is None:
+                break
+            self.output.append(line)
+        self.returncode = self.proc.returncode

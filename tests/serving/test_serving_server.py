@@ -3,12 +3,7 @@ bad inputs, load, the `maskface serve` / `maskface client` commands and the life
 from __future__ import annotations
 
 import json
-import queue
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +16,7 @@ from maskface.preprocess import decode_image
 from maskface.serving.client import MaskFaceClient, ServingError
 from maskface.serving.server import ServerError, TritonServer, _process_group_members, find_tritonserver
 
-from serving_testlib import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES, MAX_SIDE
+from serving_testlib import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES, MAX_SIDE, ServeCommand
 
 pytest.importorskip("tritonclient.http")
 pytest.importorskip("tritonclient.grpc")
@@ -178,12 +173,6 @@ def test_client_command_prints_the_faces(server, photos, reference, tmp_path, ca
     assert "is not a JPEG or PNG file" in capsys.readouterr().err
 
 
-def _read_lines(stream, sink: queue.Queue) -> None:
-    for line in stream:
-        sink.put(line)
-    sink.put(None)
-
-
 def test_serve_command_default_threshold_no_face(onnx_dir, photos, graphs, tmp_path):
     """`maskface serve` renders the cpu target (default thresholds), serves it on free ports until
     SIGINT and stops cleanly; a photo without a face returns N = 0 with correctly shaped outputs."""
@@ -199,47 +188,17 @@ def test_serve_command_default_threshold_no_face(onnx_dir, photos, graphs, tmp_p
     command = [sys.executable, "-m", "maskface.cli", "serve", "--target", "cpu", "--repo", str(repo),
                "--onnx-dir", str(onnx_dir), "--http-port", "0", "--grpc-port", "0", "--max-side", str(side),
                "--param", "preprocess_instances=1", "--ready-timeout", "180"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    output, ready = [], None
-    server_pid = None
-    try:
-        deadline = time.monotonic() + 240
-        while ready is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            output.append(line)
-            ready = re.search(r"serve: ready\s+http=(\S+)\s+grpc=(\S+).*pid=(\d+)", line)
-        assert ready, "".join(output)
-        http_url, grpc_url, server_pid = ready.group(1), ready.group(2), int(ready.group(3))
-        assert http_url.startswith("127.0.0.1:") and grpc_url.startswith("127.0.0.1:")
-        for protocol, url in (("http", http_url), ("grpc", grpc_url)):
+    with ServeCommand(command) as serve:
+        assert serve.http_url.startswith("127.0.0.1:") and serve.grpc_url.startswith("127.0.0.1:")
+        for protocol, url in (("http", serve.http_url), ("grpc", serve.grpc_url)):
             with MaskFaceClient(url, protocol) as c:
                 for name, data in no_face.items():
                     got = c.detect(data)
                     shapes = [got[k].shape for k in ("boxes", "scores", "landmarks", "landmark_scores")]
                     assert shapes == [(0, 4), (0,), (0, 5, 2), (0, 5)], f"{protocol} {name}: {shapes}"
                     assert all(got[k].dtype == np.float32 for k in got)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        while True:
-            line = lines.get(timeout=10)
-            if line is None:
-                break
-            output.append(line)
-    text = "".join(output)
-    assert proc.returncode == 0, text
+    text, server_pid = serve.text, serve.server_pid
+    assert serve.returncode == 0, text
     assert "serve: stopped (exit code 0)" in text and "cleaned up" not in text, text
     if server_pid is not None:
         assert _process_group_members(server_pid) == []

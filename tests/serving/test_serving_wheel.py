@@ -8,19 +8,14 @@ everything runs from a temporary folder, so `import maskface` can only find the 
 from __future__ import annotations
 
 import os
-import queue
-import re
-import signal
 import subprocess
 import sys
 import sysconfig
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from serving_testlib import LOW_THRESHOLD, MAX_DETECTIONS, MAX_SIDE
+from serving_testlib import LOW_THRESHOLD, MAX_DETECTIONS, MAX_SIDE, ServeCommand
 
 pytest.importorskip("tritonclient.http")
 from maskface.serving.server import ServerError, _process_group_members, find_tritonserver  # noqa: E402
@@ -67,12 +62,6 @@ def test_wheel_installs_the_templates_and_the_build_packages(wheel_python, tmp_p
     assert Path(lines[2], "mlra_kernel.cu").is_file()
 
 
-def _read_lines(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(line)
-    out.put(None)
-
-
 def _stub_pythonpaths(server_pid: int) -> list[str]:
     """PYTHONPATH of each Python-backend stub of the server's process group."""
     paths = []
@@ -98,41 +87,15 @@ def test_installed_wheel_serves_the_cpu_target(wheel_python, onnx_dir, photos, r
                "--onnx-dir", str(onnx_dir), "--http-port", "0", "--grpc-port", "0", "--max-side", str(MAX_SIDE),
                "--score-threshold", str(LOW_THRESHOLD), "--max-detections", str(MAX_DETECTIONS),
                "--param", "preprocess_instances=1", "--ready-timeout", "180"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                            env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    output, ready, server_pid = [], None, None
-    try:
-        deadline = time.monotonic() + 240
-        while ready is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            output.append(line)
-            ready = re.search(r"serve: ready\s+http=(\S+)\s+grpc=(\S+).*pid=(\d+)", line)
-        assert ready, "".join(output)
-        server_pid = int(ready.group(3))
-        stub_paths = _stub_pythonpaths(server_pid)
+    with ServeCommand(command, cwd=tmp_path, env=env) as serve:
+        stub_paths = _stub_pythonpaths(serve.server_pid)
         assert stub_paths and all(p.split(os.pathsep)[0].startswith(site) for p in stub_paths), stub_paths
-        with MaskFaceClient(ready.group(1), "http", timeout=60) as client:
+        with MaskFaceClient(serve.http_url, "http", timeout=60) as client:
             for name, data in photos.items():
                 got = client.detect(data)
                 assert len(reference[name]["scores"]) > 0
                 assert mismatch(got, reference[name]) is None, f"{name}: {mismatch(got, reference[name])}"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     rendered = (tmp_path / "repo" / "maskface_detector" / "config.pbtxt").read_text()
     assert "maskface_root" not in rendered
-    assert proc.returncode == 0, "".join(output)
-    if server_pid is not None:
-        assert _process_group_members(server_pid) == []
+    assert serve.returncode == 0, serve.text
+    assert _process_group_members(serve.server_pid) == []
