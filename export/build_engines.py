@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_CONFORMANT
 
     if not args.skip_parity:
-        from maskface.serving.onnx_graphs import OnnxGraphs
+        from maskface.runtimes.ort_runtime import OrtRuntime
 
-        graphs = OnnxGraphs(onnx_paths["detector"], onnx_paths["keypoint_head_portable"])
-        report = run_parity(model, graphs, "onnxruntime", rtol=with_rtol(FP32_RTOL, args.parity_rtol))
+        runtime = OrtRuntime(onnx_paths["detector"], onnx_paths["keypoint_head_portable"])
+        report = run_parity(model, runtime, "onnxruntime", rtol=with_rtol(FP32_RTOL, args.parity_rtol))
         if args.no_parity_gate:
             report["gate"] = "off (--no-parity-gate)"
         json_path, md_path = write_report(report, out / "parity")
@@ -143,7 +143,7 @@ def build_tensorrt(args: argparse.Namespace, model, trained: bool, onnx_paths: d
         print(f"build_engines: TensorRT not available: {reason}. The ONNX graphs in {out / 'onnx'} are "
               "validated; build the engines on a machine with TensorRT and a CUDA GPU.")
         return EXIT_TRT_REQUIRED if args.require_trt else 0
-    from export.engine_runner import TrtGraphs
+    from export.engine_runner import TensorRTRuntime
     from export.tensorrt_build import build_engines
 
     cfg = model.cfg
@@ -156,8 +156,8 @@ def build_tensorrt(args: argparse.Namespace, model, trained: bool, onnx_paths: d
                     "trained": trained},
     )
     print(f"build_engines: engines in {out / 'engines'} ({manifest.precision}, TensorRT {manifest.tensorrt_version})")
-    graphs = TrtGraphs(out / "engines", manifest.plugin["path"])
-    report = run_parity(model, graphs, "tensorrt_fp16" if args.fp16 else "tensorrt",
+    runtime = TensorRTRuntime(out / "engines", manifest.plugin["path"])
+    report = run_parity(model, runtime, "tensorrt_fp16" if args.fp16 else "tensorrt",
                         tolerance=_trt_tolerance(args.fp16), rtol=with_rtol(FP32_RTOL, args.parity_rtol))
     code = trt_parity_exit_code(report, args.fp16, trained, gate_off=args.no_parity_gate)
     _, md_path = write_report(report, out / "parity")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import os
 import platform
 import sys
@@ -55,11 +54,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from maskface.contracts import PLUGIN_LIBRARY_ENV, PLUGIN_LIBRARY_NAME, PLUGIN_NAMESPACE, PLUGIN_OP_NAME, PLUGIN_OP_VERSION
+from maskface.contracts import PLUGIN_NAMESPACE, PLUGIN_OP_NAME, PLUGIN_OP_VERSION
 from maskface.io_utils import atomic_write_bytes, sha256_file
 from maskface.serving.manifest import (
     DEFAULT_MAX_BATCH, DEFAULT_MAX_FACES, DEFAULT_MAX_SIZE, EngineEntry, EngineManifest, Profile,
 )
+
+from .engine_profiles import (  # noqa: F401  (re-exported: callers and tests use tensorrt_build.X)
+    IMAGE_INPUT, ROIS_INPUT, SIZE_MULTIPLE, ProfileRanges, ProfileShapes, Shape, _profiles_json, profile_shapes,
+)
+from .plugin_loading import (  # noqa: F401
+    PluginLoadError, _tensorrt_headers_for_major, load_plugin_library, resolve_plugin_library,
+)
+from .plugin_loading import version_major as _version_major
 
 SUPPORTED_MAJORS = (10, 11)
 DETECTOR = "detector"
@@ -68,11 +75,6 @@ ENGINE_NAMES = (DETECTOR, KEYPOINT_HEAD)
 PLAN_FILES = {DETECTOR: "detector.plan", KEYPOINT_HEAD: "keypoint_head.plan"}
 METADATA_FILE = "engines.json"
 DEFAULT_OUT_DIR = Path("artifacts/engines")
-
-
-IMAGE_INPUT = "images"
-ROIS_INPUT = "rois"
-SIZE_MULTIPLE = 64
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -93,18 +95,7 @@ class EngineBuildError(RuntimeError):
     """build_serialized_network failed, or a profile was refused; the message holds TensorRT's log."""
 
 
-class PluginLoadError(RuntimeError):
-    """The plugin library could not be loaded, or it did not register the MultiLevelRoIAlign creator."""
-
-
 # --------------------------------------------------------------------------------------------- status
-
-
-def _version_major(version: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return -1
 
 
 def import_tensorrt():
@@ -168,109 +159,6 @@ def gpu_info() -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-# --------------------------------------------------------------------------------------------- profiles
-
-
-@dataclass(frozen=True)
-class ProfileRanges:
-    """The shapes the engines accept. Image sides are multiples of 64 (the detector's contract)."""
-
-    max_size: int = DEFAULT_MAX_SIZE
-    max_batch: int = DEFAULT_MAX_BATCH
-    max_faces: int = DEFAULT_MAX_FACES
-    min_size: int = SIZE_MULTIPLE
-    opt_size: tuple[int, int] = (480, 640)  # (H, W)
-    opt_batch: int = 1
-    min_faces: int = 0
-    opt_faces: int = 16
-
-    def __post_init__(self):
-        for name in ("max_size", "min_size"):
-            value = getattr(self, name)
-            if value <= 0 or value % SIZE_MULTIPLE:
-                raise ValueError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
-        if self.min_size > self.max_size:
-            raise ValueError(f"min_size {self.min_size} > max_size {self.max_size}")
-        if not 1 <= self.max_batch:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if not 0 <= self.min_faces <= self.max_faces or self.max_faces < 1:
-            raise ValueError(f"need 0 <= min_faces <= max_faces and max_faces >= 1, got {self.min_faces}, {self.max_faces}")
-
-    def resolved(self) -> ProfileRanges:
-        """opt values clamped into [min, max] and rounded to multiples of 64."""
-        def side(v: int) -> int:
-            v = int(math.ceil(v / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-            return min(max(v, self.min_size), self.max_size)
-
-        return ProfileRanges(
-            max_size=self.max_size, max_batch=self.max_batch, max_faces=self.max_faces, min_size=self.min_size,
-            opt_size=(side(self.opt_size[0]), side(self.opt_size[1])),
-            opt_batch=min(max(self.opt_batch, 1), self.max_batch),
-            min_faces=self.min_faces, opt_faces=min(max(self.opt_faces, self.min_faces, 1), self.max_faces),
-        )
-
-
-Shape = tuple[int, ...]
-ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]
-
-
-def _feature_stride(name: str) -> int | None:
-    """m2..m6 -> 4..64 (the exporter's names: m<level>, stride 2^level)."""
-    if len(name) >= 2 and name[0] == "m" and name[1:].isdigit():
-        return 2 ** int(name[1:])
-    return None
-
-
-def _fill(name: str, declared: Sequence[int], wanted: Sequence[int]) -> Shape:
-    if len(declared) != len(wanted):
-        raise ValueError(f"input {name}: the graph declares rank {len(declared)} {tuple(declared)}, the profile needs rank {len(wanted)}")
-    out = []
-    for axis, (d, w) in enumerate(zip(declared, wanted)):
-        if w is None:
-            if d is None or d < 0:
-                raise ValueError(f"input {name}: axis {axis} is dynamic in the graph but has no profile range")
-            out.append(int(d))
-        else:
-            if d is not None and d >= 0 and d != w:
-                raise ValueError(f"input {name}: axis {axis} is {d} in the graph, the profile asks {w}")
-            out.append(int(w))
-    return tuple(out)
-
-
-def profile_shapes(input_shapes: Mapping[str, Sequence[int]], ranges: ProfileRanges) -> ProfileShapes:
-    """(min, opt, max) shape of every network input, from the input's declared shape (-1 = dynamic;
-    static axes such as channels are kept) and the image / face ranges.
-
-    images [B, 3, H, W]; m<k> [B, C, ceil(H / 2^k), ceil(W / 2^k)]; rois [N, 5].
-    """
-    r = ranges.resolved()
-    sizes = {"min": (1, r.min_size, r.min_size), "opt": (r.opt_batch, *r.opt_size),
-             "max": (r.max_batch, r.max_size, r.max_size)}
-    faces = {"min": r.min_faces, "opt": r.opt_faces, "max": r.max_faces}
-    out: ProfileShapes = {}
-    for name, declared in input_shapes.items():
-        declared = [None if d is None else int(d) for d in declared]
-        stride = _feature_stride(name)
-        triple = []
-        for which in ("min", "opt", "max"):
-            b, h, w = sizes[which]
-            if name == IMAGE_INPUT:
-                wanted = (b, None, h, w)
-            elif stride is not None:
-                wanted = (b, None, -(-h // stride), -(-w // stride))
-            elif name == ROIS_INPUT:
-                wanted = (faces[which], None)
-            else:
-                raise ValueError(f"no profile rule for input {name!r} (known: images, m<level>, rois)")
-            triple.append(_fill(name, declared, wanted))
-        out[name] = tuple(triple)
-    return out
-
-
-def _profiles_json(shapes: ProfileShapes) -> dict[str, dict[str, list[int]]]:
-    return {n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for n, s in shapes.items()}
-
-
 # --------------------------------------------------------------------------------------------- precision
 
 
@@ -297,72 +185,6 @@ def network_flags(trt, major: int) -> int:
     if major >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-
-
-# --------------------------------------------------------------------------------------------- plugin
-
-
-def _tensorrt_headers_for_major(major: int) -> Path | None:
-    """TensorRT include folder whose NvInferVersion.h has the runtime's major version."""
-    from plugins import binding
-
-    candidates: list[Path] = []
-    for var, sub in (("TensorRT_INCLUDE_DIR", ""), ("TensorRT_ROOT", "include")):
-        if os.environ.get(var):
-            candidates.append(Path(os.environ[var]) / sub)
-    candidates += sorted((binding.REPO_ROOT / "third_party").glob("TensorRT*/include"), reverse=True)
-    candidates += binding.third_party_tensorrt_includes()
-    candidates += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include/aarch64-linux-gnu"),
-                   Path("/usr/local/TensorRT/include"), Path("/usr/include")]
-    for c in candidates:
-        headers = (c / "NvInferRuntime.h").is_file() and (c / "NvInferVersion.h").is_file()
-        if headers and _version_major(binding.tensorrt_header_version(c)) == major:
-            return c.resolve()
-    return None
-
-
-def resolve_plugin_library(path: str | os.PathLike | None = None, trt_major: int | None = None,
-                           archs: str | Sequence[str] | None = None) -> Path:
-    """The plugin library to load: `path`, else $MASKFACE_PLUGIN_LIBRARY, else built from plugins/
-    against TensorRT headers of the same major version as the runtime (a plugin compiled against
-    TensorRT 11 headers does not load into TensorRT 10 and vice versa). Raises PluginLoadError."""
-    if path is None and os.environ.get(PLUGIN_LIBRARY_ENV):
-        path = os.environ[PLUGIN_LIBRARY_ENV]
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PluginLoadError(f"plugin library {path} not found")
-        return path.resolve()
-    from plugins import binding
-
-    include = _tensorrt_headers_for_major(trt_major) if trt_major is not None else binding.find_tensorrt_include()
-    if include is None:
-        raise PluginLoadError(
-            f"no TensorRT {trt_major or ''} headers to build {PLUGIN_LIBRARY_NAME} (set TensorRT_ROOT / "
-            "TensorRT_INCLUDE_DIR, or pass a prebuilt library)")
-    try:
-        return binding.build_plugin_library(archs=archs, tensorrt_include=include)
-    except binding.BuildError as exc:
-        raise PluginLoadError(f"cannot build {PLUGIN_LIBRARY_NAME}: {exc}") from exc
-
-
-def load_plugin_library(trt, path: str | os.PathLike, check_creator: bool = True):
-    """Load the library into `trt`'s plugin registry (``tensorrt`` or ``tensorrt_lean``) and check
-    that the MultiLevelRoIAlign creator is registered. Returns the library handle."""
-    path = Path(path)
-    if not path.is_file():
-        raise PluginLoadError(f"plugin library {path} not found")
-    registry = trt.get_plugin_registry()
-    handle = registry.load_library(str(path))
-    if handle is None:
-        raise PluginLoadError(
-            f"{trt.__name__} {getattr(trt, '__version__', '?')} could not load {path} (built against another "
-            "TensorRT major version, or missing CUDA libraries?)")
-    if check_creator:
-        creator = registry.get_creator(PLUGIN_OP_NAME, str(PLUGIN_OP_VERSION), PLUGIN_NAMESPACE)
-        if creator is None:
-            raise PluginLoadError(f"{path} loaded but registered no {PLUGIN_NAMESPACE}::{PLUGIN_OP_NAME} v{PLUGIN_OP_VERSION} creator")
-    return handle
 
 
 # --------------------------------------------------------------------------------------------- helpers
