@@ -66,7 +66,7 @@ from maskface.modeling.maskface import MaskFace, build_model
 from benchmarks.latency_report import BACKBONE_NAMES, _jsonable, plot, ratios, to_markdown  # noqa: F401
 from benchmarks.latency_runners import (  # noqa: F401  (re-exported: tests and callers use latency.X)
     CUDA_ONLY, ONNX_EXPORT_VERSION, OrtRunner, Skip, TorchRunner, TrtRunner, input_hw, make_runner, model_key,
-    onnx_graphs, tensorrt_runner,
+    cached_onnx_export, tensorrt_runner,
 )
 
 SCHEMA_VERSION = 1
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def onnx_paths(model: MaskFace = model, key_cache: dict[str, Any] = key_cache) -> dict[str, Path]:
             if "paths" not in key_cache:
-                key_cache["paths"] = onnx_graphs(model, key(), cache_dir, log)
+                key_cache["paths"] = cached_onnx_export(model, key(), cache_dir, log)
             return key_cache["paths"]
 
         work = {size: count_gflop(model.cfg, input_hw(size, model.cfg)) for size in args.sizes}

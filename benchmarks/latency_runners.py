@@ -212,7 +212,7 @@ def model_key(cfg: MaskFaceConfig, seed: int, checkpoint: str | None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def onnx_graphs(model: MaskFace, key: str, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Path]:
+def cached_onnx_export(model: MaskFace, key: str, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Path]:
     """export.export_onnx.export_all into cache_dir/onnx/<preset>, reused when its export_meta.json has `key`."""
     try:
         from export.export_onnx import export_all

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskface.config import InferenceConfig
     from maskface.preprocess import decode_image
     from maskface.serving.gateway import Gateway
-    from maskface.serving.onnx_graphs import OnnxGraphs, OnnxPredictor
+    from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
     from maskface.serving.repository import ServingParams, render_repository
     from maskface.serving.server import TritonServer
 
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                                         max_request_bytes=args.max_request_bytes)
     repo = render_repository("cpu", work / "repo", onnx_dir=onnx_dir, params=params)
     images = photos()
-    predictor = OnnxPredictor(OnnxGraphs(onnx_dir / "detector.onnx", onnx_dir / "keypoint_head_portable.onnx"),
+    predictor = OnnxPredictor(OrtRuntime(onnx_dir / "detector.onnx", onnx_dir / "keypoint_head_portable.onnx"),
                               inference, max_side=args.max_side)
     reference = {name: predictor(decode_image(data)) for name, data in images.items()}
     print("soak: reference faces per photo: " + ", ".join(f"{k} {len(v['scores'])}" for k, v in reference.items()),

@@ -104,7 +104,7 @@ def test_onnx_cache_is_reused_while_the_key_matches(tiny_run):
     assert meta["key"] == key
     stamp = (folder / "detector.onnx").stat().st_mtime_ns
     messages = []
-    latency.onnx_graphs(model, key, cache, messages.append)
+    latency.cached_onnx_export(model, key, cache, messages.append)
     assert (folder / "detector.onnx").stat().st_mtime_ns == stamp and "reusing" in messages[0]
     # Another seed or another config is another key (so a stale export is never reused).
     assert latency.model_key(model.cfg, 1, None) != key

@@ -8,7 +8,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-OUTPUTS = ["scores", "boxes", "m2", "m3", "m4", "m5", "m6"]
+from maskface.contracts import DETECTOR_OUTPUTS as OUTPUTS  # scores, boxes, m2..m6
 
 
 class TritonPythonModel:

@@ -8,7 +8,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-INPUTS = ["m2", "m3", "m4", "m5", "m6", "rois"]
+from maskface.contracts import KEYPOINT_INPUTS as INPUTS  # m2..m6, rois
 
 
 class TritonPythonModel:
