@@ -396,10 +396,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
                             f"No importer registered for op: {node.op_type}. Attempting to import as plugin. "
                             f"Plugin creator registration failed: {key}", index, node.name, node.op_type))
                         continue
-                    unknown = sorted({a.name for a in node.attribute} - PLUGIN_FIELDS - {"plugin_version", "plugin_namespace"})
-                    if unknown:
-                        self.errors.append(ParserError(f"plugin {key}: fields {unknown} are not fields of the creator",
-                                                       index, node.name, node.op_type, code="INVALID_NODE"))
+                    refusal = plugin_fields_refusal(key, [a.name for a in node.attribute])
+                    if refusal:
+                        self.errors.append(ParserError(refusal, index, node.name, node.op_type, code="INVALID_NODE"))
                         continue
                     kind = "PLUGIN_V3"
                 outs = [Tensor(o, (), _dtype(types_.get(o, onnx.TensorProto.FLOAT))) for o in node.output]
@@ -416,10 +415,9 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
 
         def set_shape(self, name, min, opt, max):
             calls.append(("set_shape", name, tuple(min), tuple(opt), tuple(max)))
-            # pyCore.cpp opt_profile_set_shape: setDimensions() false -> RuntimeError "Shape provided for
-            # ... is inconsistent with other shapes" (rank mismatch, negative dims).
-            if not len(min) == len(opt) == len(max) or any(d < 0 for d in (*min, *opt, *max)):
-                raise RuntimeError(f"Shape provided for {name} is inconsistent with other shapes.")
+            refusal = set_shape_refusal(name, min, opt, max)
+            if refusal:
+                raise RuntimeError(refusal)
             self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
         def get_shape(self, name):
@@ -452,12 +450,10 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
 
         def add_optimization_profile(self, profile):
             calls.append(("add_optimization_profile", dict(profile.shapes)))
-            lowest = 1 if refuse_zero_dims else 0
-            for tensor, (mn, opt, mx) in profile.shapes.items():
-                ok = len(mn) == len(opt) == len(mx) and all(lowest <= a <= b <= c for a, b, c in zip(mn, opt, mx))
-                if not ok:
-                    self.logger.log(ILogger.Severity.ERROR, f"profile for {tensor} invalid: {mn} {opt} {mx}")
-                    return -1
+            refusal = profile_refusal(profile.shapes, refuse_zero_dims)
+            if refusal:
+                self.logger.log(ILogger.Severity.ERROR, refusal)
+                return -1
             self.profiles.append(profile)
             return len(self.profiles) - 1
 
@@ -486,26 +482,12 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
             if fail_build:
                 self.logger.log(ILogger.Severity.ERROR, "stand-in: build failed on purpose")
                 return None
-            if "FP16" in config.flags and network.strongly_typed:
-                self.logger.log(ILogger.Severity.ERROR, "FP16 flag with a strongly typed network")
-                return None
-            if len(config.profiles) != 1:
-                self.logger.log(ILogger.Severity.ERROR, f"{len(config.profiles)} profiles")
+            refusal = build_refusal("FP16" in config.flags, network.strongly_typed,
+                                    [p.shapes for p in config.profiles], {t.name: t.shape for t in network.inputs})
+            if refusal:
+                self.logger.log(ILogger.Severity.ERROR, refusal)
                 return None
             profile = config.profiles[0].shapes
-            strangers = sorted(set(profile) - {t.name for t in network.inputs})
-            if strangers:
-                self.logger.log(ILogger.Severity.ERROR, f"profile names {strangers}, which are not network inputs")
-                return None
-            for t in network.inputs:
-                if -1 in t.shape and t.name not in profile:
-                    self.logger.log(ILogger.Severity.ERROR, f"dynamic input {t.name} has no profile")
-                    return None
-                if t.name in profile:
-                    for shape in profile[t.name]:
-                        if len(shape) != len(t.shape) or any(d >= 0 and d != s for d, s in zip(t.shape, shape)):
-                            self.logger.log(ILogger.Severity.ERROR, f"profile {shape} does not fit {t.name} {t.shape}")
-                            return None
             plan = {
                 "standin": True, "version": version, "network_flags": network.flags,
                 "strongly_typed": network.strongly_typed, "flags": sorted(config.flags), "pools": config.pools,
@@ -650,6 +632,57 @@ def make_tensorrt(version: str = "11.1.0.0", *, refuse_zero_dims: bool = False, 
 
     trt.Runtime = Runtime
     return trt
+
+
+# ------------------------------------------------------------------ the documented limits
+# Pure functions on plain data: what real TensorRT refuses, each with where it is documented. The
+# stand-in classes in make_tensorrt() only call these.
+
+
+def plugin_fields_refusal(key: tuple[str, str, str], attributes) -> str | None:
+    """The ONNX parser passes a plugin node's attributes as creator fields; unknown ones are refused
+    (the creator's field list: plugins/src/mlra_plugin.cpp, MlraCreator)."""
+    unknown = sorted(set(attributes) - PLUGIN_FIELDS - {"plugin_version", "plugin_namespace"})
+    return f"plugin {key}: fields {unknown} are not fields of the creator" if unknown else None
+
+
+def set_shape_refusal(name: str, mn, opt, mx) -> str | None:
+    """IOptimizationProfile::setDimensions (NvInferRuntime.h:2580-2598 of 11.1) returns false for
+    unequal ranks or negative dimensions; pyCore.cpp opt_profile_set_shape raises on false."""
+    if not len(mn) == len(opt) == len(mx) or any(d < 0 for d in (*mn, *opt, *mx)):
+        return f"Shape provided for {name} is inconsistent with other shapes."
+    return None
+
+
+def profile_refusal(shapes: dict, refuse_zero_dims: bool = False) -> str | None:
+    """addOptimizationProfile: every shape min <= opt <= max per dimension (zero dimensions refused
+    where a TensorRT version does)."""
+    lowest = 1 if refuse_zero_dims else 0
+    for tensor, (mn, opt, mx) in shapes.items():
+        if not (len(mn) == len(opt) == len(mx) and all(lowest <= a <= b <= c for a, b, c in zip(mn, opt, mx))):
+            return f"profile for {tensor} invalid: {mn} {opt} {mx}"
+    return None
+
+
+def build_refusal(fp16_flag: bool, strongly_typed: bool, profiles: list[dict], inputs: dict) -> str | None:
+    """build_serialized_network: no FP16 flag on a strongly typed network (NvInfer.h:12109-12113 of
+    10.16); one profile naming only network inputs, a shape for every dynamic input (NvInfer.h:10832
+    of 11.1), static dimensions equal to the network's (checked at build time, as TensorRT does)."""
+    if fp16_flag and strongly_typed:
+        return "FP16 flag with a strongly typed network"
+    if len(profiles) != 1:
+        return f"{len(profiles)} profiles"
+    profile = profiles[0]
+    strangers = sorted(set(profile) - set(inputs))
+    if strangers:
+        return f"profile names {strangers}, which are not network inputs"
+    for name, declared in inputs.items():
+        if -1 in declared and name not in profile:
+            return f"dynamic input {name} has no profile"
+        for shape in profile.get(name, ()):
+            if len(shape) != len(declared) or any(d >= 0 and d != s for d, s in zip(declared, shape)):
+                return f"profile {shape} does not fit {name} {declared}"
+    return None
 
 
 def _documented_refusal(node, constants) -> str | None:
