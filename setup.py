@@ -36,6 +36,8 @@ setup(
         "maskface.serving.triton_models": ["README.md", "*/config.pbtxt.in", "*/1/model.py"],
         "plugins": ["CMakeLists.txt", "README.md", "include/*/*.h", "src/*", "tools/*"],
         "benchmarks": ["README.md", "gpu_check.sh"],
+        # the shipped demo model (maskface.load() and detect default to it) and its card
+        "maskface.demo": ["maskface_demo.pth", "MODEL_CARD.md"],
     },
     install_requires=CORE,
     extras_require={

@@ -55,11 +55,15 @@ def test_wheel_installs_the_templates_and_the_build_packages(wheel_python, tmp_p
     site = str(wheel_python.parents[1])
     code = ("import maskface, export.build_engines, plugins.binding, benchmarks.latency;"
             "from maskface.serving.repository import templates_dir;"
-            "print(maskface.__file__); print(templates_dir()); print(plugins.binding.SRC_DIR)")
+            "from maskface.demo.weights import DEMO_CHECKPOINT;"
+            "print(maskface.__file__); print(templates_dir()); print(plugins.binding.SRC_DIR); print(DEMO_CHECKPOINT)")
     lines = _run([str(wheel_python), "-c", code], cwd=tmp_path).splitlines()
     assert all(line.startswith(site) for line in lines), lines  # nothing from the checkout
     assert Path(lines[1], "maskface", "config.pbtxt.in").is_file()
     assert Path(lines[2], "mlra_kernel.cu").is_file()
+    # the shipped demo model travels with the package whenever the checkout has it
+    shipped = REPO_ROOT / "maskface" / "demo" / "maskface_demo.pth"
+    assert Path(lines[3]).is_file() == shipped.is_file()
 
 
 def _stub_pythonpaths(server_pid: int) -> list[str]:
