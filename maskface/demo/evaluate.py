@@ -208,23 +208,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for metrics.json/.md and the plots")
     p.add_argument("--max-side", type=int, default=640, help="inference resize (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--pre-nms-topk", type=int, default=None,
+                   help="candidates kept before NMS (default: the checkpoint's, 3840 = TensorRT's TopK limit)")
     p.add_argument("--min-face", type=float, default=20.0, help="smallest face (long side, px) that counts (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N "
+                   "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..api import resolve_device
     from ..checkpoint import load_model
     from ..data.widerface import WiderFaceDataset
     from ..engine.predictor import Predictor
 
     ds = WiderFaceDataset(args.data, split=args.split)
     records = ds.records[: args.max_images] if args.max_images else ds.records
-    predictor = Predictor(load_model(args.checkpoint), max_side=args.max_side)
+    model = load_model(args.checkpoint)
+    if args.pre_nms_topk:
+        model.cfg.inference.pre_nms_topk = args.pre_nms_topk
+    predictor = Predictor(model, device=resolve_device(args.device), max_side=args.max_side)
     result = evaluate_split(predictor, records, args.min_face, progress=not args.no_progress)
     metrics = write_report(result, Path(args.out), {"checkpoint": str(args.checkpoint), "split": args.split,
-                                                     "max_side": args.max_side})
+                                                     "max_side": args.max_side,
+                                                     "pre_nms_topk": model.cfg.inference.pre_nms_topk})
     print(json.dumps({k: metrics[k] for k in ("ap50", "at_default_threshold", "best_recall_at_0.3_fppi",
                                               "nme_interocular")}))
     return 0
