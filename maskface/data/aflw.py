@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maskface.data.dataset import FaceDataset, Transform, check_images, require_dir
+from maskface.data.dataset import FaceDataset, Transform
+from maskface.data.files import check_images, require_dir
 from maskface.data.hrnet_csv import read_rows, square_box
 from maskface.data.structures import DataReport, FaceRecord
 

@@ -6,6 +6,9 @@ Item contract (what the model consumes):
           "landmarks": float32 [G, K, 2], "landmark_valid": bool [G, K]}
 A face "has landmarks" when any of its points is valid.
 
+The readers of each source (widerface.py, aflw.py, w300.py) build on this module;
+maskface.data.registry.build_dataset picks one by name.
+
 Augmentations are drawn from a numpy Generator seeded by (seed, epoch, index), so an item is
 the same in every worker process and after a resume; call `set_epoch` once per epoch.
 """
@@ -124,44 +127,3 @@ class FaceDataset(torch.utils.data.Dataset):
         set_epoch) and a resumed run draws the same augmentations."""
         index, epoch = (key if isinstance(key, tuple) else (key, None))
         return to_tensor(self.get_sample(int(index), epoch), self.input_config)
-
-
-def check_images(records: list[FaceRecord], report: DataReport) -> list[FaceRecord]:
-    """Drop (and report) records whose image file does not exist."""
-    kept = []
-    for rec in records:
-        if os.path.isfile(rec.image_path):
-            kept.append(rec)
-        else:
-            report.add("missing image", f"{rec.source}: image {rec.image_path} not found, sample skipped")
-    return kept
-
-
-def require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {path}")
-    return path
-
-
-def require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    return path
-
-
-def build_dataset(spec: str, split: str = "train", **kwargs) -> FaceDataset:
-    """`widerface:PATH`, `aflw:PATH` or `300w:PATH` -> the dataset of that source."""
-    kind, sep, path = spec.partition(":")
-    if not sep or not path:
-        raise ValueError(f"dataset spec must be KIND:PATH (widerface, aflw, 300w), got {spec!r}")
-    kind = kind.lower()
-    if kind == "widerface":
-        from maskface.data.widerface import WiderFaceDataset
-        return WiderFaceDataset(path, split=split, **kwargs)
-    if kind == "aflw":
-        from maskface.data.aflw import AFLWDataset
-        return AFLWDataset(path, split=split, **kwargs)
-    if kind in ("300w", "w300"):
-        from maskface.data.w300 import W300Dataset
-        return W300Dataset(path, split=split, **kwargs)
-    raise ValueError(f"unknown dataset kind {kind!r} in {spec!r}; use widerface, aflw or 300w")

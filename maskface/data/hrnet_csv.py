@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskface.data.dataset import require_file
+from maskface.data.files import require_file
 from maskface.data.structures import AnnotationFormatError, missing_point_mask
 
 

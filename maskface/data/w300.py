@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from maskface.data.aflw import group_faces
-from maskface.data.dataset import FaceDataset, Transform, check_images, require_dir, require_file
+from maskface.data.dataset import FaceDataset, Transform
+from maskface.data.files import check_images, require_dir, require_file
 from maskface.data.hrnet_csv import read_rows, square_box
 from maskface.data.structures import AnnotationFormatError, DataReport, FaceRecord, missing_point_mask
 

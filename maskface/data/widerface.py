@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maskface.data.dataset import FaceDataset, Transform, check_images, require_dir, require_file
+from maskface.data.dataset import FaceDataset, Transform
+from maskface.data.files import check_images, require_dir, require_file
 from maskface.data.structures import (
     AnnotationFormatError,
     DataReport,

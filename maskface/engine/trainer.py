@@ -49,7 +49,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import load_weights, read_checkpoint, remove_stale_temporaries, save_checkpoint
 from ..config import TINY_MODEL_FIELDS, MaskFaceConfig, get_config
-from ..data.dataset import FaceDataset, build_dataset, collate
+from ..data.dataset import FaceDataset, collate
+from ..data.registry import build_dataset
 from ..data.transforms import LandmarkTrainTransform, MaxSide, WiderFaceTrainTransform
 from ..io_utils import atomic_write_bytes
 from ..modeling.maskface import MaskFace

@@ -120,7 +120,7 @@ def run_predict_landmarks(args: argparse.Namespace) -> int:
             raise ValueError(f"--data must be {protocol.dataset}:ROOT for protocol {protocol.name}, got {args.data!r}")
         if not Path(args.checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-        from maskface.data.dataset import build_dataset
+        from maskface.data.registry import build_dataset
 
         dataset = build_dataset(args.data, split=args.split)
         records = dataset.records[: args.limit] if args.limit else dataset.records

@@ -8,7 +8,8 @@ import torch
 
 from maskface.config import InputConfig
 from maskface.data.aflw import AFLWDataset
-from maskface.data.dataset import build_dataset, collate
+from maskface.data.dataset import collate
+from maskface.data.registry import build_dataset
 from maskface.data.structures import AnnotationFormatError, DatasetError, DataWarning, ImageReadError
 from maskface.data.w300 import W300Dataset, read_pts
 from maskface.data.widerface import WiderFaceDataset, read_bbx_gt, read_retinaface_labels
