@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "maskface.engine.detect",
     "maskface.evaluation.commands",
+    "maskface.engine.predict_widerface",
     "maskface.engine.train_cli",
     "maskface.engine.plot_log",
     "maskface.serving.commands",
