@@ -264,6 +264,15 @@ def setup_distributed(device: torch.device) -> DistInfo:
     return info
 
 
+def leave_stop_signals_to_trainer(worker_id: int) -> None:
+    """Data-loader workers ignore SIGTERM / SIGINT: a stop sent to the whole process group (systemd,
+    `kill -- -PGID`, Ctrl-C) must reach only the trainer, which finishes its iteration and writes
+    last.pth; a worker killed by it would end the run without that checkpoint. Workers still exit
+    with the trainer (the loader shuts them down, and they watch their parent)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -538,7 +547,7 @@ class Trainer:
                                     self.dist.world_size, self.dist.rank)
         loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate,
                                              num_workers=o.num_workers, pin_memory=self.device.type == "cuda",
-                                             persistent_workers=False)
+                                             persistent_workers=False, worker_init_fn=leave_stop_signals_to_trainer)
         bar = None
         if o.progress and self.dist.is_main:
             from tqdm import tqdm

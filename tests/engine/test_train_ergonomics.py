@@ -16,11 +16,11 @@ from maskface.data import synthetic
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _command(root: Path, out: Path, max_iter: int) -> list[str]:
+def _command(root: Path, out: Path, max_iter: int, workers: int = 0) -> list[str]:
     return [sys.executable, "-m", "maskface.cli", "train", "--config", "tiny", "--data", f"widerface:{root}",
             "--val-data", "none", "--output", str(out), "--batch-size", "2", "--max-iter", str(max_iter),
             "--warmup-iters", "3", "--crop-size", "64", "--scale-range", "0.8", "1.25", "--area-range", "16", "1e9",
-            "--workers", "0", "--no-progress", "--log-period", "1", "--checkpoint-period", "100000"]
+            "--workers", str(workers), "--no-progress", "--log-period", "1", "--checkpoint-period", "100000"]
 
 
 def _records(out: Path) -> list[dict]:
@@ -66,6 +66,35 @@ def test_sigterm_writes_last_pth_and_resume_continues(tmp_path):
     train_iters = [r["iter"] for r in _records(out) if r["type"] == "train"]
     assert train_iters[-2:] == [stopped_at + 1, stopped_at + 2]
     assert read_checkpoint(out / "model_final.pth")["iteration"] == stopped_at + 2
+
+
+def test_sigterm_to_the_whole_process_group_still_writes_last_pth(tmp_path):
+    """systemd / `kill -- -PGID` signal every process, data-loader workers included: the workers
+    leave it to the trainer, which stops after its iteration with last.pth (before, the killed
+    worker ended the run with "DataLoader worker ... is killed by signal: Terminated")."""
+    root = tmp_path / "data"
+    synthetic.write_widerface(root, splits=("train",), num_images=4, image_size=(64, 64), face_size=(24, 48),
+                              faces_per_image=(1, 1), empty_images=0, seed=11)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(_command(root, out, 100000, workers=1), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240  # a guard against a hung child, not a speed check
+        while not any(r.get("type") == "train" and r["iter"] >= 3 for r in _records(out)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training did not reach iteration 3"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "DataLoader worker" not in stderr
+    interrupted = [r for r in _records(out) if r["type"] == "interrupted"]
+    assert len(interrupted) == 1 and read_checkpoint(out / "last.pth")["iteration"] == interrupted[0]["iter"] >= 3
 
 
 def test_validation_says_what_it_is_doing(tmp_path, capsys):
