@@ -92,17 +92,9 @@ def photos() -> dict[str, bytes]:
 
 
 def group_rss_mb(pgid: int) -> float:
-    from maskface.serving.server import _process_group_members
+    from maskface.serving.server import process_group_rss_mb
 
-    total = 0
-    for pid in _process_group_members(pgid):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return round(total / 1024, 1)
+    return round(process_group_rss_mb(pgid), 1)
 
 
 def per_process(server) -> dict[str, dict[str, float]]:

@@ -141,6 +141,19 @@ def _process_group_members(pgid: int) -> list[int]:
     return members
 
 
+def process_group_rss_mb(pgid: int) -> float:
+    """Resident memory (MB) of every live process of a process group: the server and its stubs."""
+    total_kb = 0
+    for pid in _process_group_members(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:  # the process ended meanwhile
+            pass
+    return total_kb / 1024
+
+
 def _stub_models(pgid: int) -> dict[int, str]:
     """pid -> model name of the live Python-backend stubs of a process group (argv[1] is the
     model's <repo>/<model>/<version>/model.py)."""

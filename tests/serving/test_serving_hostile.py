@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 
 from maskface.serving.client import MaskFaceClient, ServingError
-from maskface.serving.server import ServerError, _process_group_members, _stub_models, find_tritonserver
+from maskface.serving.server import (
+    ServerError, _process_group_members, _stub_models, find_tritonserver, process_group_rss_mb,
+)
 
 from serving_testlib import MAX_DETECTIONS, MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES, MAX_SIDE
 
@@ -44,15 +46,7 @@ MB = 1 << 20
 
 
 def group_rss_mb(pgid: int) -> float:
-    total = 0
-    for pid in _process_group_members(pgid):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+    return process_group_rss_mb(pgid)
 
 
 def shm_sizes(server) -> dict[str, int]:
