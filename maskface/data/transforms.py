@@ -77,7 +77,7 @@ def transform_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return np.stack([c[:, 0] - ex, c[:, 1] - ey, c[:, 0] + ex, c[:, 1] + ey], 1).astype(np.float32)
 
 
-def _cv2_matrix(matrix: np.ndarray) -> np.ndarray:
+def cv2_matrix(matrix: np.ndarray) -> np.ndarray:
     """Continuous-coordinate affine -> cv2's (pixel centres at integers) 2x3 matrix."""
     m = np.asarray(matrix, np.float64)
     a, t = m[:2, :2], m[:2, 2]
@@ -110,7 +110,7 @@ def warp_affine(sample: Sample, matrix: np.ndarray, out_size: tuple[int, int],
     if m.shape == (2, 3):
         m = np.vstack([m, [0.0, 0.0, 1.0]])
     w, h = int(out_size[0]), int(out_size[1])
-    image = cv2.warpAffine(sample.image, _cv2_matrix(m), (w, h), flags=interpolation,
+    image = cv2.warpAffine(sample.image, cv2_matrix(m), (w, h), flags=interpolation,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
     out = Sample(image, transform_boxes(sample.boxes, m), transform_points(sample.landmarks, m),
                  sample.landmark_valid.copy())

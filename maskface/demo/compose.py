@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from ..data.structures import Sample
-from ..data.transforms import BORDER_BGR, clip_to_canvas, rotation, scaling, transform_boxes, transform_points, translation
+from ..data.transforms import (BORDER_BGR, clip_to_canvas, cv2_matrix, rotation, scaling, transform_boxes,
+                               transform_points, translation)
 from .faces import LabelledPhoto
 
 MIN_FACE, MAX_FACE = 16.0, 400.0
@@ -87,9 +88,7 @@ def paste_face(canvas: np.ndarray, face: FacePatch, matrix: np.ndarray, alpha_so
     """Warp `face.image` by `matrix` (3x3, patch -> canvas) and alpha-blend it into `canvas`."""
     h, w = canvas.shape[:2]
     m = matrix[:2].astype(np.float64)
-    # cv2 samples pixel centres: shift by half a pixel each side (continuous-coordinate convention).
-    m_cv = m.copy()
-    m_cv[:, 2] += m[:, 0] * 0.5 + m[:, 1] * 0.5 - 0.5
+    m_cv = cv2_matrix(matrix)  # cv2 samples pixel centres (continuous-coordinate convention)
     scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     src = face.image
@@ -98,8 +97,7 @@ def paste_face(canvas: np.ndarray, face: FacePatch, matrix: np.ndarray, alpha_so
         src = cv2.resize(src, (max(1, src.shape[1] // k), max(1, src.shape[0] // k)), interpolation=cv2.INTER_AREA)
         fx, fy = face.image.shape[1] / src.shape[1], face.image.shape[0] / src.shape[0]
         m_full = matrix @ np.diag([fx, fy, 1.0])
-        m_cv = m_full[:2].copy()
-        m_cv[:, 2] += m_full[:2, 0] * 0.5 + m_full[:2, 1] * 0.5 - 0.5
+        m_cv = cv2_matrix(m_full)
         alpha_source = cv2.resize(alpha_source, (src.shape[1], src.shape[0]), interpolation=cv2.INTER_AREA)
     warped = cv2.warpAffine(src, m_cv, (w, h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpAffine(alpha_source, m_cv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
@@ -190,8 +188,7 @@ def zoom_scene(rng: np.random.Generator, photo: LabelledPhoto, width: int, heigh
     m = translation(tx, ty) @ scaling(s)
     if rng.random() < 0.5:  # mirror about the canvas centre
         m = translation(width, 0) @ scaling(-1.0, 1.0) @ m
-    m_cv = m[:2].copy()
-    m_cv[:, 2] += m[:2, 0] * 0.5 + m[:2, 1] * 0.5 - 0.5
+    m_cv = cv2_matrix(m)
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
     # A constant border: a reflected one would mirror faces into the canvas without labels.
     image = cv2.warpAffine(photo.image, m_cv, (width, height), flags=interp, borderMode=cv2.BORDER_CONSTANT,
