@@ -1,6 +1,6 @@
 """`maskface serve` and `maskface client`.
 
-    maskface serve --target cpu --repo runs/triton_repo --onnx-dir artifacts/onnx
+    maskface serve --target cpu --repo runs/triton_repo --onnx-dir artifacts/onnx [--precision fp32|int8|bf16]
     maskface serve --target tensorrt --repo runs/triton_repo --engines-dir artifacts/engines \\
         --plugin plugins/build/cmake/libmaskface_plugins.so
     maskface client photo.jpg other.png --url 127.0.0.1:8000 [--url grpc://127.0.0.1:8001] [--json]
@@ -29,6 +29,11 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--repo", required=True, help="model repository folder to render (and serve)")
     serve.add_argument("--onnx-dir", default="artifacts/onnx",
                        help="cpu: folder with detector.onnx + keypoint_head_portable.onnx (default %(default)s)")
+    serve.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32",
+                       help="cpu: fp32 (detector.onnx ...) or int8 (detector_int8.onnx ..., export/quantize_int8.py) "
+                            "in ONNX Runtime from --onnx-dir, or bf16: --checkpoint in PyTorch, on CPUs with "
+                            "native BF16 (default %(default)s)")
+    serve.add_argument("--checkpoint", help="cpu, bf16: the checkpoint to serve (default: the demo model)")
     serve.add_argument("--engines-dir", default="artifacts/engines",
                        help="tensorrt: folder with detector.plan, keypoint_head.plan, engines.json "
                             "(default %(default)s)")
@@ -95,11 +100,19 @@ def find_plugin_library(explicit: str | None = None) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def _bf16_checkpoint(args) -> str:
+    if args.checkpoint:
+        return args.checkpoint
+    from ..demo.weights import demo_checkpoint
+
+    return str(demo_checkpoint())
+
+
 def _serving_params(args):
     from .repository import ServingParams
 
     fields = {f.name: f for f in dataclasses.fields(ServingParams)}
-    values = {}
+    values = {"precision": getattr(args, "precision", "fp32")}
     for key in ("score_threshold", "nms_threshold", "max_detections", "max_side", "max_image_pixels",
                 "max_request_bytes"):
         if getattr(args, key) is not None:
@@ -114,6 +127,8 @@ def _serving_params(args):
             values[key] = tuple(float(v) for v in raw.replace(",", " ").split())
         elif isinstance(default, float):
             values[key] = float(raw)
+        elif isinstance(default, str):
+            values[key] = raw.strip()
         else:
             values[key] = int(raw)
     return ServingParams(**values)
@@ -148,7 +163,7 @@ def run_serve(args) -> int:
                 args.target, args.repo, onnx_dir=args.onnx_dir if args.target == "cpu" else None,
                 engines_dir=args.engines_dir if args.target == "tensorrt" else None,
                 num_landmarks=args.num_landmarks, plugin_library=plugin if plugin and plugin.is_file() else None,
-                params=params)
+                params=params, checkpoint=_bf16_checkpoint(args) if params.precision == "bf16" else None)
             print(f"serve: rendered the {args.target} repository in {repo}")
         if args.render_only:
             return 0

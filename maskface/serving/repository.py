@@ -30,6 +30,9 @@ from ..preprocess import MAX_INPUT_PIXELS
 from .manifest import DEFAULT_MAX_BATCH, EngineManifest, ManifestError
 
 TARGETS = ("cpu", "tensorrt")
+# The cpu target's precisions (docs/DEPLOYMENT.md "CPU precisions"): fp32 and int8 run ONNX graphs in
+# ONNX Runtime, bf16 runs the checkpoint in PyTorch (ONNX Runtime has no BF16 convolutions).
+PRECISIONS = ("fp32", "int8", "bf16")
 ENSEMBLE = "maskface"
 MODELS = ("maskface", "maskface_preprocess", "maskface_detector", "maskface_nms", "maskface_keypoints",
           "maskface_postprocess")
@@ -42,6 +45,11 @@ PYTHON_MODELS = {
 GRAPH_FILES = {
     "cpu": {"maskface_detector": ("detector.onnx", "detector.onnx"),
             "maskface_keypoints": ("keypoint_head_portable.onnx", "keypoint_head_portable.onnx")},
+    # export/quantize_int8.py writes these beside the FP32 graphs
+    "cpu-int8": {"maskface_detector": ("detector_int8.onnx", "detector_int8.onnx"),
+                 "maskface_keypoints": ("keypoint_head_portable_int8.onnx", "keypoint_head_portable_int8.onnx")},
+    # the checkpoint itself (loaded with weights_only); both stages build their half of the model from it
+    "cpu-bf16": {"maskface_detector": (None, "model.pth"), "maskface_keypoints": (None, "model.pth")},
     "tensorrt": {"maskface_detector": ("detector.plan", "model.plan"),
                  "maskface_keypoints": ("keypoint_head.plan", "model.plan")},
 }
@@ -92,7 +100,11 @@ class ServingParams:
     nms_instances: int = 1
     keypoint_instances: int = 1
     postprocess_instances: int = 1
-    ort_threads: int = 0  # cpu target: ONNX Runtime intra-op threads per instance (0 = its default)
+    # cpu target: fp32 | int8 (ONNX Runtime) | bf16 (PyTorch, CPUs with native BF16 only)
+    precision: str = "fp32"
+    # cpu target: intra-op threads per graph instance; 0 = the CPUs the server may run on
+    # (os.sched_getaffinity) shared among the instances of that model, always set explicitly
+    cpu_threads: int = 0
 
     @classmethod
     def from_configs(cls, inference: InferenceConfig | None = None, input_cfg: InputConfig | None = None,
@@ -129,7 +141,8 @@ class ServingParams:
         for name in ("preprocess_instances", "detector_instances", "nms_instances", "keypoint_instances",
                      "postprocess_instances"):
             check(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
-        check(self.ort_threads >= 0, "ort_threads must be >= 0")
+        check(self.cpu_threads >= 0, "cpu_threads must be >= 0")
+        check(self.precision in PRECISIONS, f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         for name in ("num_landmarks", "feature_channels", "pre_nms_topk"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"{name}={value} must be >= 1")
@@ -252,11 +265,14 @@ def render_repository(
     params: ServingParams | None = None,
     require_engines: bool = True,
     templates: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Path:
     """Write a ready-to-serve Triton model repository for `target` ('cpu' or 'tensorrt') to out_dir.
 
-    cpu: needs onnx_dir with detector.onnx and keypoint_head_portable.onnx (export/export_onnx.py).
+    cpu: precision fp32 needs onnx_dir with detector.onnx and keypoint_head_portable.onnx
+    (export/export_onnx.py), int8 the *_int8.onnx graphs there (export/quantize_int8.py), bf16 the
+    checkpoint (a CPU with native BF16; maskface.runtimes.bf16_runtime).
     tensorrt: needs engines_dir with detector.plan and keypoint_head.plan (export/build_engines.py;
     engines.json there is read for the model facts and copied into the manifest). With
     require_engines=False the configs are rendered without plans (to inspect them on a machine
@@ -274,14 +290,28 @@ def render_repository(
     sources: dict[str, Path] = {}
     missing: list[str] = []
     metadata: dict[str, Any] | None = None
-    if target == "cpu":
+    graph_files = GRAPH_FILES[target if target != "cpu" or params.precision == "fp32" else f"cpu-{params.precision}"]
+    if target == "tensorrt" and params.precision != "fp32":
+        raise ValueError(f"precision={params.precision!r} is a cpu-target parameter; the tensorrt target's "
+                         "precision is fixed when the engines are built (export/build_engines.py --fp16)")
+    if target == "cpu" and params.precision == "bf16":
+        if checkpoint is None or not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"precision bf16 serves a checkpoint in PyTorch: {checkpoint} not found "
+                                    "(pass checkpoint=..., `maskface serve --checkpoint PATH`)")
+        from .bf16_stage import check_bf16_serving, checkpoint_facts
+
+        check_bf16_serving()
+        sources = {model: Path(checkpoint) for model in graph_files}
+        facts = checkpoint_facts(checkpoint)
+    elif target == "cpu":
         if onnx_dir is None:
             raise ValueError("the cpu target needs onnx_dir (detector.onnx + keypoint_head_portable.onnx)")
-        for model, (name, _) in GRAPH_FILES["cpu"].items():
+        for model, (name, _) in graph_files.items():
             path = Path(onnx_dir) / name
             if not path.is_file():
-                raise FileNotFoundError(f"{path} not found: export the graphs first (export/export_onnx.py --portable, "
-                                        "or export.export_onnx.export_all)")
+                how = ("quantise them first (python export/quantize_int8.py --out DIR)" if params.precision == "int8"
+                       else "export the graphs first (export/export_onnx.py --portable, or export.export_onnx.export_all)")
+                raise FileNotFoundError(f"{path} not found: {how}")
             sources[model] = path
         facts = _graph_facts_from_onnx(sources["maskface_detector"], sources["maskface_keypoints"])
     else:
@@ -329,6 +359,8 @@ def render_repository(
         setattr(params, key, given if given is not None else found if found is not None else default)
 
     values = params.template_values()
+    values["detector_file"] = graph_files["maskface_detector"][1]
+    values["keypoint_file"] = graph_files["maskface_keypoints"][1]
 
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} exists and is not a rendered MaskFace repository; refusing to overwrite it")
@@ -349,7 +381,7 @@ def render_repository(
             (out / model / "1").mkdir()
             shutil.copy2(code, out / model / "1" / "model.py")
         if model in sources:
-            _place(sources[model], out / model / "1" / GRAPH_FILES[target][model][1])
+            _place(sources[model], out / model / "1" / graph_files[model][1])
         else:  # the ensemble and missing plans still need their version folder
             (out / model / "1").mkdir(exist_ok=True)
 

@@ -16,6 +16,7 @@ Tensors between the stages (all per request, batch 1; see triton_models/README.m
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,30 +419,36 @@ def check_keypoint_inputs(feeds: Mapping[str, np.ndarray], bounds: InputBounds) 
 # ----------------------------------------------------------------------------- ONNX Runtime (cpu target)
 
 
-class OnnxModel:
-    """One exported graph in ONNX Runtime, the `cpu` target's stand-in for a TensorRT plan."""
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what a container or taskset allows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
-    def __init__(self, path: str | Path, threads: int | None = None):
-        # onnxruntime directly (no torch in the stubs that run graphs: seconds of start-up saved).
-        import onnxruntime as ort
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX graph {path} not found")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+def instance_count(model_config: Mapping[str, Any]) -> int:
+    """How many instances of this model Triton runs (the sum over its instance_group entries)."""
+    groups = model_config.get("instance_group") or [{"count": 1}]
+    return max(1, sum(int(g.get("count", 1) or 1) for g in groups))
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = set(self.input_names) - set(feeds)
-        if missing:
-            raise RequestError(f"missing inputs {sorted(missing)}")
-        outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
-        return dict(zip(self.output_names, outputs))
+
+def threads_per_instance(cpu_threads: int, instances: int) -> int:
+    """Intra-op threads of one graph instance: cpu_threads if given, else the available CPUs shared
+    among the instances. Always explicit: ONNX Runtime's own default inside a Triton stub is not
+    what the server's CPUs allow (issue #15 measured its worker pinned to one CPU)."""
+    if cpu_threads < 0:
+        raise ValueError(f"cpu_threads={cpu_threads} must be >= 0")
+    return cpu_threads or max(1, available_cpus() // max(1, instances))
+
+
+class BatchedRuns:
+    """run_batched() on top of run(feeds) for a graph of `input_names` whose inputs batch on dim 0."""
+
+    input_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
 
     def run_batched(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """Run requests of equal input shapes as one batch (concatenated on dim 0), split the results.
@@ -470,6 +477,49 @@ class OnnxModel:
                 for i in indices:
                     results[i] = exc.with_traceback(None)
         return results
+
+
+class OnnxModel(BatchedRuns):
+    """One exported graph (FP32 or INT8) in ONNX Runtime, the `cpu` target's stand-in for a TensorRT plan."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        # onnxruntime directly (no torch in the stubs that run graphs: seconds of start-up saved).
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX graph {path} not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self.threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise RequestError(f"missing inputs {sorted(missing)}")
+        outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+
+def graph_model(args: Mapping[str, Any], model_config: Mapping[str, Any], part: str) -> BatchedRuns:
+    """The detector or keypoint graph of a cpu-target stage, by its config.pbtxt parameters:
+    model_file, precision (fp32 | int8: ONNX Runtime; bf16: the checkpoint in PyTorch) and cpu_threads."""
+    params = Parameters.from_model_config(model_config)
+    precision = params.get_str("precision", "fp32")
+    threads = threads_per_instance(params.get_int("cpu_threads", 0), instance_count(model_config))
+    path = model_file(args, params.get_str("model_file"))
+    if precision in ("fp32", "int8"):
+        return OnnxModel(path, threads)
+    if precision == "bf16":
+        from .bf16_stage import TorchBf16Model
+
+        return TorchBf16Model(path, part, threads)
+    raise ValueError(f"{params.model_name}: precision {precision!r} must be fp32, int8 or bf16")
 
 
 # ----------------------------------------------------------------------------- Python-backend glue

@@ -160,9 +160,10 @@ def test_cpu_and_tensorrt_targets_declare_the_same_tensors(onnx_dir, fake_engine
     for name in ("maskface_detector", "maskface_keypoints"):
         assert cpu[name].backend == "python" and cpu[name].platform == ""
         assert cpu[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
-        graph = params(cpu[name])["onnx_file"]
+        graph = params(cpu[name])["model_file"]
         assert (cpu_repo / name / "1" / graph).is_file() and (cpu_repo / name / "1" / "model.py").is_file()
-    assert params(cpu["maskface_keypoints"])["onnx_file"] == "keypoint_head_portable.onnx"
+    assert params(cpu["maskface_keypoints"])["model_file"] == "keypoint_head_portable.onnx"
+    assert params(cpu["maskface_detector"])["precision"] == "fp32" and params(cpu["maskface_detector"])["cpu_threads"] == "0"
     assert read_manifest(cpu_repo)["server_args"] == []
     for name in MODELS:
         text = (cpu_repo / name / "config.pbtxt").read_text()
@@ -232,3 +233,68 @@ def test_engine_profile_limits_from_engines_json(fake_engines, plugin, tmp_path)
     repo = render_repository("tensorrt", tmp_path / "c", engines_dir=fake_engines, plugin_library=plugin,
                              max_side=640, detector_max_batch_size=8)
     assert parse_model_config(repo / "maskface_detector" / "config.pbtxt").max_batch_size == 8
+
+
+def test_cpu_precision_picks_the_graphs_by_one_parameter(onnx_dir, tmp_path):
+    """int8 serves the *_int8.onnx graphs (export/quantize_int8.py names) under the same contract."""
+    import shutil
+
+    graphs = tmp_path / "graphs"
+    shutil.copytree(onnx_dir, graphs)
+    with pytest.raises(FileNotFoundError, match="quantize_int8.py"):
+        render_repository("cpu", tmp_path / "missing", onnx_dir=graphs, precision="int8")
+    for name in ("detector", "keypoint_head_portable"):
+        shutil.copy(graphs / f"{name}.onnx", graphs / f"{name}_int8.onnx")
+    fp32 = configs(render_repository("cpu", tmp_path / "fp32", onnx_dir=graphs))
+    repo = render_repository("cpu", tmp_path / "int8", onnx_dir=graphs, precision="int8")
+    int8 = configs(repo)
+    for name in MODELS:
+        assert tensors(int8[name].input) == tensors(fp32[name].input), name
+        assert tensors(int8[name].output) == tensors(fp32[name].output), name
+    for name, graph in (("maskface_detector", "detector_int8.onnx"),
+                        ("maskface_keypoints", "keypoint_head_portable_int8.onnx")):
+        assert params(int8[name])["model_file"] == graph and params(int8[name])["precision"] == "int8"
+        assert (repo / name / "1" / graph).is_file()
+    assert read_manifest(repo)["params"]["precision"] == "int8"
+    assert read_manifest(repo)["sources"]["maskface_detector"].endswith("detector_int8.onnx")
+
+
+def test_precision_errors(onnx_dir, fake_engines, plugin, tmp_path):
+    with pytest.raises(ValueError, match="precision='fp16' must be one of fp32, int8, bf16"):
+        render_repository("cpu", tmp_path / "a", onnx_dir=onnx_dir, precision="fp16")
+    with pytest.raises(ValueError, match="cpu-target parameter"):
+        render_repository("tensorrt", tmp_path / "b", engines_dir=fake_engines, plugin_library=plugin, precision="int8")
+    with pytest.raises(FileNotFoundError, match="bf16 serves a checkpoint"):
+        render_repository("cpu", tmp_path / "c", onnx_dir=onnx_dir, precision="bf16", checkpoint=tmp_path / "none.pth")
+
+
+def test_threads_are_explicit_and_shared_among_instances(monkeypatch):
+    from maskface.serving import stages
+
+    monkeypatch.setattr(stages, "available_cpus", lambda: 16)
+    assert stages.threads_per_instance(0, 1) == 16
+    assert stages.threads_per_instance(0, 3) == 5  # 16 // 3
+    assert stages.threads_per_instance(0, 32) == 1
+    assert stages.threads_per_instance(6, 3) == 6  # given explicitly: taken as is
+    with pytest.raises(ValueError, match="cpu_threads=-1"):
+        stages.threads_per_instance(-1, 1)
+    assert stages.instance_count({"instance_group": [{"count": 2, "kind": "KIND_CPU"}, {"count": 3}]}) == 5
+    assert stages.instance_count({}) == 1
+
+
+def test_stage_sessions_get_the_thread_count(onnx_dir, tmp_path, monkeypatch):
+    """The rendered config reaches ONNX Runtime: intra-op threads = CPUs // instances, set explicitly."""
+    import json
+
+    from maskface.serving import stages
+
+    monkeypatch.setattr(stages, "available_cpus", lambda: 4)
+    repo = render_repository("cpu", tmp_path / "cpu", onnx_dir=onnx_dir, detector_instances=2)
+    cfg = configs(repo)["maskface_detector"]
+    from google.protobuf import json_format
+
+    model_config = json.loads(json_format.MessageToJson(cfg, preserving_proto_field_name=True))
+    args = {"model_repository": str(repo / "maskface_detector"), "model_version": "1"}
+    graph = stages.graph_model(args, model_config, "detector")
+    assert isinstance(graph, stages.OnnxModel) and graph.threads == 2
+    assert graph.session.get_session_options().intra_op_num_threads == 2

@@ -1,4 +1,5 @@
-"""maskface_detector (cpu target): detector.onnx in ONNX Runtime.
+"""maskface_detector (cpu target): detector.onnx / detector_int8.onnx in ONNX Runtime, or the checkpoint
+in PyTorch BF16 (config.pbtxt parameters precision, model_file, cpu_threads: stages.graph_model).
 
 Stand-in for the TensorRT plan of the `tensorrt` target (same tensor names): images [B, 3, H, W]
 -> scores [B, k], boxes [B, k, 4], m2..m6. Triton's dynamic batcher hands several requests to one
@@ -18,8 +19,7 @@ class TritonPythonModel:
 
         params = stages.Parameters.from_model_config(config)
         self.stages = stages
-        self.graph = stages.OnnxModel(stages.model_file(args, params.get_str("onnx_file")),
-                                      params.get_int("ort_threads", 0))
+        self.graph = stages.graph_model(args, config, "detector")  # precision, model_file, cpu_threads
         self.bounds = stages.InputBounds.from_parameters(params)  # no larger image than preprocess makes
 
     def _checked_feed(self, request):

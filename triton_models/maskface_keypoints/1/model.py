@@ -1,8 +1,9 @@
-"""maskface_keypoints (cpu target): the portable keypoint-head graph in ONNX Runtime.
+"""maskface_keypoints (cpu target): the portable keypoint-head graph (FP32 or INT8) in ONNX Runtime, or
+the checkpoint's keypoint head in PyTorch BF16 (parameter precision; stages.graph_model).
 
 Stand-in for the TensorRT plan of the `tensorrt` target (same tensor names): m2..m6 + rois [N, 5]
 -> landmarks [N, K, 2], landmark_scores [N, K]. N = 0 gives empty outputs. The graph file and
-the ONNX Runtime thread count are config.pbtxt parameters (onnx_file, ort_threads).
+the thread count are config.pbtxt parameters (model_file, cpu_threads).
 """
 import json
 
@@ -18,8 +19,7 @@ class TritonPythonModel:
 
         params = stages.Parameters.from_model_config(config)
         self.stages = stages
-        self.graph = stages.OnnxModel(stages.model_file(args, params.get_str("onnx_file")),
-                                      params.get_int("ort_threads", 0))
+        self.graph = stages.graph_model(args, config, "keypoints")  # precision, model_file, cpu_threads
         self.bounds = stages.InputBounds.from_parameters(params)  # at most max_detections ROIs
 
     def _handle(self, **feeds):
