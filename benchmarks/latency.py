@@ -17,6 +17,10 @@ Backends (default: all but torch-fp32-cl that apply to --device):
                         oneDNN runs depthwise/grouped convs much faster in NHWC (MobileNetV2, ResNeXt)
   tensorrt-fp16         CUDA only: FP16 engines from export/tensorrt_build.py + export/engine_runner.py, when
                         TensorRT with a builder is importable; skipped with the reason otherwise
+  onnxruntime-int8      CPU only: the calibrated INT8 graphs of export/quantize_int8.py (--int8-dir) for the
+                        --checkpoint they were made from; skipped with the reason when absent
+  torch-bf16            CPU only, where the CPU has native BF16 (detected): maskface.runtimes.bf16_runtime
+  triton-cpu            CPU only: the Triton cpu target (FP32 graphs) served for real by tritonserver on loopback
 
 Per row, after --warmup untimed iterations, --runs timed iterations of:
   detector   the detector graph/stage on one image (batch 1): scores + boxes of the top-k candidates and M2..M6
@@ -25,6 +29,9 @@ Per row, after --warmup untimed iterations, --runs timed iterations of:
              keeps nothing at threshold 0.5, so `nms` alone would hide the NMS cost)
   keypoints  the keypoint head (multi-level RoIAlign + 8 convs + deconv + heatmap decoding) for F faces, for each
              F in --faces; the ROIs are the image's best F real candidate boxes, so levels and sizes are real
+  pipeline   the whole pipeline on the JPEG of the image, as a user calls it: decode, preprocess, detector, NMS,
+             keypoint head for the faces found, original pixels (Predictor / OnnxPredictor in process; one
+             request to the `maskface` ensemble for triton-cpu). Not for the FP16/TensorRT rows.
   e2e        detector -> NMS -> keypoint head, chained on one image, with E = --e2e-faces faces: the NMS survivors,
              completed with the next-best candidates when fewer than E survive. detector/nms are stamps inside
              this chain. Preprocessing (JPEG decode, resize, normalise, pad) is EXCLUDED from e2e and reported
@@ -34,6 +41,11 @@ Reported: median and p90 (ms) over the timed runs; GFLOP/s = FLOPs counted from 
 RoIAlign, top-k and NMS are not counted) / median time; fraction of peak = GFLOP/s / MEASURED peak (a 3x3
 conv and an sgemm timed at the same thread count on the same device, benchmarks/hardware.py; --peak-gflops
 overrides it). The clock-based CPU estimate is printed beside it, labelled as an estimate.
+
+The backends of one image size run INTERLEAVED (round r times every backend once, from a rotating
+start), so that a noisy machine's drift falls on all of them alike; --no-interleave runs them in turn.
+Ratios to ONNX Runtime FP32 of the same run, and the CPU goals (INT8 detector <= 0.30x, BF16 detector
+<= 0.55x, Triton pipeline <= 1.05x), are in the report.
 
 Writes OUT/latency.json, OUT/latency.md and OUT/latency.png (default OUT: artifacts/bench).
 Weights are a seeded initialisation unless --checkpoint is given; the rows say which.
@@ -63,15 +75,20 @@ from benchmarks.hardware import (  # noqa: F401  (re-exported for callers of lat
 from maskface.config import InferenceConfig, MaskFaceConfig
 from maskface.io_utils import atomic_write_bytes, atomic_write_json
 from maskface.modeling.maskface import MaskFace, build_model
-from benchmarks.latency_report import BACKBONE_NAMES, _jsonable, plot, ratios, to_markdown  # noqa: F401
+from benchmarks.latency_report import (  # noqa: F401
+    BACKBONE_NAMES, _jsonable, plot, ratios, to_markdown, vs_onnxruntime_fp32,
+)
 from benchmarks.latency_runners import (  # noqa: F401  (re-exported: tests and callers use latency.X)
-    CUDA_ONLY, ONNX_EXPORT_VERSION, OrtRunner, Skip, TorchRunner, TrtRunner, input_hw, make_runner, model_key,
+    CPU_ONLY, CUDA_ONLY, ONNX_EXPORT_VERSION, OrtRunner, Skip, TorchRunner, TrtRunner, input_hw, make_runner, model_key,
     cached_onnx_export, tensorrt_runner,
 )
 
 SCHEMA_VERSION = 1
-BACKENDS = ("torch-fp32", "onnxruntime", "torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16", "torch-fp32-cl")
-DEFAULT_BACKENDS = BACKENDS[:5]  # torch-fp32-cl only when asked for
+BACKENDS = ("torch-fp32", "onnxruntime", "torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16", "onnxruntime-int8",
+            "torch-bf16", "triton-cpu", "torch-fp32-cl")
+DEFAULT_BACKENDS = BACKENDS[:8]  # torch-fp32-cl only when asked for
+# The CPU deployment goals of issue #15, as time ratios to ONNX Runtime FP32 of the same model, image and run.
+CPU_GOALS = {"onnxruntime-int8": ("detector", 0.30), "torch-bf16": ("detector", 0.55), "triton-cpu": ("pipeline", 1.05)}
 DEFAULT_RUNS = {"cpu": 10, "cuda": 50}
 DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
 
@@ -113,7 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Stage definitions: see the module docstring and benchmarks/README.md.")
-    p.add_argument("--backbones", default="r50", help="comma list of presets: r50, mbv2, rx101, rx152 (default r50)")
+    p.add_argument("--backbones", default="demo,r50",
+                   help="comma list: demo (the shipped demo model, trained), r50, mbv2, rx101, rx152 (seeded "
+                        "initialisations: the paper's widths) (default demo,r50)")
     p.add_argument("--sizes", default="640x480", help="comma list of WIDTHxHEIGHT image sizes (default 640x480); "
                    "the network input is padded to multiples of 64 as the preprocess step does")
     p.add_argument("--backends", default=None, help=f"comma list out of {', '.join(BACKENDS)} (default: all that "
@@ -132,6 +151,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak-gflops", type=float, default=None, help="peak FP32 GFLOP/s of the device, instead of "
                    "measuring it (a 3x3 conv and an sgemm at --threads)")
     p.add_argument("--peak-runs", type=int, default=10, help="timed runs of each peak kernel (median taken)")
+    p.add_argument("--int8-dir", default="artifacts/onnx_int8",
+                   help="folder of detector_int8.onnx + keypoint_head_portable_int8.onnx (export/quantize_int8.py) "
+                        "for the onnxruntime-int8 rows (default %(default)s)")
+    p.add_argument("--no-interleave", dest="interleave", action="store_false",
+                   help="time the backends one after another instead of interleaved")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
@@ -156,7 +180,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device here")
     if args.backends is None:
-        args.backends = [b for b in DEFAULT_BACKENDS if args.device == "cuda" or b not in CUDA_ONLY]
+        args.backends = [b for b in DEFAULT_BACKENDS
+                         if (b not in CUDA_ONLY or args.device == "cuda") and (b not in CPU_ONLY or args.device == "cpu")]
     else:
         args.backends = _csv(args.backends)
         for b in args.backends:
@@ -214,6 +239,15 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ model + work
+
+
+def model_checkpoint(name: str, checkpoint: str | None) -> str | None:
+    """--checkpoint, else the shipped demo model for the `demo` backbone (every default uses it), else None."""
+    if checkpoint or name != "demo":
+        return checkpoint
+    from maskface.demo.weights import demo_checkpoint
+
+    return str(demo_checkpoint())
 
 
 def load_model(name: str, checkpoint: str | None, seed: int) -> tuple[MaskFace, bool]:
@@ -296,6 +330,16 @@ def time_preprocess(image_bgr: np.ndarray, cfg: MaskFaceConfig, runs: int) -> di
     return summarize(times[1:])
 
 
+def encode_jpeg(image_bgr: np.ndarray) -> bytes | None:
+    """The image as the JPEG a client would send (quality 90); None without OpenCV."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return buf.tobytes() if ok else None
+
+
 def summarize(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds, np.float64) * 1e3
     return {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)), "min": float(ms.min()),
@@ -305,63 +349,125 @@ def summarize(seconds: list[float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ measuring
 
 
-def measure(runner, image: np.ndarray, inference: InferenceConfig, faces: list[int], e2e_faces: int,
-            runs: int, warmup: int, tick: Callable[[], None]) -> dict[str, Any]:
-    """Time the stages (see the module docstring); returns the row's timing part."""
-    x = runner.prepare(image)
-    full = dataclasses.replace(inference, score_threshold=0.0)
-    with torch.no_grad():
-        scores, boxes, _ = runner.detect(x)
-        runner.sync()
-        num_candidates = int(scores.shape[1])
-        real = runner.num_real(scores[0])
-        if max(faces) > real:
-            raise ValueError(f"--faces {max(faces)} > the {real} real candidates of this input: use a larger size")
-        top_rois = runner.rois(boxes[0], runner.first(max(faces)))
-        t: dict[str, list[float]] = {k: [] for k in ("detector", "nms", "nms_full", "e2e", "e2e_keypoints")}
-        kp: dict[int, list[float]] = {f: [] for f in faces}
-        kept_counts, full_counts = [], []
-        for i in range(warmup + runs):
+class StageTimer:
+    """One runner's timed stages on one image (see the module docstring). `iteration()` runs every
+    stage once; the caller interleaves the iterations of several timers, so that the machine's
+    drift (other processes, clocks) falls on every backend alike and ratios stay fair."""
+
+    STAGES = ("detector", "nms", "nms_full", "e2e", "e2e_keypoints", "pipeline")
+
+    def __init__(self, runner, image: np.ndarray, jpeg: bytes | None, inference: InferenceConfig,
+                 faces: list[int], e2e_faces: int):
+        self.runner, self.inference, self.faces, self.e2e_faces = runner, inference, faces, e2e_faces
+        self.full = dataclasses.replace(inference, score_threshold=0.0)
+        self.x = runner.prepare(image)
+        self.jpeg = jpeg
+        self.run_pipeline = runner.pipeline() if jpeg is not None else None
+        with torch.no_grad():
+            scores, boxes, _ = runner.detect(self.x)
+            runner.sync()
+            self.num_candidates = int(scores.shape[1])
+            self.real = runner.num_real(scores[0])
+            if max(faces) > self.real:
+                raise ValueError(f"--faces {max(faces)} > the {self.real} real candidates of this input: "
+                                 "use a larger size")
+            self.top_rois = runner.rois(boxes[0], runner.first(max(faces)))
+        self.t: dict[str, list[float]] = {k: [] for k in self.STAGES}
+        self.kp: dict[int, list[float]] = {f: [] for f in faces}
+        self.kept_counts: list[int] = []
+        self.full_counts: list[int] = []
+
+    def iteration(self, record: bool) -> None:
+        runner, faces = self.runner, self.faces
+        with torch.no_grad():
             runner.sync()
             t0 = time.perf_counter()
-            scores, boxes, features = runner.detect(x)
+            scores, boxes, features = runner.detect(self.x)
             runner.sync()
             t1 = time.perf_counter()
-            kept = runner.select(scores[0], boxes[0], inference)
+            kept = runner.select(scores[0], boxes[0], self.inference)
             runner.sync()
             t2 = time.perf_counter()
-            if e2e_faces:
-                runner.keypoints(features, runner.rois(boxes[0], runner.fill(kept, num_candidates, e2e_faces)))
+            if self.e2e_faces:
+                runner.keypoints(features, runner.rois(boxes[0], runner.fill(kept, self.num_candidates,
+                                                                             self.e2e_faces)))
             runner.sync()
             t3 = time.perf_counter()
-            kept_all = runner.select(scores[0], boxes[0], full)
+            kept_all = runner.select(scores[0], boxes[0], self.full)
             runner.sync()
             t4 = time.perf_counter()
             sweep = {}
             for f in faces:
                 s0 = time.perf_counter()
-                runner.keypoints(features, top_rois[:f])
+                runner.keypoints(features, self.top_rois[:f])
                 runner.sync()
                 sweep[f] = time.perf_counter() - s0
-            if i >= warmup:
-                t["detector"].append(t1 - t0)
-                t["nms"].append(t2 - t1)
-                t["e2e_keypoints"].append(t3 - t2)
-                t["e2e"].append(t3 - t0)
-                t["nms_full"].append(t4 - t3)
-                for f in faces:
-                    kp[f].append(sweep[f])
-                kept_counts.append(len(kept))
-                full_counts.append(len(kept_all))
-            tick()
-    out: dict[str, Any] = {k: summarize(v) for k, v in t.items()}
-    out["keypoints"] = {str(f): {"total_ms": summarize(kp[f]),
-                                 "per_face_ms": summarize([s / f for s in kp[f]])} for f in faces}
-    out["nms_kept"] = int(np.median(kept_counts))
-    out["nms_full_kept"] = int(np.median(full_counts))
-    out["nms_full_candidates"] = real
-    out["num_candidates"] = num_candidates
-    return out
+            del scores, boxes, features
+            if self.run_pipeline is not None:
+                p0 = time.perf_counter()
+                self.run_pipeline(self.jpeg)
+                runner.sync()
+                pipeline = time.perf_counter() - p0
+        if not record:
+            return
+        self.t["detector"].append(t1 - t0)
+        self.t["nms"].append(t2 - t1)
+        self.t["e2e_keypoints"].append(t3 - t2)
+        self.t["e2e"].append(t3 - t0)
+        self.t["nms_full"].append(t4 - t3)
+        if self.run_pipeline is not None:
+            self.t["pipeline"].append(pipeline)
+        for f in faces:
+            self.kp[f].append(sweep[f])
+        self.kept_counts.append(len(kept))
+        self.full_counts.append(len(kept_all))
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: (summarize(v) if v else None) for k, v in self.t.items()}
+        out["keypoints"] = {str(f): {"total_ms": summarize(self.kp[f]),
+                                     "per_face_ms": summarize([s / f for s in self.kp[f]])} for f in self.faces}
+        out["nms_kept"] = int(np.median(self.kept_counts))
+        out["nms_full_kept"] = int(np.median(self.full_counts))
+        out["nms_full_candidates"] = self.real
+        out["num_candidates"] = self.num_candidates
+        return out
+
+
+def run_interleaved(timers: dict[str, StageTimer], runs: int, warmup: int, tick: Callable[[], None],
+                    interleave: bool = True) -> dict[str, dict[str, Any] | Exception]:
+    """Warm-up then timed iterations; interleaved: round r runs every timer once, starting at a
+    rotating position (no backend always follows the same one). Otherwise one timer after another.
+    A timer that fails is reported as its exception; the others go on."""
+    names = list(timers)
+    failed: dict[str, Exception] = {}
+
+    def step(name: str, record: bool) -> None:
+        if name in failed:
+            return
+        try:
+            timers[name].iteration(record)
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a server gone
+            failed[name] = exc
+        tick()
+
+    if interleave:
+        for i in range(warmup + runs):
+            for k in range(len(names)):
+                step(names[(i + k) % len(names)], i >= warmup)
+    else:
+        for name in names:
+            for i in range(warmup + runs):
+                step(name, i >= warmup)
+    return {name: failed.get(name) or timers[name].result() for name in names}
+
+
+def measure(runner, image: np.ndarray, inference: InferenceConfig, faces: list[int], e2e_faces: int,
+            runs: int, warmup: int, tick: Callable[[], None], jpeg: bytes | None = None) -> dict[str, Any]:
+    """Time one runner's stages (see the module docstring); returns the row's timing part."""
+    result = run_interleaved({"_": StageTimer(runner, image, jpeg, inference, faces, e2e_faces)}, runs, warmup, tick)
+    if isinstance(result["_"], Exception):
+        raise result["_"]
+    return result["_"]
 
 
 def add_rates(row: dict[str, Any], gflop: dict[str, float], peak: float | None) -> None:
@@ -409,6 +515,41 @@ class _Progress:
             self.bar.close()
 
 
+def make_row(args: argparse.Namespace, env: dict[str, Any], preset: str, size: tuple[int, int], model: MaskFace,
+             backend: str, runner, precision: str, trained: bool, timing: dict[str, Any],
+             checkpoint: str | None) -> dict[str, Any]:
+    notes = []
+    if not trained:
+        notes.append("untrained weights: NMS at the configured threshold keeps (almost) no face, so "
+                     "`NMS all candidates` shows the NMS cost and e2e tops its faces up with candidates")
+    if backend.startswith("onnxruntime"):
+        notes.append("onnxruntime keypoint graph (portable): standard RoiAlign nodes; GFLOP/s counts the model's "
+                     "FP32 work only (effective rate for the INT8 row)")
+    if backend == "torch-fp16-cudagraph":
+        notes.append("CUDA graph covers backbone + FPN + context + head convs at the fixed input shape; "
+                     "top-k/decoding, NMS and the keypoint head run eagerly")
+    if backend == "triton-cpu":
+        notes.append("triton-cpu: stage columns call maskface_detector / maskface_keypoints over HTTP (the context "
+                     "maps travel to the client and back); `pipeline` is one request to the maskface ensemble "
+                     "(JPEG in, faces out) at concurrency 1, the figure to compare with the in-process pipelines")
+    size_name = f"{size[0]}x{size[1]}"
+    return {
+        "backbone": preset, "backbone_name": BACKBONE_NAMES.get(preset, preset),
+        "size": size_name, "input_hw": list(input_hw(size, model.cfg)), "backend": backend,
+        "engine": runner.engine, "precision": precision, "device_kind": args.device,
+        "device_name": env["device_name"], "threads": args.threads, "batch": 1,
+        "trained": trained, "checkpoint": checkpoint, "seed": None if trained else args.seed,
+        "runs": args.runs, "warmup": args.warmup, "preprocess_included": False, "interleaved": args.interleave,
+        "e2e_faces": args.e2e_faces,
+        "detector_ms": timing["detector"], "nms_ms": timing["nms"], "nms_full_ms": timing["nms_full"],
+        "nms_kept": timing["nms_kept"], "nms_full_kept": timing["nms_full_kept"],
+        "nms_full_candidates": timing["nms_full_candidates"],
+        "num_candidates": timing["num_candidates"], "keypoints": timing["keypoints"],
+        "e2e_keypoints_ms": timing["e2e_keypoints"], "e2e_ms": timing["e2e"], "pipeline_ms": timing["pipeline"],
+        "checks": dict(runner.checks), "notes": notes,
+    }
+
+
 def build_report(args: argparse.Namespace, env: dict[str, Any], command: str, preprocess: dict[str, Any],
                  rows: list[dict[str, Any]], skipped: list[dict[str, str]], complete: bool) -> dict[str, Any]:
     return _jsonable({
@@ -427,6 +568,9 @@ def build_report(args: argparse.Namespace, env: dict[str, Any], command: str, pr
             "nms_full_ms": "the same NMS at score threshold 0 over every real candidate (worst case)",
             "keypoints": "keypoint head (RoIAlign + convs + heatmap decoding) for F faces = the best F candidates",
             "e2e_ms": "detector -> NMS -> keypoint head for e2e_faces faces, chained; preprocessing excluded",
+            "pipeline_ms": "the whole pipeline on the image's JPEG (decode ... original pixels), as a user calls it; "
+                           "triton-cpu: one ensemble request at concurrency 1",
+            "vs_onnxruntime_fp32": "time / the onnxruntime (FP32) row of the same backbone, size and run",
             "preprocess_ms": "JPEG decode + maskface.preprocess.prepare_image on the CPU, not part of e2e",
             "gflops_achieved": "counted model GFLOP (torch.utils.flop_counter, 2 FLOPs per multiply-add) / median s",
             "peak_fraction": "gflops_achieved / environment.peak.gflops (measured: a 3x3 conv and an sgemm at the same threads, benchmarks/hardware.py; or --peak-gflops)",
@@ -435,6 +579,7 @@ def build_report(args: argparse.Namespace, env: dict[str, Any], command: str, pr
         "paper_table7": [dict(p) for p in PAPER_TABLE7],
         "rows": rows,
         "ratios": ratios(rows),
+        "vs_onnxruntime_fp32": vs_onnxruntime_fp32(rows, CPU_GOALS),
         "skipped": skipped,
     })
 
@@ -460,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[dict[str, str]] = []
     preprocess: dict[str, dict[str, float]] = {}
     images = {size: sample_image(size) for size in args.sizes}
+    jpegs = {size: encode_jpeg(images[size]) for size in args.sizes}
     command = "python benchmarks/latency.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     json_path, md_path, png_path = out / "latency.json", out / "latency.md", out / "latency.png"
@@ -475,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and len(args.backbones) > 1:
         log("latency: --checkpoint given: its config decides the backbone, --backbones is ignored")
     for name in names:
-        model, trained = load_model(name, args.checkpoint, args.seed)
+        checkpoint = model_checkpoint(name, args.checkpoint)
+        model, trained = load_model(name, checkpoint, args.seed)
         preset = model.cfg.name
         for size in args.sizes:
             if f"{size[0]}x{size[1]}" not in preprocess:
@@ -484,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def key(model: MaskFace = model, key_cache: dict[str, Any] = key_cache) -> str:
             if "key" not in key_cache:
-                key_cache["key"] = model_key(model.cfg, args.seed, args.checkpoint)
+                key_cache["key"] = model_key(model.cfg, args.seed, checkpoint)
             return key_cache["key"]
 
         def onnx_paths(model: MaskFace = model, key_cache: dict[str, Any] = key_cache) -> dict[str, Path]:
@@ -493,60 +640,50 @@ def main(argv: list[str] | None = None) -> int:
             return key_cache["paths"]
 
         work = {size: count_gflop(model.cfg, input_hw(size, model.cfg)) for size in args.sizes}
+        runners: dict[str, tuple[Any, str]] = {}
         for backend in args.backends:
             progress.describe(f"{preset} {backend} (setup)")
             try:
                 k = key() if backend in ("onnxruntime", "tensorrt-fp16") else ""
-                runner, precision = make_runner(backend, model, args, k, onnx_paths, log)
+                runners[backend] = make_runner(backend, model, args, k, onnx_paths, log, checkpoint)
             except Exception as exc:  # Skip, or a setup failure (export, session, engine): a reason, not a crash
                 reason = str(exc) if isinstance(exc, Skip) else f"setup failed: {type(exc).__name__}: {exc}"
                 skipped.append({"backbone": preset, "backend": backend, "reason": reason})
                 log(f"latency: skipping {backend} for {preset}: {reason}")
                 progress.update(per_combo * len(args.sizes))
-                continue
+        try:
             for size in args.sizes:
                 size_name = f"{size[0]}x{size[1]}"
-                progress.describe(f"{preset} {backend} {size_name}")
+                progress.describe(f"{preset} {size_name} " + ("interleaved" if args.interleave else "in turn"))
                 image = prepare(images[size], model.cfg)
-                try:
-                    timing = measure(runner, image, model.cfg.inference, args.faces, args.e2e_faces, args.runs,
-                                     args.warmup, progress.update)
-                except (RuntimeError, ValueError) as exc:  # e.g. out of memory, faces > candidates
-                    skipped.append({"backbone": preset, "backend": backend,
-                                    "reason": f"{size_name}: {type(exc).__name__}: {exc}"})
-                    log(f"latency: {preset} {backend} {size_name} failed: {exc}")
-                    continue
-                notes = []
-                if not trained:
-                    notes.append("untrained weights: NMS at the configured threshold keeps (almost) no face, so "
-                                 "`NMS all candidates` shows the NMS cost and e2e tops its faces up with candidates")
-                if backend == "onnxruntime":
-                    notes.append("onnxruntime keypoint graph (portable): RoiAlign runs on every level for every ROI, "
-                                 "plus one padding ROI per call; GFLOP/s counts the model's work only")
-                if backend == "torch-fp16-cudagraph":
-                    notes.append("CUDA graph covers backbone + FPN + context + head convs at the fixed input shape; "
-                                 "top-k/decoding, NMS and the keypoint head run eagerly")
-                row: dict[str, Any] = {
-                    "backbone": preset, "backbone_name": BACKBONE_NAMES.get(preset, preset),
-                    "size": size_name, "input_hw": list(input_hw(size, model.cfg)), "backend": backend,
-                    "engine": runner.engine, "precision": precision, "device_kind": args.device,
-                    "device_name": env["device_name"], "threads": args.threads, "batch": 1,
-                    "trained": trained, "checkpoint": args.checkpoint, "seed": None if trained else args.seed,
-                    "runs": args.runs, "warmup": args.warmup, "preprocess_included": False,
-                    "e2e_faces": args.e2e_faces,
-                    "detector_ms": timing["detector"], "nms_ms": timing["nms"], "nms_full_ms": timing["nms_full"],
-                    "nms_kept": timing["nms_kept"], "nms_full_kept": timing["nms_full_kept"],
-                    "nms_full_candidates": timing["nms_full_candidates"],
-                    "num_candidates": timing["num_candidates"], "keypoints": timing["keypoints"],
-                    "e2e_keypoints_ms": timing["e2e_keypoints"], "e2e_ms": timing["e2e"],
-                    "checks": dict(runner.checks), "notes": notes,
-                }
-                add_rates(row, work[size], env["peak"]["gflops"])
-                rows.append(row)
-                write(final=False)
-                log(f"latency: {preset} {size_name} {backend}: detector {row['detector_ms']['median']:.2f} ms, "
-                    f"e2e {row['e2e_ms']['median']:.2f} ms (median)")
-            del runner
+                timers = {}
+                for backend, (runner, _) in runners.items():
+                    try:
+                        timers[backend] = StageTimer(runner, image, jpegs[size], model.cfg.inference, args.faces,
+                                                     args.e2e_faces)
+                    except (RuntimeError, ValueError) as exc:  # e.g. out of memory, faces > candidates
+                        skipped.append({"backbone": preset, "backend": backend,
+                                        "reason": f"{size_name}: {type(exc).__name__}: {exc}"})
+                        log(f"latency: {preset} {backend} {size_name} failed: {exc}")
+                        progress.update(per_combo)
+                results = run_interleaved(timers, args.runs, args.warmup, progress.update, args.interleave)
+                for backend, timing in results.items():
+                    if isinstance(timing, Exception):
+                        skipped.append({"backbone": preset, "backend": backend,
+                                        "reason": f"{size_name}: {type(timing).__name__}: {timing}"})
+                        continue
+                    runner, precision = runners[backend]
+                    row = make_row(args, env, preset, size, model, backend, runner, precision, trained, timing,
+                                   checkpoint)
+                    add_rates(row, work[size], env["peak"]["gflops"])
+                    rows.append(row)
+                    write(final=False)
+                    log(f"latency: {preset} {size_name} {backend}: detector {row['detector_ms']['median']:.2f} ms, "
+                        f"e2e {row['e2e_ms']['median']:.2f} ms (median)")
+        finally:
+            for runner, _ in runners.values():
+                runner.close()
+            runners.clear()
         del model
         if args.device == "cuda":
             torch.cuda.empty_cache()

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-BACKBONE_NAMES = {"r50": "ResNet-50", "mbv2": "MobileNetV2", "rx101": "ResNeXt-101 32x8d",
+BACKBONE_NAMES = {"demo": "MobileNetV2 demo (trained)", "r50": "ResNet-50", "mbv2": "MobileNetV2", "rx101": "ResNeXt-101 32x8d",
                   "rx152": "ResNeXt-152 32x8d"}
 
 
@@ -42,6 +42,28 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def vs_onnxruntime_fp32(rows: list[dict[str, Any]], goals: dict[str, tuple[str, float]]) -> list[dict[str, Any]]:
+    """Every other row's time / the ONNX Runtime FP32 row of the same backbone and size (one run, so the
+    rows were interleaved), per stage, with the goal of that backend where one is set (< 1: faster)."""
+    out = []
+    for ref in (r for r in rows if r["backend"] == "onnxruntime"):
+        for row in rows:
+            if row is ref or (row["backbone"], row["size"]) != (ref["backbone"], ref["size"]):
+                continue
+            item = {"backbone": row["backbone"], "size": row["size"], "backend": row["backend"],
+                    "precision": row["precision"]}
+            for stage in ("detector", "e2e", "pipeline"):
+                a, b = row.get(f"{stage}_ms"), ref.get(f"{stage}_ms")
+                item[stage] = a["median"] / b["median"] if a and b else None
+            item["detector_gflops_effective"] = row["gflops_achieved"]["detector"]
+            if row["backend"] in goals:
+                stage, bound = goals[row["backend"]]
+                value = item[stage]
+                item["goal"] = {"stage": stage, "at_most": bound, "met": None if value is None else value <= bound}
+            out.append(item)
+    return out
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     env, rows = report["environment"], report["rows"]
     faces = report["settings"]["faces"]
@@ -72,7 +94,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines[-2:-2] = ["**PARTIAL: the run has not finished (or was cut short); rows so far only.**", ""]
     head = (["backbone", "image (input)", "backend", "precision", "device", "threads", "detector", "NMS [kept]",
              "NMS all candidates [kept/of]"] + [f"kp ms/face @{f}" for f in faces]
-            + ["e2e [E faces]", "detector GFLOP/s", "detector % of measured peak", "e2e GFLOP/s"])
+            + ["e2e [E faces]", "pipeline (JPEG in)", "detector GFLOP/s", "detector % of measured peak", "e2e GFLOP/s"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
@@ -87,7 +109,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         for f in faces:
             v = r["keypoints"][str(f)]["per_face_ms"]
             cells.append(f"{_fmt(v['median'], 3)} / {_fmt(v['p90'], 3)}")
+        pipe = r.get("pipeline_ms")
         cells += [f"{_fmt(r['e2e_ms']['median'])} / {_fmt(r['e2e_ms']['p90'])} [{r['e2e_faces']}]",
+                  f"{_fmt(pipe['median'])} / {_fmt(pipe['p90'])}" if pipe else "n/a",
                   _fmt(r["gflops_achieved"]["detector"], 1), _pct(r["peak_fraction"]["detector"]),
                   _fmt(r["gflops_achieved"]["e2e"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -125,6 +149,17 @@ def to_markdown(report: dict[str, Any]) -> str:
             kpk = next(k for k in q if k.startswith("keypoints_"))
             lines.append(f"| {BACKBONE_NAMES.get(q['backbone'], q['backbone'])} | {q['size']} | {q['detector']:.2f} | "
                          f"{q['nms']:.2f} | {q[kpk]:.2f} ({kpk.split('_')[1]} faces) | {q['e2e']:.2f} |")
+    if report.get("vs_onnxruntime_fp32"):
+        lines += ["", "## Time ratio to ONNX Runtime FP32 (same run, interleaved; < 1 means faster)", "",
+                  "| backbone | image | backend | precision | detector | e2e | pipeline | detector GFLOP/s (FP32 work) "
+                  "| goal |", "|---|---|---|---|---|---|---|---|---|"]
+        for q in report["vs_onnxruntime_fp32"]:
+            goal = q.get("goal")
+            verdict = ("-" if goal is None else f"{goal['stage']} <= {goal['at_most']:.2f}x: "
+                       + {True: "met", False: "NOT met", None: "n/a"}[goal["met"]])
+            lines.append(f"| {BACKBONE_NAMES.get(q['backbone'], q['backbone'])} | {q['size']} | {q['backend']} | "
+                         f"{q['precision']} | {_fmt(q['detector'])} | {_fmt(q['e2e'])} | {_fmt(q['pipeline'])} | "
+                         f"{_fmt(q['detector_gflops_effective'], 1)} | {verdict} |")
     if report["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {s['backbone']} / {s['backend']}: {s['reason']}" for s in report["skipped"]]

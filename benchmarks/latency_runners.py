@@ -22,6 +22,7 @@ from maskface.pipeline import rois_of, select_candidates
 from maskface.postprocess import PAD_SCORE, top_candidates
 
 CUDA_ONLY = ("torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16")
+CPU_ONLY = ("onnxruntime-int8", "torch-bf16", "triton-cpu")
 ONNX_EXPORT_VERSION = 1  # bump when the way the benchmark exports changes
 
 
@@ -106,6 +107,46 @@ class TorchRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def close(self) -> None:
+        pass
+
+    def pipeline(self):
+        """The whole pipeline (decode, preprocess, detect, select, keypoints, original pixels) as a
+        callable on encoded image bytes, or None where the benchmark has no such path."""
+        if self.cuda_graph or self.dtype != torch.float32:
+            return None
+        from maskface.engine.predictor import Predictor
+
+        return _on_bytes(Predictor(self.model, device=self.device, max_side=None))
+
+
+def _on_bytes(predictor):
+    from maskface.preprocess import decode_image
+
+    return lambda data: predictor(decode_image(data))
+
+
+class RuntimeRunner(TorchRunner):
+    """A pipeline runtime that takes numpy images and returns torch tensors (maskface.runtimes.Bf16Runtime)."""
+
+    def __init__(self, runtime, model: MaskFace, engine: str, predictor):
+        super().__init__(model, "cpu")
+        self.runtime = runtime
+        self.engine = engine
+        self._predictor = predictor
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image[None], np.float32)
+
+    def detect(self, x):
+        return self.runtime.detect(x)
+
+    def keypoints(self, features, rois):
+        return self.runtime.keypoints(features, rois)
+
+    def pipeline(self):
+        return _on_bytes(self._predictor)
+
 
 class _TrunkGraph:
     """CUDA graph of the detector trunk (context_features + detection head convs) at one input shape.
@@ -156,14 +197,26 @@ class TrtRunner(TorchRunner):
     def keypoints(self, features, rois):
         return self.graphs.keypoints(features, rois)
 
+    def pipeline(self):
+        return None  # timed stage by stage only
+
 
 class OrtRunner:
-    """maskface.runtimes.ort_runtime.OrtRuntime on numpy arrays."""
+    """maskface.runtimes.ort_runtime.OrtRuntime (or TritonRuntime: the same numpy contract) on numpy arrays."""
 
-    def __init__(self, graphs, engine: str):
+    def __init__(self, graphs, engine: str, inference: InferenceConfig | None = None, input_cfg=None):
         self.graphs = graphs
         self.engine = engine
         self.checks: dict[str, float] = {}
+        self._configs = (inference, input_cfg)
+
+    def pipeline(self):
+        from maskface.runtimes.ort_runtime import OnnxPredictor
+
+        return _on_bytes(OnnxPredictor(self.graphs, *self._configs, max_side=None))
+
+    def close(self) -> None:
+        pass
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(image[None], np.float32)
@@ -195,6 +248,57 @@ class OrtRunner:
 
     def sync(self) -> None:
         pass
+
+
+class TritonRunner(OrtRunner):
+    """The Triton cpu target, served for real: stages through maskface_detector / maskface_keypoints
+    (TritonRuntime: the context maps travel to the client and back, which the ensemble avoids) and
+    the whole pipeline through the `maskface` ensemble (what a client sees)."""
+
+    def __init__(self, server, graphs, engine: str):
+        super().__init__(graphs, engine)
+        self.server = server
+
+    def pipeline(self):
+        from maskface.serving.client import MaskFaceClient
+
+        client = MaskFaceClient(self.server.http_url)
+        return lambda data: client.detect(np.frombuffer(data, np.uint8))
+
+    def close(self) -> None:
+        report = self.server.stop()
+        if report.clean:
+            self.server.cleanup()
+
+
+def triton_runner(model: MaskFace, onnx_paths: Callable[[], dict[str, Path]], cache_dir: Path, threads: int,
+                  log: Callable[[str], None]) -> TritonRunner:
+    """Render the cpu target from the benchmark's FP32 graphs and start tritonserver on free loopback ports."""
+    try:
+        from maskface.runtimes.triton_runtime import TritonRuntime
+        from maskface.serving.repository import ServingParams, render_repository
+        from maskface.serving.server import ServerError, TritonServer, find_tritonserver
+
+        find_tritonserver()
+    except (ImportError, Exception) as exc:  # noqa: BLE001 - no tritonclient / no tritonserver: a reason
+        raise Skip(f"no Triton here: {exc}") from exc
+    paths = onnx_paths()
+    # The in-process rows run 1 image at a time with `threads` intra-op threads; the server gets the same.
+    params = ServingParams.from_configs(model.cfg.inference, model.cfg.input, max_side=0, cpu_threads=threads,
+                                        preprocess_instances=1)
+    repo = render_repository("cpu", cache_dir / "triton_repo" / model.cfg.name, onnx_dir=paths["detector"].parent,
+                             params=params)
+    server = TritonServer(repo)
+    log(f"latency: starting tritonserver on the cpu target ({repo}) ...")
+    try:
+        server.start()
+    except ServerError as exc:
+        raise Skip(f"tritonserver did not start: {exc}") from exc
+    import tritonclient
+
+    return TritonRunner(server, TritonRuntime(server.http_url),
+                        f"Triton (tritonclient {getattr(tritonclient, '__version__', '?')}), cpu target, "
+                        f"ONNX Runtime stages, {threads} threads each")
 
 
 # ------------------------------------------------------------------------------------------------ backends
@@ -271,7 +375,7 @@ def tensorrt_runner(model: MaskFace, key: str, cache_dir: Path, onnx_paths: Call
 
 
 def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: str,
-                onnx_paths: Callable[[], dict[str, Path]], log: Callable[[str], None]):
+                onnx_paths: Callable[[], dict[str, Path]], log: Callable[[str], None], checkpoint: str | None = None):
     """(runner, precision label) or raises Skip."""
     cuda = args.device == "cuda"
     if backend in CUDA_ONLY and not cuda:
@@ -309,9 +413,51 @@ def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: st
         paths = onnx_paths()
         graphs = OrtRuntime(paths["detector"], paths["keypoint_head_portable"], threads=args.threads,
                             providers=providers)
-        return OrtRunner(graphs, f"ONNX Runtime {ort.__version__} ({providers[0]})"), "FP32"
+        return OrtRunner(graphs, f"ONNX Runtime {ort.__version__} ({providers[0]})", model.cfg.inference,
+                         model.cfg.input), "FP32"
+    if backend in CPU_ONLY and cuda:
+        raise Skip("a CPU deployment path: run --device cpu")
+    if backend == "onnxruntime-int8":
+        return int8_runner(model, args, checkpoint), "INT8 (static QDQ; sensitive layers FP32)"
+    if backend == "torch-bf16":
+        return bf16_runner(model), "BF16 (autocast; decoding FP32)"
+    if backend == "triton-cpu":
+        return triton_runner(model, onnx_paths, Path(args.cache_dir), args.threads, log), "FP32"
     if backend == "tensorrt-fp16":
         max_side = max(max(input_hw(s, model.cfg)) for s in args.sizes)
         max_faces = max(max(args.faces), args.e2e_faces, 1)
         return tensorrt_runner(model, key, Path(args.cache_dir), onnx_paths, max_side, max_faces, log), "FP16"
     raise Skip(f"unknown backend {backend}")  # pragma: no cover - parse_args refuses it
+
+
+def int8_runner(model: MaskFace, args: argparse.Namespace, checkpoint: str | None) -> OrtRunner:
+    """The INT8 graphs that export/quantize_int8.py wrote for THIS model (its checkpoint) in --int8-dir."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise Skip("onnxruntime is not installed") from exc
+    from maskface.runtimes.ort_runtime import OrtRuntime
+
+    folder = Path(args.int8_dir)
+    detector, keypoints = folder / "detector_int8.onnx", folder / "keypoint_head_portable_int8.onnx"
+    if not (detector.is_file() and keypoints.is_file()):
+        raise Skip(f"no INT8 graphs in {folder}: run `python export/quantize_int8.py --out {folder}` "
+                   "(calibrates on the demo data) or pass --int8-dir")
+    if not checkpoint:
+        raise Skip("INT8 graphs are calibrated for a trained checkpoint: use --backbones demo or --checkpoint")
+    graphs = OrtRuntime(detector, keypoints, threads=args.threads)
+    return OrtRunner(graphs, f"ONNX Runtime {ort.__version__} (CPUExecutionProvider), {folder}",
+                     model.cfg.inference, model.cfg.input)
+
+
+def bf16_runner(model: MaskFace) -> RuntimeRunner:
+    try:
+        from maskface.runtimes.bf16_runtime import Bf16Predictor, Bf16Runtime, cpu_bf16_support
+    except ImportError as exc:
+        raise Skip(f"maskface.runtimes.bf16_runtime is not importable ({exc})") from exc
+    support = cpu_bf16_support()
+    if not support.supported:
+        raise Skip(f"no native BF16 on this CPU: {support.reason}")
+    runtime = Bf16Runtime(model)
+    return RuntimeRunner(runtime, model, f"PyTorch {torch.__version__} BF16 autocast, channels-last",
+                         Bf16Predictor(model, max_side=None))

@@ -23,7 +23,8 @@ TOP_FIELDS = {"schema_version", "complete", "created", "command", "environment",
               "preprocess_ms", "paper_table7", "rows", "ratios", "skipped"}
 ENV_FIELDS = {"torch", "cpu", "device", "device_name", "threads", "cpu_available", "peak", "onnxruntime"}
 TINY = ["--backbones", "mbv2", "--sizes", "128x128", "--runs", "2", "--warmup", "1", "--faces", "1,2",
-        "--e2e-faces", "2", "--device", "cpu", "--threads", "2", "--no-progress", "--peak-runs", "2"]
+        "--e2e-faces", "2", "--device", "cpu", "--threads", "2", "--no-progress", "--peak-runs", "2",
+        "--backends", "torch-fp32,onnxruntime"]
 
 
 def _has(module: str) -> bool:
@@ -60,7 +61,7 @@ def test_tiny_run_writes_every_field(tiny_run):
         assert row["backbone"] == "mbv2" and row["size"] == "128x128" and row["input_hw"] == [128, 128]
         assert row["trained"] is False and row["seed"] == 0 and row["preprocess_included"] is False
         assert row["threads"] == 2 and row["runs"] == 2 and row["device_kind"] == "cpu"
-        for stage in ("detector_ms", "nms_ms", "nms_full_ms", "e2e_ms", "e2e_keypoints_ms"):
+        for stage in ("detector_ms", "nms_ms", "nms_full_ms", "e2e_ms", "e2e_keypoints_ms", "pipeline_ms"):
             assert STATS <= set(row[stage]), stage
             assert row[stage]["n"] == 2 and 0 < row[stage]["median"] <= row[stage]["p90"] + 1e-9
         assert set(row["keypoints"]) == {"1", "2"}
@@ -160,8 +161,11 @@ def test_arguments():
     with pytest.raises(SystemExit):
         latency.parse_args(["--backends", "tensorflow"])
     args = latency.parse_args(["--device", "cpu"])
-    assert args.backbones == ["r50"] and args.sizes == [(640, 480)] and args.faces == [1, 4, 16, 64]
-    assert args.backends == ["torch-fp32", "onnxruntime"] and args.runs == 10
+    assert args.backbones == ["demo", "r50"] and args.sizes == [(640, 480)] and args.faces == [1, 4, 16, 64]
+    assert args.backends == ["torch-fp32", "onnxruntime", "onnxruntime-int8", "torch-bf16", "triton-cpu"]
+    assert args.runs == 10 and args.interleave is True
+    assert latency.model_checkpoint("demo", None).endswith("maskface_demo.pth")  # the default model
+    assert latency.model_checkpoint("r50", None) is None and latency.model_checkpoint("demo", "x.pth") == "x.pth"
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             latency.parse_args(["--device", "cuda"])
@@ -174,3 +178,61 @@ def test_e2e_rois_are_nms_survivors_topped_up_with_candidates():
         assert list(runner.fill(kept, 10, 4)) == [3, 1, 0, 2]
         assert list(runner.fill(kept, 10, 1)) == [3]
         assert list(runner.fill(kept[:0], 10, 2)) == [0, 1]
+
+
+def test_backends_are_interleaved_from_a_rotating_start():
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def iteration(self, record):
+            calls.append((self.name, record))
+
+        def result(self):
+            return {"name": self.name}
+
+    timers = {n: Fake(n) for n in "abc"}
+    out = latency.run_interleaved(timers, runs=2, warmup=1, tick=lambda: None)
+    assert calls == [("a", False), ("b", False), ("c", False),  # warm-up round
+                     ("b", True), ("c", True), ("a", True),  # round 1 starts one further on
+                     ("c", True), ("a", True), ("b", True)]
+    assert out == {n: {"name": n} for n in "abc"}
+    calls.clear()
+    latency.run_interleaved(timers, runs=1, warmup=0, tick=lambda: None, interleave=False)
+    assert calls == [("a", True), ("b", True), ("c", True)]
+
+
+def test_a_failing_backend_is_reported_and_the_others_go_on():
+    class Fine:
+        def iteration(self, record):
+            pass
+
+        def result(self):
+            return {"ok": True}
+
+    class Broken(Fine):
+        def iteration(self, record):
+            raise RuntimeError("server gone")
+
+    out = latency.run_interleaved({"fine": Fine(), "broken": Broken()}, runs=3, warmup=0, tick=lambda: None)
+    assert out["fine"] == {"ok": True} and isinstance(out["broken"], RuntimeError)
+
+
+def test_ratios_to_onnxruntime_fp32_and_goals():
+    def row(backend, detector, e2e, pipeline):
+        return {"backbone": "demo", "size": "640x480", "backend": backend, "precision": "x",
+                "detector_ms": {"median": detector}, "e2e_ms": {"median": e2e},
+                "pipeline_ms": None if pipeline is None else {"median": pipeline},
+                "gflops_achieved": {"detector": 4.6 / (detector / 1e3)}}
+
+    rows = [row("onnxruntime", 40.0, 50.0, 60.0), row("onnxruntime-int8", 10.0, 20.0, 30.0),
+            row("torch-bf16", 24.0, 30.0, None), row("triton-cpu", 41.0, 70.0, 63.0)]
+    out = {q["backend"]: q for q in latency.vs_onnxruntime_fp32(rows, latency.CPU_GOALS)}
+    assert set(out) == {"onnxruntime-int8", "torch-bf16", "triton-cpu"}
+    assert out["onnxruntime-int8"]["detector"] == pytest.approx(0.25) and out["onnxruntime-int8"]["goal"]["met"] is True
+    assert out["torch-bf16"]["detector"] == pytest.approx(0.6) and out["torch-bf16"]["goal"]["met"] is False
+    assert out["torch-bf16"]["pipeline"] is None
+    assert out["triton-cpu"]["pipeline"] == pytest.approx(1.05) and out["triton-cpu"]["goal"]["met"] is True
+    assert out["onnxruntime-int8"]["detector_gflops_effective"] == pytest.approx(460.0)  # 4.6 GFLOP in 10 ms
