@@ -1,6 +1,6 @@
 """Export a MaskFace model to the two ONNX graphs of docs/CONTRACTS.md.
 
-    python export/export_onnx.py [--checkpoint PATH | --config r50] --out DIR [--portable] [--opset 17]
+    python export/export_onnx.py [--checkpoint PATH (default: the demo model) | --config r50] --out DIR [--portable] [--opset 17]
 
 writes DIR/detector.onnx and DIR/keypoint_head.onnx (one `MultiLevelRoIAlign` node, for TensorRT);
 with --portable the keypoint head uses standard ONNX RoiAlign nodes instead (ONNX Runtime).
@@ -213,15 +213,19 @@ def load_or_init_model(checkpoint: str | None, config: str = "r50", seed: int = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="trained MaskFace checkpoint (default: seeded initialisation)")
-    p.add_argument("--config", default="r50", help="preset used without a checkpoint")
+    p.add_argument("--checkpoint", help="trained MaskFace checkpoint (default: the shipped demo model)")
+    p.add_argument("--config", default=None, help="a seeded, untrained preset instead (r50, mbv2, ...)")
+    p.add_argument("--random-init", action="store_true", help="seeded untrained weights of --config (default r50)")
     p.add_argument("--out", default="artifacts/onnx", help="output folder")
     p.add_argument("--portable", action="store_true", help="keypoint head from standard RoiAlign nodes (ONNX Runtime)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     args = p.parse_args(argv)
-    model, trained = load_or_init_model(args.checkpoint, args.config)
+    from maskface.demo.weights import default_checkpoint
+
+    config = args.config or "r50"
+    model, trained = load_or_init_model(default_checkpoint(args.checkpoint, args.config, args.random_init), config)
     if not trained:
-        print(f"export: no --checkpoint: exporting a seeded initialisation of '{args.config}' (untrained)")
+        print(f"export: exporting a seeded initialisation of '{config}' (untrained)")
     out = Path(args.out)
     written = [export_detector(model, out / DETECTOR_FILE, args.opset)]
     name = KEYPOINT_PORTABLE_FILE if args.portable else KEYPOINT_FILE

@@ -241,13 +241,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--onnx-dir", default="artifacts/onnx")
-    p.add_argument("--checkpoint")
-    p.add_argument("--config", default="r50")
+    p.add_argument("--checkpoint", help="the model the graphs were exported from (default: the shipped demo model, "
+                   "as export/build_engines.py uses)")
+    p.add_argument("--config", default=None, help="a seeded, untrained preset instead (r50, mbv2, ...)")
+    p.add_argument("--random-init", action="store_true", help="seeded untrained weights of --config (default r50)")
     p.add_argument("--out", default="artifacts/parity")
     p.add_argument("--rtol", type=float, default=None,
                    help=f"relative tolerance of every tensor with one (default: {FP32_RTOL})")
     args = p.parse_args(argv)
-    model, _ = load_or_init_model(args.checkpoint, args.config)
+    from maskface.demo.weights import default_checkpoint
+
+    model, _ = load_or_init_model(default_checkpoint(args.checkpoint, args.config, args.random_init),
+                                  args.config or "r50")
     runtime = OrtRuntime(Path(args.onnx_dir) / DETECTOR_FILE, Path(args.onnx_dir) / KEYPOINT_PORTABLE_FILE)
     report = run_parity(model, runtime, "onnxruntime", rtol=with_rtol(FP32_RTOL, args.rtol))
     paths = write_report(report, args.out)
