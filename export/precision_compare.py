@@ -213,8 +213,11 @@ def to_markdown(report: dict) -> str:
                        ("score", "score")):
         s = d[key]
         lines.append(f"| {label} | {s['count']} | {_fmt(s['max'], 4)} | {_fmt(s['p99'], 4)} | {_fmt(s['mean'], 4)} |")
-    for key, value in report.get("extra", {}).items():
-        lines.append(f"\n{key}: {value}")
+    if report.get("timing"):
+        lines += ["", "## Timing", "", "| quantity | value |", "|---|---|"]
+        lines += [f"| {key} | {_fmt(value, 4)} |" for key, value in report["timing"].items()]
+    if report.get("extra"):
+        lines += ["", "## Settings", ""] + [f"- {key}: {value}" for key, value in report["extra"].items()]
     return "\n".join(lines) + "\n"
 
 

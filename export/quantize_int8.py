@@ -1,0 +1,385 @@
+"""Static INT8 graphs for the CPU target (ONNX Runtime, QDQ format), calibrated on the demo train split.
+
+    python export/quantize_int8.py [--checkpoint PATH] [--data runs/demo-data] [--out artifacts/onnx_int8]
+                                   [--calibration-images 32] [--report-images 100] [--onnx-dir DIR]
+
+1. exports the FP32 detector.onnx + keypoint_head_portable.onnx (export/export_onnx.py) into --out, or
+   takes them from --onnx-dir;
+2. folds the frozen BatchNorms into the convolutions (onnxruntime.quantization.quant_pre_process);
+3. calibrates on --calibration-images images of the TRAIN split, preprocessed as the pipeline does
+   (maskface.preprocess.prepare_image, longer side 640), and writes the ranges to calibration_*.json;
+4. writes detector_int8.onnx (and, with --keypoint-head-int8, keypoint_head_portable_int8.onnx):
+   the FP32 graphs' input / output names, types and shapes, so maskface.runtimes.ort_runtime.OrtRuntime
+   and the Triton `cpu` stages load them unchanged;
+5. compares the INT8 pipeline with the FP32 one on the first --report-images images of the VAL split
+   (export/precision_compare.py) and times the two detectors interleaved at 640x480; writes
+   OUT/report/precision_compare.{json,md} (+ drift plot).
+
+What is quantised (the decision, by measurement; numbers in OUT/report and docs/DEPLOYMENT.md):
+
+* per-channel symmetric INT8 weights, asymmetric UINT8 activations (U8S8). ONNX Runtime's x86 kernels
+  take U8S8 directly (VNNI); S8S8 ran at 1.80x the FP32 detector time here, U8S8 at 0.91x (convs
+  only, 640x448, 1 thread, interleaved).
+* Conv, Relu and Clip nodes of the backbone, FPN and context modules (the Relu/Clip fold into the
+  quantised conv's output range, so no Quantize/Dequantize pair is left between conv and activation).
+  Convs alone: 0.80x FP32 time; with the activations folded: 0.70x; also quantising the Add/Mul/
+  Concat/Resize around GroupNorm: 0.64x, but its InstanceNormalization stays FP32 and needs its own
+  Dequantize, and the feature maps the keypoint head reads would carry another rounding.
+* FP32: the detection head's score and box-delta convs (their outputs are the scores and boxes
+  directly; a UINT8 step on a box delta is a visible pixel shift), the anchor decoding, TopK, and
+  the GroupNorms. See KEEP_FP32 / the sensitivity table for what else stays FP32 and why.
+* keypoint head: FP32 by default. Its four 3x3 convs run at 0.82x (5 ROIs) / 0.92x (20 ROIs) of
+  FP32 time in INT8, 1.7 / 2.8 ms of a ~150 ms detector; not worth a landmark drift.
+  --keypoint-head-int8 quantises those convs (the deconv, heatmap softmax and decoding stay FP32).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+DETECTOR_INT8_FILE = "detector_int8.onnx"
+KEYPOINT_INT8_FILE = "keypoint_head_portable_int8.onnx"
+#: Module scopes (TorchScript exporter node-name prefixes) whose nodes may be quantised.
+DETECTOR_SCOPES = ("/backbone/", "/fpn/", "/context.")
+KEYPOINT_SCOPES = ("/keypoint_head/convs/",)
+#: Op types quantised: convolutions, and the activations that fold into their output range.
+QUANTISED_OPS = ("Conv", "Relu", "Clip")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+TIMING_SIZE = (480, 640)  # (height, width) of the detector timing input, before padding to 64
+MISSING_DATA_HINT = ("build the demo data first: `maskface demo-data --out {data}` (or `bash scripts/train_demo.sh`, "
+                     "which builds it and trains the demo model)")
+
+
+@dataclass
+class Int8Settings:
+    """What to quantise and how (the module doc's decision)."""
+
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    method: str = "minmax"
+    per_channel: bool = True
+    op_types: tuple[str, ...] = QUANTISED_OPS
+    scopes: tuple[str, ...] = DETECTOR_SCOPES
+    keep_fp32: tuple[str, ...] = ()  # node-name prefixes kept FP32 inside the scopes
+
+    def quant_types(self):
+        from onnxruntime.quantization import QuantType
+
+        types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        return types[self.activation_type], types[self.weight_type]
+
+    def calibration_method(self):
+        from onnxruntime.quantization import CalibrationMethod
+
+        return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy}[self.method]
+
+
+class MissingDataError(FileNotFoundError):
+    pass
+
+
+def require_split(data: str | Path, split: str) -> Path:
+    """DATA/split/label.txt, or an error that says how to build the demo data."""
+    label = Path(data) / split / "label.txt"
+    if not label.is_file():
+        raise MissingDataError(f"{label} not found: {MISSING_DATA_HINT.format(data=data)}")
+    return label
+
+
+def sample_records(data: str | Path, split: str, count: int) -> list:
+    """`count` annotated images of the split, evenly spaced over it (deterministic)."""
+    from export.precision_compare import load_val_records
+
+    require_split(data, split)
+    records = load_val_records(data, split)
+    if count >= len(records):
+        return records
+    return [records[i] for i in np.linspace(0, len(records) - 1, count).round().astype(int)]
+
+
+def network_inputs(records: Sequence, input_cfg, max_side: int = 640, progress: bool = True) -> list[np.ndarray]:
+    """The detector inputs [1, 3, H, W] of the records, preprocessed as maskface.pipeline.Pipeline does."""
+    from tqdm import tqdm
+
+    from maskface.data.dataset import read_image
+    from maskface.preprocess import prepare_image
+
+    return [prepare_image(read_image(r.image_path, r.source), input_cfg, max_side).image[None]
+            for r in tqdm(records, desc="read calibration images", dynamic_ncols=True, disable=not progress)]
+
+
+def keypoint_feeds(detector_path: Path, images: Iterable[np.ndarray], inference) -> list[dict[str, np.ndarray]]:
+    """Keypoint-head inputs as the pipeline gives them: the FP32 detector's m2..m6 and the rois of its
+    selected detections (images without a detection are skipped)."""
+    from maskface.contracts import FEATURE_NAMES
+    from maskface.pipeline import rois_of, select_candidates
+    from maskface.runtimes.ort_runtime import ort_session
+
+    session = ort_session(detector_path)
+    feeds = []
+    for image in images:
+        scores, boxes, *features = session.run(None, {"images": image})
+        keep = select_candidates(scores[0], boxes[0], inference)
+        if len(keep):
+            feeds.append({**dict(zip(FEATURE_NAMES, features)), "rois": rois_of(boxes[0][keep])})
+    return feeds
+
+
+class _ListReader:
+    """onnxruntime CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: Sequence[dict]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def prepare_graph(fp32_path: Path, out_path: Path) -> Path:
+    """Fold the frozen BatchNorm Mul/Add into the convs and run shape inference (ORT's quantisation
+    pre-processing). Symbolic shape inference is skipped: ONNX shape inference covers these graphs."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return out_path
+
+
+def quantisable_nodes(graph_path: Path, settings: Int8Settings) -> list[str]:
+    """Names of the nodes the settings quantise: op type in settings.op_types, inside a scope, not kept."""
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in settings.op_types and n.name.startswith(settings.scopes)
+            and not n.name.startswith(settings.keep_fp32 or ("\0",))]
+
+
+def calibrate(graph_path: Path, feeds: Sequence[dict], cache_path: Path, settings: Int8Settings,
+              chunk: int = 4, progress: bool = True) -> Path:
+    """Tensor ranges of every input / output of the settings' op types, collected `chunk` feeds at a
+    time (the histogram methods keep each chunk's activations in memory), saved as ORT's calibration
+    cache (JSON), which quantize_static then reads."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from tqdm import tqdm
+
+    extra = {"symmetric": False} if settings.method == "percentile" else {}
+    with tempfile.TemporaryDirectory(prefix="maskface-int8-") as tmp:
+        calibrator = create_calibrator(graph_path, list(settings.op_types),
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=settings.calibration_method(), extra_options=extra)
+        bar = tqdm(total=len(feeds), desc=f"calibrate {graph_path.name} ({settings.method})", dynamic_ncols=True,
+                   disable=not progress)
+        for start in range(0, len(feeds), chunk):
+            part = feeds[start:start + chunk]
+            calibrator.collect_data(_ListReader(part))
+            bar.update(len(part))
+        bar.close()
+        ranges = calibrator.compute_data()
+        del calibrator
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors_data(ranges, cache_path)
+    return cache_path
+
+
+def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settings: Int8Settings,
+                   fp32_path: Path | None = None) -> Path:
+    """QDQ graph of the settings' nodes from a calibration cache; its I/O contract is checked against
+    `fp32_path` (default: the prepared graph). Written atomically."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    activation, weight = settings.quant_types()
+    tmp = out_path.with_suffix(".onnx.tmp")
+    quantize_static(str(prepared_path), str(tmp), None, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
+                    activation_type=activation, weight_type=weight,
+                    nodes_to_quantize=quantisable_nodes(prepared_path, settings),
+                    calibrate_method=settings.calibration_method(), calibration_cache_path=str(cache_path))
+    check_contract(fp32_path or prepared_path, tmp)
+    tmp.replace(out_path)
+    return out_path
+
+
+def io_contract(path: Path) -> dict[str, list]:
+    """{"inputs": [(name, element type, dims)], "outputs": [...]}; a symbolic dim is its name."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        return [(v.name, v.type.tensor_type.elem_type,
+                 [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim])
+                for v in values]
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def check_contract(fp32_path: Path, int8_path: Path) -> None:
+    """Raise when the INT8 graph's inputs / outputs differ from the FP32 graph's in name, type or shape."""
+    a, b = io_contract(fp32_path), io_contract(int8_path)
+    if a != b:
+        raise ValueError(f"{int8_path}: I/O contract {b} differs from the FP32 graph's {a}")
+
+
+def time_detectors(fp32_path: Path, int8_path: Path, image: np.ndarray, rounds: int = 15,
+                   threads: int = 1) -> dict:
+    """Median detector times, FP32 and INT8 runs interleaved (ABAB...) in one process so that the
+    machine's load hits both alike; ratio = INT8 median / FP32 median."""
+    from maskface.runtimes.ort_runtime import ort_session
+
+    sessions = {"fp32": ort_session(fp32_path, threads), "int8": ort_session(int8_path, threads)}
+    feed = {"images": np.ascontiguousarray(image, np.float32)}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for session in sessions.values():  # warm-up
+        session.run(None, feed)
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[name].append(time.perf_counter() - start)
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    return {"input_shape": list(image.shape), "threads": threads, "rounds": rounds,
+            "fp32_ms": 1e3 * median["fp32"], "int8_ms": 1e3 * median["int8"],
+            "ratio_int8_over_fp32": median["int8"] / median["fp32"], "interleaved": True}
+
+
+def timing_input(record, input_cfg) -> np.ndarray:
+    """A val image resized to 640x480 and preprocessed ([1, 3, 512, 640] after padding)."""
+    import cv2
+
+    from maskface.data.dataset import read_image
+    from maskface.preprocess import prepare_image
+
+    h, w = TIMING_SIZE
+    image = cv2.resize(read_image(record.image_path, record.source), (w, h), interpolation=cv2.INTER_AREA)
+    return prepare_image(image, input_cfg, max_side=None).image[None]
+
+
+@dataclass
+class Int8Build:
+    detector: Path
+    keypoint_head: Path
+    detector_int8: Path
+    keypoint_head_int8: Path | None
+    calibration: dict = field(default_factory=dict)
+
+
+def build_int8(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_records: Sequence, model_cfg,
+               settings: Int8Settings, keypoint_settings: Int8Settings | None = None, progress: bool = True) -> Int8Build:
+    """Calibrate and write detector_int8.onnx (+ keypoint_head_portable_int8.onnx when keypoint_settings)."""
+    work = out_dir / "int8_work"
+    work.mkdir(parents=True, exist_ok=True)
+    images = network_inputs(calibration_records, model_cfg.input, progress=progress)
+    prepared = prepare_graph(fp32_detector, work / "detector_prepared.onnx")
+    cache = calibrate(prepared, [{"images": x} for x in images], out_dir / f"calibration_detector_{settings.method}.json",
+                      settings, progress=progress)
+    detector_int8 = quantize_graph(prepared, out_dir / DETECTOR_INT8_FILE, cache, settings, fp32_detector)
+    keypoint_int8 = None
+    info = {"images": len(images), "method": settings.method, "detector_cache": str(cache)}
+    if keypoint_settings is not None:
+        feeds = keypoint_feeds(fp32_detector, images, model_cfg.inference)
+        kp_prepared = prepare_graph(fp32_keypoints, work / "keypoint_prepared.onnx")
+        kp_cache = calibrate(kp_prepared, feeds, out_dir / f"calibration_keypoint_{keypoint_settings.method}.json",
+                             keypoint_settings, chunk=8, progress=progress)
+        keypoint_int8 = quantize_graph(kp_prepared, out_dir / KEYPOINT_INT8_FILE, kp_cache, keypoint_settings,
+                                       fp32_keypoints)
+        info.update(keypoint_feeds=len(feeds), keypoint_cache=str(kp_cache))
+    shutil.rmtree(work, ignore_errors=True)
+    return Int8Build(fp32_detector, fp32_keypoints, detector_int8, keypoint_int8, info)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="See the module doc for what is quantised.")
+    p.add_argument("--checkpoint", help="MaskFace checkpoint (default: the shipped demo model)")
+    p.add_argument("--data", default="runs/demo-data", help="demo data folder with train/ and val/ (default: %(default)s)")
+    p.add_argument("--out", default="artifacts/onnx_int8", help="output folder (default: %(default)s)")
+    p.add_argument("--onnx-dir", help="take detector.onnx + keypoint_head_portable.onnx from here instead of exporting")
+    p.add_argument("--calibration-images", type=int, default=32, help="train images to calibrate on (default: %(default)s)")
+    p.add_argument("--report-images", type=int, default=100,
+                   help="val images of the parity report, the first N (default: %(default)s; 0: no report)")
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax", help="calibration (default: %(default)s)")
+    p.add_argument("--keypoint-head-int8", action="store_true", help="also quantise the keypoint head's convs")
+    p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the timing (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    progress = not args.no_progress
+    try:
+        require_split(args.data, "train")
+        if args.report_images:
+            require_split(args.data, "val")
+    except MissingDataError as exc:
+        print(f"quantize_int8: {exc}", file=sys.stderr)
+        return 2
+    from export.export_onnx import DETECTOR_FILE, KEYPOINT_PORTABLE_FILE, export_detector, export_keypoint_head, load_or_init_model
+    from maskface.demo.weights import default_checkpoint
+
+    checkpoint = default_checkpoint(args.checkpoint, None)
+    model, _ = load_or_init_model(checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.onnx_dir:
+        detector, keypoints = Path(args.onnx_dir) / DETECTOR_FILE, Path(args.onnx_dir) / KEYPOINT_PORTABLE_FILE
+        for path in (detector, keypoints):
+            if not path.is_file():
+                print(f"quantize_int8: {path} not found (export it with export/export_onnx.py, or drop --onnx-dir)",
+                      file=sys.stderr)
+                return 2
+    else:
+        detector = export_detector(model, out / DETECTOR_FILE)
+        keypoints = export_keypoint_head(model, out / KEYPOINT_PORTABLE_FILE, portable=True)
+    print(f"quantize_int8: model {checkpoint}; FP32 graphs {detector}, {keypoints}")
+
+    settings = Int8Settings(method=args.method)
+    kp_settings = Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES) if args.keypoint_head_int8 else None
+    build = build_int8(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
+                       model.cfg, settings, kp_settings, progress)
+    print(f"quantize_int8: wrote {build.detector_int8}" + (f", {build.keypoint_head_int8}" if build.keypoint_head_int8 else ""))
+    if not args.report_images:
+        return 0
+    report = int8_report(build, model.cfg, args.data, args.report_images, args.timing_rounds, args.threads, progress)
+    report["extra"] = {"checkpoint": str(checkpoint), "calibration": build.calibration,
+                       "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}}
+    from export.precision_compare import to_markdown, write_report
+
+    json_path, md_path, _ = write_report(report, out / "report")
+    print(to_markdown(report))
+    print(f"quantize_int8: report {md_path}")
+    return 0
+
+
+def int8_report(build: Int8Build, model_cfg, data: str | Path, images: int, timing_rounds: int = 15,
+                threads: int = 1, progress: bool = True) -> dict:
+    """precision_compare of the INT8 pipeline against the FP32 one on the first `images` val images,
+    plus the interleaved detector timing."""
+    from export.precision_compare import compare_paths, load_val_records
+    from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
+
+    records = load_val_records(data, "val", images)
+
+    def pipeline(detector: Path, keypoints: Path) -> OnnxPredictor:
+        return OnnxPredictor(OrtRuntime(detector, keypoints), model_cfg.inference, model_cfg.input, max_side=640)
+
+    reference = pipeline(build.detector, build.keypoint_head)
+    candidate = pipeline(build.detector_int8, build.keypoint_head_int8 or build.keypoint_head)
+    report = compare_paths(reference, candidate, records, model_cfg.inference.score_threshold,
+                           names=("fp32", "int8"), progress=progress)
+    report["timing"] = time_detectors(build.detector, build.detector_int8, timing_input(records[0], model_cfg.input),
+                                      timing_rounds, threads)
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())
