@@ -436,13 +436,13 @@ def int8_runner(model: MaskFace, args: argparse.Namespace, checkpoint: str | Non
         import onnxruntime as ort
     except ImportError as exc:
         raise Skip("onnxruntime is not installed") from exc
-    from maskface.runtimes.ort_runtime import OrtRuntime
+    from maskface.runtimes.ort_runtime import OrtRuntime, graph_paths
 
     folder = Path(args.int8_dir)
-    detector, keypoints = folder / "detector_int8.onnx", folder / "keypoint_head_portable_int8.onnx"
-    if not (detector.is_file() and keypoints.is_file()):
-        raise Skip(f"no INT8 graphs in {folder}: run `python export/quantize_int8.py --out {folder}` "
-                   "(calibrates on the demo data) or pass --int8-dir")
+    try:
+        detector, keypoints = graph_paths(folder, "int8")
+    except FileNotFoundError as exc:
+        raise Skip(f"{exc} (it calibrates on the demo data), or pass --int8-dir") from exc
     if not checkpoint:
         raise Skip("INT8 graphs are calibrated for a trained checkpoint: use --backbones demo or --checkpoint")
     graphs = OrtRuntime(detector, keypoints, threads=args.threads)
@@ -456,7 +456,7 @@ def bf16_runner(model: MaskFace) -> RuntimeRunner:
     except ImportError as exc:
         raise Skip(f"maskface.runtimes.bf16_runtime is not importable ({exc})") from exc
     support = cpu_bf16_support()
-    if not support.supported:
+    if not support.native:
         raise Skip(f"no native BF16 on this CPU: {support.reason}")
     runtime = Bf16Runtime(model)
     return RuntimeRunner(runtime, model, f"PyTorch {torch.__version__} BF16 autocast, channels-last",

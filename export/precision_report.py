@@ -73,18 +73,16 @@ def fp16_storage_predictor(model, work_dir: Path, max_side: int):
 
 
 def int8_predictor(model, int8_dir: Path, max_side: int):
-    from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
+    from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime, graph_paths
 
-    detector, keypoints = int8_dir / "detector_int8.onnx", int8_dir / "keypoint_head_portable_int8.onnx"
-    if not (detector.is_file() and keypoints.is_file()):
-        raise FileNotFoundError(f"no INT8 graphs in {int8_dir}: run `python export/quantize_int8.py --out {int8_dir}`")
+    detector, keypoints = graph_paths(int8_dir, "int8")
     return OnnxPredictor(OrtRuntime(detector, keypoints), model.cfg.inference, model.cfg.input, max_side=max_side)
 
 
 def bf16_predictor(model, max_side: int):
-    from maskface.runtimes.bf16_runtime import Bf16Predictor, require_bf16
+    from maskface.runtimes.bf16_runtime import Bf16Predictor, require_cpu_bf16
 
-    require_bf16()
+    require_cpu_bf16()
     return Bf16Predictor(model, max_side=max_side)
 
 

@@ -13,6 +13,29 @@ from ..contracts import FEATURE_NAMES, KEYPOINT_OUTPUTS
 from ..pipeline import Pipeline, select_candidates
 
 
+#: The graph files of the ONNX Runtime paths, as export/export_onnx.py and export/quantize_int8.py name them.
+GRAPH_FILES = {"fp32": ("detector.onnx", "keypoint_head_portable.onnx"),
+               "int8": ("detector_int8.onnx", "keypoint_head_portable_int8.onnx")}
+
+
+def graph_paths(folder: str | Path, precision: str = "fp32") -> tuple[Path, Path]:
+    """(detector, keypoint head) of `precision` in `folder`. The INT8 path keeps the FP32 keypoint head
+    when it was not quantised (export/quantize_int8.py quantises it only with --keypoint-head-int8).
+    Raises FileNotFoundError saying which command writes what is missing."""
+    if precision not in GRAPH_FILES:
+        raise ValueError(f"precision {precision!r} has no ONNX graphs; choose one of {', '.join(GRAPH_FILES)}")
+    folder = Path(folder)
+    detector, keypoints = (folder / name for name in GRAPH_FILES[precision])
+    if precision == "int8" and not keypoints.is_file():
+        keypoints = folder / GRAPH_FILES["fp32"][1]
+    how = {"fp32": "export them first (python export/build_engines.py, or export/export_onnx.py --portable)",
+           "int8": f"quantise them first (python export/quantize_int8.py --out {folder})"}[precision]
+    for path in (detector, keypoints):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {how}")
+    return detector, keypoints
+
+
 def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
     try:
         import onnxruntime as ort

@@ -21,9 +21,12 @@ PARTS = ("detector", "keypoints")
 
 def check_bf16_serving() -> None:
     """Refuse bf16 on a CPU without native BF16 (detected, never assumed), saying what to use instead."""
-    from ..runtimes.bf16_runtime import require_bf16
+    from ..runtimes.bf16_runtime import Bf16UnsupportedError, require_cpu_bf16
 
-    require_bf16()
+    try:
+        require_cpu_bf16()
+    except Bf16UnsupportedError as exc:  # a configuration error to `maskface serve`: one line, exit 2
+        raise ValueError(f"precision bf16: {exc}") from None
 
 
 def checkpoint_facts(path: str | Path) -> dict[str, int]:

@@ -45,9 +45,7 @@ PYTHON_MODELS = {
 GRAPH_FILES = {
     "cpu": {"maskface_detector": ("detector.onnx", "detector.onnx"),
             "maskface_keypoints": ("keypoint_head_portable.onnx", "keypoint_head_portable.onnx")},
-    # export/quantize_int8.py writes these beside the FP32 graphs
-    "cpu-int8": {"maskface_detector": ("detector_int8.onnx", "detector_int8.onnx"),
-                 "maskface_keypoints": ("keypoint_head_portable_int8.onnx", "keypoint_head_portable_int8.onnx")},
+    # (precision int8: maskface.runtimes.ort_runtime.graph_paths picks the files in onnx_dir)
     # the checkpoint itself (loaded with weights_only); both stages build their half of the model from it
     "cpu-bf16": {"maskface_detector": (None, "model.pth"), "maskface_keypoints": (None, "model.pth")},
     "tensorrt": {"maskface_detector": ("detector.plan", "model.plan"),
@@ -290,7 +288,7 @@ def render_repository(
     sources: dict[str, Path] = {}
     missing: list[str] = []
     metadata: dict[str, Any] | None = None
-    graph_files = GRAPH_FILES[target if target != "cpu" or params.precision == "fp32" else f"cpu-{params.precision}"]
+    graph_files = dict(GRAPH_FILES[target if target != "cpu" or params.precision != "bf16" else "cpu-bf16"])
     if target == "tensorrt" and params.precision != "fp32":
         raise ValueError(f"precision={params.precision!r} is a cpu-target parameter; the tensorrt target's "
                          "precision is fixed when the engines are built (export/build_engines.py --fp16)")
@@ -306,13 +304,11 @@ def render_repository(
     elif target == "cpu":
         if onnx_dir is None:
             raise ValueError("the cpu target needs onnx_dir (detector.onnx + keypoint_head_portable.onnx)")
-        for model, (name, _) in graph_files.items():
-            path = Path(onnx_dir) / name
-            if not path.is_file():
-                how = ("quantise them first (python export/quantize_int8.py --out DIR)" if params.precision == "int8"
-                       else "export the graphs first (export/export_onnx.py --portable, or export.export_onnx.export_all)")
-                raise FileNotFoundError(f"{path} not found: {how}")
-            sources[model] = path
+        from ..runtimes.ort_runtime import graph_paths
+
+        detector, keypoints = graph_paths(onnx_dir, params.precision)
+        sources = {"maskface_detector": detector, "maskface_keypoints": keypoints}
+        graph_files = {model: (path.name, path.name) for model, path in sources.items()}
         facts = _graph_facts_from_onnx(sources["maskface_detector"], sources["maskface_keypoints"])
     else:
         engines = Path(engines_dir) if engines_dir is not None else None

@@ -181,7 +181,7 @@ def test_render_reads_facts_from_the_graphs_and_refuses_conflicts(onnx_dir, tmp_
 def test_render_errors(onnx_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown target"):
         render_repository("onnxruntime", tmp_path / "x", onnx_dir=onnx_dir)
-    with pytest.raises(FileNotFoundError, match="export the graphs first"):
+    with pytest.raises(FileNotFoundError, match="export them first"):
         render_repository("cpu", tmp_path / "x", onnx_dir=tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="build the engines"):
         render_repository("tensorrt", tmp_path / "x", engines_dir=tmp_path / "nothing")
@@ -243,8 +243,12 @@ def test_cpu_precision_picks_the_graphs_by_one_parameter(onnx_dir, tmp_path):
     shutil.copytree(onnx_dir, graphs)
     with pytest.raises(FileNotFoundError, match="quantize_int8.py"):
         render_repository("cpu", tmp_path / "missing", onnx_dir=graphs, precision="int8")
-    for name in ("detector", "keypoint_head_portable"):
-        shutil.copy(graphs / f"{name}.onnx", graphs / f"{name}_int8.onnx")
+    shutil.copy(graphs / "detector.onnx", graphs / "detector_int8.onnx")
+    kept = configs(render_repository("cpu", tmp_path / "kp32", onnx_dir=graphs, precision="int8"))
+    # a keypoint head left in FP32 (quantize_int8.py's default) is served beside the INT8 detector
+    assert params(kept["maskface_keypoints"])["model_file"] == "keypoint_head_portable.onnx"
+    assert params(kept["maskface_detector"])["model_file"] == "detector_int8.onnx"
+    shutil.copy(graphs / "keypoint_head_portable.onnx", graphs / "keypoint_head_portable_int8.onnx")
     fp32 = configs(render_repository("cpu", tmp_path / "fp32", onnx_dir=graphs))
     repo = render_repository("cpu", tmp_path / "int8", onnx_dir=graphs, precision="int8")
     int8 = configs(repo)
