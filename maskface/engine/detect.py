@@ -65,6 +65,12 @@ def load_predictor(args: argparse.Namespace):
         model.cfg.inference.score_threshold = args.score_threshold
     if args.max_detections is not None:
         model.cfg.inference.max_detections = args.max_detections
+    if args.precision == "bf16":
+        from ..runtimes.bf16_runtime import Bf16Predictor
+
+        if resolve_device(args.device) != "cpu":
+            raise ValueError("--precision bf16 is the CPU BF16 path: use it with --device cpu")
+        return Bf16Predictor(model, max_side=args.max_side or None)
     return Predictor(model, device=resolve_device(args.device), max_side=args.max_side or None)
 
 
@@ -110,4 +116,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-detections", type=int, default=None, help="override the checkpoint's cap")
     p.add_argument("--max-side", type=int, default=640, help="resize so the longer side is at most this (0: keep)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: convolutions in BF16 on a CPU with native BF16 (AVX512-BF16 / AMX; with --device "
+                   "cpu), decoding in FP32; refused with a clear error on other CPUs")
     p.set_defaults(func=run)
