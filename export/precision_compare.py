@@ -16,7 +16,8 @@ inter-ocular NME of the true positives whose face has all five teacher landmarks
 
 Candidate against reference, per image: each candidate detection, best score first, takes the
 unmatched reference detection of highest IoU >= 0.5 (match_image again, every reference box counts).
-Over the matched pairs: box drift = max |coordinate difference| of the pair (px, original image);
+Over the matched pairs: box drift = max |coordinate difference| of the pair (px, original image; also
+divided by the reference box's longer side, since box deltas scale with the face);
 landmark drift = Euclidean distance of each point (px); score drift = |score difference|. Max and p99
 (numpy's linear-interpolated percentile) of each; reference detections left unmatched are *lost*
 (with the highest lost score, to tell threshold flips from missed faces), unmatched candidate
@@ -94,6 +95,7 @@ class DriftAccumulator:
     """Candidate detections paired with reference detections, image by image."""
 
     box: list = field(default_factory=list)  # [pairs] max |coordinate difference|
+    box_relative: list = field(default_factory=list)  # [pairs] the same / the reference box's longer side
     landmark: list = field(default_factory=list)  # [pairs * K] point distances
     score: list = field(default_factory=list)  # [pairs] |score difference|
     lost_scores: list = field(default_factory=list)  # reference scores of unmatched reference detections
@@ -106,7 +108,10 @@ class DriftAccumulator:
         self.reference_detections += len(ref["scores"])
         pair = matched >= 0
         c, r = np.flatnonzero(pair), matched[pair]
-        self.box.extend(np.abs(cand["boxes"][c] - ref["boxes"][r]).max(axis=1).tolist() if len(c) else [])
+        drift = np.abs(cand["boxes"][c] - ref["boxes"][r]).max(axis=1) if len(c) else np.zeros(0)
+        side = np.maximum(ref["boxes"][r, 2] - ref["boxes"][r, 0], ref["boxes"][r, 3] - ref["boxes"][r, 1])
+        self.box.extend(drift.tolist())
+        self.box_relative.extend((drift / np.maximum(side, 1.0)).tolist())
         self.score.extend(np.abs(cand["scores"][c] - ref["scores"][r]).tolist())
         if len(c) and ref["landmarks"].shape[1]:
             self.landmark.extend(np.linalg.norm(cand["landmarks"][c] - ref["landmarks"][r], axis=-1).ravel().tolist())
@@ -123,7 +128,7 @@ class DriftAccumulator:
                     "mean": float(v.mean())}
 
         return {"pairs": len(self.box), "reference_detections": self.reference_detections,
-                "box_px": stats(self.box), "landmark_px": stats(self.landmark), "score": stats(self.score),
+                "box_px": stats(self.box), "box_relative": stats(self.box_relative), "landmark_px": stats(self.landmark), "score": stats(self.score),
                 "lost": len(self.lost_scores), "added": len(self.added_scores),
                 "lost_max_score": max(self.lost_scores) if self.lost_scores else None,
                 "added_max_score": max(self.added_scores) if self.added_scores else None}
@@ -209,8 +214,8 @@ def to_markdown(report: dict) -> str:
               f"(highest reference score {_fmt(d['lost_max_score'])}), added {d['added']} "
               f"(highest candidate score {_fmt(d['added_max_score'])}).", "",
               "| drift | count | max | p99 | mean |", "|---|---|---|---|---|"]
-    for key, label in (("box_px", "box (px, max coordinate)"), ("landmark_px", "landmark (px, per point)"),
-                       ("score", "score")):
+    for key, label in (("box_px", "box (px, max coordinate)"), ("box_relative", "box / reference box side"),
+                       ("landmark_px", "landmark (px, per point)"), ("score", "score")):
         s = d[key]
         lines.append(f"| {label} | {s['count']} | {_fmt(s['max'], 4)} | {_fmt(s['p99'], 4)} | {_fmt(s['mean'], 4)} |")
     if report.get("timing"):

@@ -164,18 +164,19 @@ def quantisable_nodes(graph_path: Path, settings: Int8Settings) -> list[str]:
 def calibrate(graph_path: Path, feeds: Sequence[dict], cache_path: Path, settings: Int8Settings,
               chunk: int = 4, progress: bool = True) -> Path:
     """Tensor ranges of every input / output of the settings' op types, collected `chunk` feeds at a
-    time (the histogram methods keep each chunk's activations in memory), saved as ORT's calibration
-    cache (JSON), which quantize_static then reads."""
+    time (MinMax keeps a chunk's activations in memory; the histogram methods take one feed at a time
+    and keep histograms), saved as ORT's calibration cache (JSON), which quantize_static then reads."""
     import tempfile
 
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from tqdm import tqdm
 
-    extra = {"symmetric": False} if settings.method == "percentile" else {}
+    if settings.method != "minmax":
+        chunk = 1  # ORT's histogram collector stacks a chunk's arrays: images of different sizes must go one by one
     with tempfile.TemporaryDirectory(prefix="maskface-int8-") as tmp:
         calibrator = create_calibrator(graph_path, list(settings.op_types),
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=settings.calibration_method(), extra_options=extra)
+                                       calibrate_method=settings.calibration_method())
         bar = tqdm(total=len(feeds), desc=f"calibrate {graph_path.name} ({settings.method})", dynamic_ncols=True,
                    disable=not progress)
         for start in range(0, len(feeds), chunk):
@@ -296,6 +297,95 @@ def build_int8(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibra
     return Int8Build(fp32_detector, fp32_keypoints, detector_int8, keypoint_int8, info)
 
 
+#: Groups of the sensitivity sweep (node-name prefixes): each is left FP32 in turn.
+SWEEP_GROUPS = {
+    "stem conv (on the image)": ("/backbone/stages.0/stages.0.0/",),
+    "backbone stage 0 (rest)": ("/backbone/stages.0/stages.0.1/", "/backbone/stages.0/stages.0.2/",
+                                "/backbone/stages.0/stages.0.3/"),
+    "backbone stage 1": ("/backbone/stages.1/",),
+    "backbone stage 2": ("/backbone/stages.2/",),
+    "backbone stage 3": ("/backbone/stages.3/",),
+    "fpn": ("/fpn/",),
+    "context, stride 4": ("/context.0/",),
+    "context, strides 8-64": ("/context.1/", "/context.2/", "/context.3/", "/context.4/"),
+}
+
+
+def depthwise_convs(graph_path: Path) -> tuple[str, ...]:
+    """Names of the grouped (depthwise) convolutions of a graph."""
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    return tuple(n.name for n in model.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute))
+
+
+def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_records: Sequence, val_records: Sequence,
+          model_cfg, methods: Sequence[str] = CALIBRATION_METHODS, chosen: str = "minmax", timing_rounds: int = 7,
+          progress: bool = True) -> list[dict]:
+    """The measurements behind the module doc's decision, on the given val images: each calibration
+    method with the default node set; INT8 instead of UINT8 activations; then, with `chosen`, each SWEEP_GROUPS group left FP32, and the
+    detection head quantised too. Per row: drift / recall (precision_compare) and the detector time
+    ratio (interleaved). Detector only; the keypoint head stays FP32."""
+    from export.precision_compare import compare_paths
+    from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
+
+    work = out_dir / "sweep_work"
+    work.mkdir(parents=True, exist_ok=True)
+    images = network_inputs(calibration_records, model_cfg.input, progress=progress)
+    prepared = prepare_graph(fp32_detector, work / "detector_prepared.onnx")
+    image = timing_input(val_records[0], model_cfg.input)
+
+    def pipeline(detector: Path) -> OnnxPredictor:
+        return OnnxPredictor(OrtRuntime(detector, fp32_keypoints), model_cfg.inference, model_cfg.input, max_side=640)
+
+    reference = pipeline(fp32_detector)
+    caches: dict[str, Path] = {}
+    variants = [(f"all, {m}", Int8Settings(method=m)) for m in methods]
+    variants.append((f"all, {chosen}, S8S8", Int8Settings(method=chosen, activation_type="int8")))
+    variants += [(f"all but {g}, {chosen}", Int8Settings(method=chosen, keep_fp32=prefixes))
+                 for g, prefixes in SWEEP_GROUPS.items()]
+    variants.append((f"all but depthwise convs, {chosen}", Int8Settings(method=chosen, keep_fp32=depthwise_convs(prepared))))
+    variants.append((f"all + detection head, {chosen}", Int8Settings(method=chosen,
+                                                                    scopes=DETECTOR_SCOPES + ("/detection_head/",))))
+    rows = []
+    for name, settings in variants:
+        if settings.method not in caches:
+            start = time.perf_counter()
+            caches[settings.method] = calibrate(prepared, [{"images": x} for x in images],
+                                                work / f"calibration_{settings.method}.json", settings, progress=progress)
+            print(f"quantize_int8: {settings.method} calibration on {len(images)} images took "
+                  f"{time.perf_counter() - start:.0f} s")
+        path = quantize_graph(prepared, work / "variant.onnx", caches[settings.method], settings, fp32_detector)
+        report = compare_paths(reference, pipeline(path), val_records, model_cfg.inference.score_threshold,
+                               names=("fp32", "int8"), progress=progress)
+        d, p = report["drift"], report["paths"]
+        rows.append({"variant": name, "box_p99": d["box_px"]["p99"], "box_max": d["box_px"]["max"],
+                     "landmark_p99": d["landmark_px"]["p99"], "landmark_max": d["landmark_px"]["max"],
+                     "score_max": d["score"]["max"], "lost": d["lost"], "added": d["added"],
+                     "recall_fp32": p["fp32"]["recall"], "recall_int8": p["int8"]["recall"],
+                     "fp_per_image_int8": p["int8"]["fp_per_image"],
+                     "time_ratio": time_detectors(fp32_detector, path, image, timing_rounds)["ratio_int8_over_fp32"]})
+        print("quantize_int8: sweep " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in rows[-1].items()))
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def write_sweep(rows: list[dict], out_dir: Path, images: int) -> Path:
+    from maskface.io_utils import atomic_write_bytes, atomic_write_json
+
+    atomic_write_json(out_dir / "sweep.json", {"val_images": images, "rows": rows})
+    keys = list(rows[0])
+    lines = [f"# INT8 sensitivity sweep ({images} val images; drift in px, original image)", "",
+             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    path = out_dir / "sweep.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="See the module doc for what is quantised.")
     p.add_argument("--checkpoint", help="MaskFace checkpoint (default: the shipped demo model)")
@@ -309,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keypoint-head-int8", action="store_true", help="also quantise the keypoint head's convs")
     p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the timing (default: %(default)s)")
+    p.add_argument("--sweep", type=int, default=0, metavar="N",
+                   help="instead of building: the sensitivity sweep of the module doc on N val images")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -342,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         keypoints = export_keypoint_head(model, out / KEYPOINT_PORTABLE_FILE, portable=True)
     print(f"quantize_int8: model {checkpoint}; FP32 graphs {detector}, {keypoints}")
 
+    if args.sweep:
+        from export.precision_compare import load_val_records
+
+        rows = sweep(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
+                     load_val_records(args.data, "val", args.sweep), model.cfg, chosen=args.method, progress=progress)
+        print(f"quantize_int8: sweep table {write_sweep(rows, out / 'report', args.sweep)}")
+        return 0
     settings = Int8Settings(method=args.method)
     kp_settings = Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES) if args.keypoint_head_int8 else None
     build = build_int8(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
