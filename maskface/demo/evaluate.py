@@ -22,6 +22,27 @@ from pathlib import Path
 import numpy as np
 
 SIZE_BUCKETS = ((20, 64), (64, 224), (224, 1e9))
+# |yaw proxy| buckets: frontal, turned, near profile (see yaw_proxy)
+POSE_BUCKETS = ((0.0, 0.15), (0.15, 0.35), (0.35, 1e9))
+
+
+def yaw_proxy(landmarks: np.ndarray) -> np.ndarray:
+    """Horizontal offset of the nose from the eyes' midpoint over the inter-ocular distance, per face
+    ([N, 5, 2] in the RetinaFace order: eyes, nose, mouth corners). About 0 for a frontal face and
+    growing as the head turns (~0.5 near profile); the teacher's landmarks give the pose labels."""
+    eyes_mid = (landmarks[:, 0] + landmarks[:, 1]) / 2
+    inter = np.linalg.norm(landmarks[:, 1] - landmarks[:, 0], axis=1)
+    return (landmarks[:, 2, 0] - eyes_mid[:, 0]) / np.maximum(inter, 1e-6)
+
+
+def occlude_lower_half(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """A copy with the lower half of every face box painted mid grey: a mask-like occlusion probe."""
+    out = image.copy()
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        top, bottom = int(round((y1 + y2) / 2)), int(round(y2))
+        left, right = int(round(x1)), int(round(x2))
+        out[max(top, 0):max(bottom, 0), max(left, 0):max(right, 0)] = 128
+    return out
 
 
 @dataclass
@@ -83,7 +104,13 @@ def best_recall_at_fppi(m: Matched, fppi: float) -> dict:
     return {"fppi": fppi, "recall": float(recall[i]), "threshold": float(s[i])}
 
 
-def evaluate_split(predictor, records, min_face: float = 20.0, progress: bool = True) -> dict:
+def _bucket_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{'inf' if hi >= 1e8 else f'{hi:g}'}"
+
+
+def evaluate_split(predictor, records, min_face: float = 20.0, progress: bool = True,
+                   transform=None) -> dict:
+    """`transform(image, boxes)` alters each image before inference (e.g. occlude_lower_half)."""
     from tqdm import tqdm
 
     from ..data.dataset import read_image
@@ -94,13 +121,15 @@ def evaluate_split(predictor, records, min_face: float = 20.0, progress: bool = 
     scores, tps, ign = [], [], []
     nme, nme_size = [], []
     per_bucket = {b: [0, 0] for b in SIZE_BUCKETS}  # found at threshold, total
+    per_pose = {b: [0, 0] for b in POSE_BUCKETS}  # faces >= min_face with all five teacher landmarks
     num_faces = 0
     saved = predictor.model.cfg.inference.score_threshold
     predictor.model.cfg.inference.score_threshold = 0.02
     try:
         for rec in tqdm(records, desc="demo-eval", dynamic_ncols=True, disable=not progress):
-            out = predictor(read_image(rec.image_path))
             gt = rec.boxes.astype(np.float64)
+            image = read_image(rec.image_path)
+            out = predictor(image if transform is None else transform(image, gt))
             is_tp, ignored, matched = match_image(gt, out["boxes"], out["scores"], min_face)
             scores.append(out["scores"])
             tps.append(is_tp)
@@ -114,6 +143,13 @@ def evaluate_split(predictor, records, min_face: float = 20.0, progress: bool = 
                 inb = (side >= lo) & (side < hi)
                 per_bucket[(lo, hi)][0] += int((found & inb).sum())
                 per_bucket[(lo, hi)][1] += int(inb.sum())
+            posed = rec.landmark_valid.all(axis=1) & (side >= min_face) if len(gt) else np.zeros(0, bool)
+            if posed.any():
+                yaw = np.abs(yaw_proxy(rec.landmarks[posed].astype(np.float64)))
+                for lo, hi in POSE_BUCKETS:
+                    inb = (yaw >= lo) & (yaw < hi)
+                    per_pose[(lo, hi)][0] += int((found[posed] & inb).sum())
+                    per_pose[(lo, hi)][1] += int(inb.sum())
             det = np.flatnonzero(sel)
             if len(det):
                 g = matched[det]
@@ -142,6 +178,9 @@ def evaluate_split(predictor, records, min_face: float = 20.0, progress: bool = 
             "recall_by_size_at_default": {f"{lo}-{int(hi) if hi < 1e8 else 'inf'}": (f / t if t else None)
                                           for (lo, hi), (f, t) in per_bucket.items()},
             "faces_by_size": {f"{lo}-{int(hi) if hi < 1e8 else 'inf'}": t for (lo, hi), (_, t) in per_bucket.items()},
+            "recall_by_yaw_at_default": {_bucket_name(lo, hi): (f / t if t else None)
+                                         for (lo, hi), (f, t) in per_pose.items()},
+            "faces_by_yaw": {_bucket_name(lo, hi): t for (lo, hi), (_, t) in per_pose.items()},
             "nme_interocular": {"faces": int(nme_arr.size), "mean": float(nme_arr.mean()) if nme_arr.size else None,
                                 "median": float(np.median(nme_arr)) if nme_arr.size else None,
                                 "p90": float(np.percentile(nme_arr, 90)) if nme_arr.size else None},
@@ -195,6 +234,19 @@ def write_report(result: dict, out_dir: Path, extra: dict | None = None) -> dict
     ]
     for k, r in metrics["recall_by_size_at_default"].items():
         lines.append(f"| {k} | {metrics['faces_by_size'][k]} | {'-' if r is None else f'{r:.4f}'} |")
+    lines += ["", "| pose: abs(yaw proxy) (nose offset / inter-ocular, teacher landmarks) | faces | recall at default "
+              "threshold |", "|---|---|---|"]
+    for k, r in metrics["recall_by_yaw_at_default"].items():
+        lines.append(f"| {k} | {metrics['faces_by_yaw'][k]} | {'-' if r is None else f'{r:.4f}'} |")
+    occluded = metrics.get("occlusion_probe")
+    if occluded:
+        lines += ["", "Occlusion probe (lower half of every face painted grey, same images):", "",
+                  "| face size (px) | recall at default threshold, occluded | unoccluded |", "|---|---|---|"]
+        for k, r in occluded["recall_by_size_at_default"].items():
+            clear = metrics["recall_by_size_at_default"][k]
+            lines.append(f"| {k} | {'-' if r is None else f'{r:.4f}'} | {'-' if clear is None else f'{clear:.4f}'} |")
+        d2 = occluded["at_default_threshold"]
+        lines.append(f"| all | {d2['recall']:.4f} (FP / image {d2['fp_per_image']:.3f}) | {d['recall']:.4f} |")
     atomic_write_bytes(out_dir / "metrics.md", ("\n".join(lines) + "\n").encode())
     return metrics
 
@@ -213,6 +265,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=float, default=20.0, help="smallest face (long side, px) that counts (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N "
                    "(default: %(default)s)")
+    p.add_argument("--occlusion-probe", action="store_true",
+                   help="a second pass with the lower half of every face painted grey (recall under occlusion)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -231,9 +285,14 @@ def run(args: argparse.Namespace) -> int:
         model.cfg.inference.pre_nms_topk = args.pre_nms_topk
     predictor = Predictor(model, device=resolve_device(args.device), max_side=args.max_side)
     result = evaluate_split(predictor, records, args.min_face, progress=not args.no_progress)
-    metrics = write_report(result, Path(args.out), {"checkpoint": str(args.checkpoint), "split": args.split,
-                                                     "max_side": args.max_side,
-                                                     "pre_nms_topk": model.cfg.inference.pre_nms_topk})
+    extra = {"checkpoint": str(args.checkpoint), "split": args.split, "max_side": args.max_side,
+             "pre_nms_topk": model.cfg.inference.pre_nms_topk}
+    if args.occlusion_probe:
+        probe = evaluate_split(predictor, records, args.min_face, progress=not args.no_progress,
+                               transform=occlude_lower_half)["metrics"]
+        extra["occlusion_probe"] = {k: probe[k] for k in ("at_default_threshold", "recall_by_size_at_default",
+                                                          "nme_interocular")}
+    metrics = write_report(result, Path(args.out), extra)
     print(json.dumps({k: metrics[k] for k in ("ap50", "at_default_threshold", "best_recall_at_0.3_fppi",
                                               "nme_interocular")}))
     return 0

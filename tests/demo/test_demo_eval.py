@@ -33,3 +33,21 @@ def test_sweep_and_operating_points():
     b = best_recall_at_fppi(m, 0.5)  # the last point with <= 0.5 FP / image is the TP at 0.7
     assert np.isclose(b["recall"], 2 / 3) and b["threshold"] == 0.7
     assert best_recall_at_fppi(m, 0.0)["recall"] == 1 / 3
+
+
+def test_yaw_proxy_by_hand():
+    from maskface.demo.evaluate import yaw_proxy
+
+    # eyes at x 40 and 60 (inter-ocular 20, midpoint 50); nose at 50 (frontal), 57 (0.35) and 40 (-0.5)
+    pts = np.array([[[40, 50], [60, 50], [nose, 60], [42, 70], [58, 70]] for nose in (50, 57, 40)], np.float64)
+    np.testing.assert_allclose(yaw_proxy(pts), [0.0, 0.35, -0.5])
+
+
+def test_occlusion_probe_paints_the_lower_half_only():
+    from maskface.demo.evaluate import occlude_lower_half
+
+    image = np.zeros((20, 30, 3), np.uint8)
+    out = occlude_lower_half(image, np.array([[10, 4, 20, 12]]))
+    assert (out[8:12, 10:20] == 128).all()  # rows 8..11 = lower half of y 4..12
+    assert out[:8].sum() == 0 and out[12:].sum() == 0 and out[:, :10].sum() == 0 and out[:, 20:].sum() == 0
+    assert image.sum() == 0  # the input is left alone
