@@ -6,7 +6,8 @@ Both call the model's own inference stages, so the graphs compute exactly what P
 
 The keypoint graph's multi-level RoIAlign is either ONE custom node `maskface::MultiLevelRoIAlign`
 (resolved by TensorRT to the plugin in plugins/) or, with `portable=True`, standard ONNX RoiAlign
-nodes that ONNX Runtime runs. Everything after the pooler is the same in both.
+nodes that ONNX Runtime runs. Everything after the pooler is the same in both, except that the
+TensorRT graph pads one ROI (KeypointGraph.forward says why).
 """
 from __future__ import annotations
 
@@ -38,17 +39,23 @@ def portable_multilevel_roi_align(
     features: list[torch.Tensor], rois: torch.Tensor, output_size: int, sampling_ratio: int,
     canonical_level: int, canonical_size: float, min_level: int, max_level: int, strides: tuple[int, ...],
 ) -> torch.Tensor:
-    """Every level pools every ROI with a standard RoiAlign; a mask keeps each ROI's own level.
+    """Each ROI pooled once, on its own level, with standard ops (issue 15):
 
-    This costs 5 RoiAligns instead of one but needs no data-dependent gather/scatter, so the graph
-    stays static apart from N (and zero ROIs simply give empty tensors).
+    per level NonZero picks its ROIs, Gather takes them, RoiAlign pools them; ScatterND writes every
+    level's result back at its ROIs' rows. N stays dynamic and N = 0 gives empty tensors throughout.
+    (The former graph pooled every ROI on all five levels and masked: 5x the RoiAlign work.)
     """
     levels = assign_levels(rois[:, 1:], canonical_level, canonical_size, min_level, max_level)
     out = None
     for i, (feature, stride) in enumerate(zip(features, strides)):
-        pooled = roi_align(feature, rois, (output_size, output_size), 1.0 / stride, sampling_ratio, aligned=True)
-        mask = (levels == min_level + i).to(pooled.dtype).reshape(-1, 1, 1, 1)
-        out = pooled * mask if out is None else out + pooled * mask
+        # NonZero on FP32, not BOOL: TensorRT's parser matrix lists NonZero for FP32 / FP16 only, and the
+        # portable graph is kept TensorRT-conformant too (tests/export/test_conformance.py).
+        index = torch.nonzero((levels == min_level + i).to(rois.dtype)).reshape(-1)
+        pooled = roi_align(feature, rois.index_select(0, index), (output_size, output_size), 1.0 / stride,
+                           sampling_ratio, aligned=True)
+        if out is None:
+            out = pooled.new_zeros((rois.shape[0], pooled.shape[1], output_size, output_size))
+        out = out.index_put((index,), pooled)
     return out
 
 
@@ -103,13 +110,17 @@ class KeypointGraph(nn.Module):
         self.with_heatmaps = heatmaps
 
     def forward(self, m2, m3, m4, m5, m6, rois):
-        # GroupNorm exports as Reshape(x, [0, G, -1]), which cannot infer -1 from an empty batch;
-        # one padding ROI keeps every tensor non-empty and is sliced off at the end, so N = 0 works
-        # in ONNX Runtime and TensorRT alike (the cost: one extra ROI per call).
         num_rois = rois.shape[0]
-        rois = torch.cat([rois, rois.new_tensor([[0.0, 0.0, 0.0, 16.0, 16.0]])])
+        if not self.pooler.portable:
+            # The TensorRT graph keeps one padding ROI (sliced off at the end) so that the plugin and
+            # every layer after it never see an empty batch: N = 0 through the custom node could not
+            # be verified without TensorRT. The portable graph needs none: its pooler is empty-safe
+            # and export/batch_safe.py lets the Reshapes (GroupNorm, heatmap decoding) take N = 0.
+            rois = torch.cat([rois, rois.new_tensor([[0.0, 0.0, 0.0, 16.0, 16.0]])])
         pooled = self.pooler([m2, m3, m4, m5, m6], rois)
         heatmaps = self.keypoint_head(pooled)
         landmarks, scores = decode_heatmaps(heatmaps, rois[:, 1:])
         outputs = (landmarks, scores, heatmaps) if self.with_heatmaps else (landmarks, scores)
+        if self.pooler.portable:
+            return outputs
         return tuple(o[:num_rois] for o in outputs)

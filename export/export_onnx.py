@@ -23,6 +23,8 @@ from export.export_modules import (
     PLUGIN_NAMESPACE, PLUGIN_OP_VERSION, DETECTOR_INPUTS, DETECTOR_OUTPUTS, FEATURE_NAMES, HEATMAP_OUTPUT,
     KEYPOINT_INPUTS, KEYPOINT_OUTPUTS, POOLED_NAME, DetectorGraph, KeypointGraph,
 )
+from export.batch_safe import batch_safe_reshapes
+from export.groupnorm import PER_CHANNEL_OPSET, fuse_group_norms
 from maskface.modeling.maskface import MaskFace
 
 DEFAULT_OPSET = 17
@@ -100,13 +102,24 @@ def _feature_axes(prefix: str = "") -> dict[str, dict[int, str]]:
     return {n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in FEATURE_NAMES}
 
 
-def export_detector(model: MaskFace, path: str | Path, opset: int = DEFAULT_OPSET, example_size=(256, 320)) -> Path:
-    """images float32 [B, 3, H, W] (normalised, H and W multiples of 64) -> scores, boxes, m2..m6."""
+def export_detector(model: MaskFace, path: str | Path, opset: int = DEFAULT_OPSET, example_size=(256, 320),
+                    group_norm_nodes: bool = False) -> Path:
+    """images float32 [B, 3, H, W] (normalised, H and W multiples of 64) -> scores, boxes, m2..m6.
+
+    group_norm_nodes=True (opset >= 21) writes each GroupNorm as one GroupNormalization node instead of
+    the exporter's five-node chain. Off by default: ONNX Runtime 1.32 has no CPU kernel for it and
+    expands it into a slower subgraph (docs/DEPLOYMENT.md, "Graph fixes"), and opset 21 is outside
+    the TensorRT ONNX parser's documented range."""
+    if group_norm_nodes and opset < PER_CHANNEL_OPSET:
+        raise ValueError(f"group_norm_nodes needs opset >= {PER_CHANNEL_OPSET} (per-channel GroupNormalization); "
+                         f"got {opset}")
     model = model.eval()
     images = torch.zeros(1, 3, *example_size)
     axes = {"images": {0: "batch", 2: "height", 3: "width"}, "scores": {0: "batch"}, "boxes": {0: "batch"},
             **_feature_axes()}
     path = _export(DetectorGraph(model), (images,), Path(path), DETECTOR_INPUTS, DETECTOR_OUTPUTS, axes, opset)
+    if group_norm_nodes:
+        _rewrite(path, fuse_group_norms)
     k = model.cfg.inference.pre_nms_topk
     _set_static_dims(path, {"scores": {1: k}, "boxes": {1: k}})
     validate(path, expected_inputs=DETECTOR_INPUTS, expected_outputs=DETECTOR_OUTPUTS)
@@ -139,11 +152,21 @@ def export_keypoint_head(
     axes = {**_feature_axes(), "rois": {0: "num_rois"}, **{o: {0: "num_rois"} for o in outputs}}
     graph = KeypointGraph(model, portable=portable, heatmaps=heatmaps)
     path = _export(graph, (*features, rois), Path(path), KEYPOINT_INPUTS, outputs, axes, opset, custom=not portable)
+    _rewrite(path, batch_safe_reshapes)
     _name_pooled_tensor(path)
     k = model.cfg.keypoints.num_landmarks
     _set_static_dims(path, {"landmarks": {1: k}, "landmark_scores": {1: k}, HEATMAP_OUTPUT: {1: k}})
     validate(path, expected_inputs=KEYPOINT_INPUTS, expected_outputs=outputs)
     return path
+
+
+def _rewrite(path: Path, rewrite) -> int:
+    """Apply a graph rewrite (ModelProto -> number of changes) to the file at `path`."""
+    model = onnx.load(str(path))
+    changed = rewrite(model)
+    if changed:
+        onnx.save(model, str(path))
+    return changed
 
 
 def _name_pooled_tensor(path: Path) -> None:
@@ -219,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="artifacts/onnx", help="output folder")
     p.add_argument("--portable", action="store_true", help="keypoint head from standard RoiAlign nodes (ONNX Runtime)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--group-norm-nodes", action="store_true",
+                   help="detector GroupNorms as single GroupNormalization nodes (needs --opset 21; slower in "
+                        "ONNX Runtime 1.32 CPU, see docs/DEPLOYMENT.md)")
     args = p.parse_args(argv)
     from maskface.demo.weights import default_checkpoint
 
@@ -227,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if not trained:
         print(f"export: exporting a seeded initialisation of '{config}' (untrained)")
     out = Path(args.out)
-    written = [export_detector(model, out / DETECTOR_FILE, args.opset)]
+    written = [export_detector(model, out / DETECTOR_FILE, args.opset, group_norm_nodes=args.group_norm_nodes)]
     name = KEYPOINT_PORTABLE_FILE if args.portable else KEYPOINT_FILE
     written.append(export_keypoint_head(model, out / name, portable=args.portable, opset=args.opset))
     for path in written:
