@@ -18,8 +18,10 @@ Candidate against reference, per image: each candidate detection, best score fir
 unmatched reference detection of highest IoU >= 0.5 (match_image again, every reference box counts).
 Over the matched pairs: box drift = max |coordinate difference| of the pair (px, original image; also
 divided by the reference box's longer side, since box deltas scale with the face);
-landmark drift = Euclidean distance of each point (px); score drift = |score difference|. Max and p99
-(numpy's linear-interpolated percentile) of each; reference detections left unmatched are *lost*
+landmark drift = Euclidean distance of each point (px); score drift = |score difference|. Max, p99,
+p90, median (numpy's linear-interpolated percentiles) and mean of each. A pair may be two different
+candidates of one face (a small score change lets NMS keep another anchor's box); such flips make the
+tails, the median shows the rounding of one box; reference detections left unmatched are *lost*
 (with the highest lost score, to tell threshold flips from missed faces), unmatched candidate
 detections are *added*.
 
@@ -123,9 +125,9 @@ class DriftAccumulator:
         def stats(values: list) -> dict:
             v = np.asarray(values, np.float64)
             if not v.size:
-                return {"count": 0, "max": None, "p99": None, "mean": None}
+                return {"count": 0, "max": None, "p99": None, "p90": None, "median": None, "mean": None}
             return {"count": int(v.size), "max": float(v.max()), "p99": float(np.percentile(v, 99)),
-                    "mean": float(v.mean())}
+                    "p90": float(np.percentile(v, 90)), "median": float(np.median(v)), "mean": float(v.mean())}
 
         return {"pairs": len(self.box), "reference_detections": self.reference_detections,
                 "box_px": stats(self.box), "box_relative": stats(self.box_relative), "landmark_px": stats(self.landmark), "score": stats(self.score),
@@ -213,11 +215,12 @@ def to_markdown(report: dict) -> str:
               f"{d['pairs']} pairs of {d['reference_detections']} reference detections; lost {d['lost']} "
               f"(highest reference score {_fmt(d['lost_max_score'])}), added {d['added']} "
               f"(highest candidate score {_fmt(d['added_max_score'])}).", "",
-              "| drift | count | max | p99 | mean |", "|---|---|---|---|---|"]
+              "| drift | count | max | p99 | p90 | median | mean |", "|---|---|---|---|---|---|---|"]
     for key, label in (("box_px", "box (px, max coordinate)"), ("box_relative", "box / reference box side"),
                        ("landmark_px", "landmark (px, per point)"), ("score", "score")):
         s = d[key]
-        lines.append(f"| {label} | {s['count']} | {_fmt(s['max'], 4)} | {_fmt(s['p99'], 4)} | {_fmt(s['mean'], 4)} |")
+        lines.append(f"| {label} | {s['count']} | " + " | ".join(_fmt(s[k], 4) for k in ("max", "p99", "p90", "median", "mean"))
+                     + " |")
     if report.get("timing"):
         lines += ["", "## Timing", "", "| quantity | value |", "|---|---|"]
         lines += [f"| {key} | {_fmt(value, 4)} |" for key, value in report["timing"].items()]

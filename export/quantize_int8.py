@@ -320,27 +320,43 @@ def depthwise_convs(graph_path: Path) -> tuple[str, ...]:
                  and any(a.name == "group" and a.i > 1 for a in n.attribute))
 
 
+class _Memo:
+    """A pipeline whose outputs are kept per image object: the FP32 reference runs once for the sweep."""
+
+    def __init__(self, pipeline):
+        self.pipeline, self.inference, self._outputs = pipeline, pipeline.inference, {}
+
+    def __call__(self, image):
+        if id(image) not in self._outputs:
+            self._outputs[id(image)] = self.pipeline(image)
+        return self._outputs[id(image)]
+
+
 def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_records: Sequence, val_records: Sequence,
           model_cfg, methods: Sequence[str] = CALIBRATION_METHODS, chosen: str = "minmax", timing_rounds: int = 7,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, caches: dict[str, Path] | None = None) -> list[dict]:
     """The measurements behind the module doc's decision, on the given val images: each calibration
-    method with the default node set; INT8 instead of UINT8 activations; then, with `chosen`, each SWEEP_GROUPS group left FP32, and the
-    detection head quantised too. Per row: drift / recall (precision_compare) and the detector time
-    ratio (interleaved). Detector only; the keypoint head stays FP32."""
+    method with the default node set; INT8 instead of UINT8 activations; then, with `chosen`, each
+    SWEEP_GROUPS group left FP32, the depthwise convs left FP32, and the detection head quantised too.
+    Per row: drift / recall (precision_compare) and the detector time ratio (interleaved). Detector
+    only; the keypoint head stays FP32. `caches` maps a method to a calibration cache already made
+    from the same calibration images (skips that calibration)."""
     from export.precision_compare import compare_paths
+    from maskface.data.dataset import read_image
     from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
 
     work = out_dir / "sweep_work"
     work.mkdir(parents=True, exist_ok=True)
     images = network_inputs(calibration_records, model_cfg.input, progress=progress)
     prepared = prepare_graph(fp32_detector, work / "detector_prepared.onnx")
-    image = timing_input(val_records[0], model_cfg.input)
+    timing_image = timing_input(val_records[0], model_cfg.input)
+    val_images = {str(r.image_path): read_image(r.image_path, r.source) for r in val_records}
 
     def pipeline(detector: Path) -> OnnxPredictor:
         return OnnxPredictor(OrtRuntime(detector, fp32_keypoints), model_cfg.inference, model_cfg.input, max_side=640)
 
-    reference = pipeline(fp32_detector)
-    caches: dict[str, Path] = {}
+    reference = _Memo(pipeline(fp32_detector))
+    caches = dict(caches or {})
     variants = [(f"all, {m}", Int8Settings(method=m)) for m in methods]
     variants.append((f"all, {chosen}, S8S8", Int8Settings(method=chosen, activation_type="int8")))
     variants += [(f"all but {g}, {chosen}", Int8Settings(method=chosen, keep_fp32=prefixes))
@@ -358,16 +374,16 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
                   f"{time.perf_counter() - start:.0f} s")
         path = quantize_graph(prepared, work / "variant.onnx", caches[settings.method], settings, fp32_detector)
         report = compare_paths(reference, pipeline(path), val_records, model_cfg.inference.score_threshold,
-                               names=("fp32", "int8"), progress=progress)
+                               names=("fp32", "int8"), progress=progress, read=lambda r: val_images[str(r.image_path)])
         d, p = report["drift"], report["paths"]
         rows.append({"variant": name, "box_p99": d["box_px"]["p99"], "box_max": d["box_px"]["max"],
-                     "landmark_p99": d["landmark_px"]["p99"], "landmark_max": d["landmark_px"]["max"],
-                     "score_max": d["score"]["max"], "lost": d["lost"], "added": d["added"],
-                     "recall_fp32": p["fp32"]["recall"], "recall_int8": p["int8"]["recall"],
+                     "box_rel_p99": d["box_relative"]["p99"], "landmark_p99": d["landmark_px"]["p99"],
+                     "landmark_max": d["landmark_px"]["max"], "score_max": d["score"]["max"], "lost": d["lost"],
+                     "added": d["added"], "recall_fp32": p["fp32"]["recall"], "recall_int8": p["int8"]["recall"],
                      "fp_per_image_int8": p["int8"]["fp_per_image"],
-                     "time_ratio": time_detectors(fp32_detector, path, image, timing_rounds)["ratio_int8_over_fp32"]})
+                     "time_ratio": time_detectors(fp32_detector, path, timing_image, timing_rounds)["ratio_int8_over_fp32"]})
         print("quantize_int8: sweep " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                  for k, v in rows[-1].items()))
+                                                  for k, v in rows[-1].items()), flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return rows
 

@@ -104,6 +104,8 @@ def test_drift_between_paths():
     # pairs: A (box 0.5, score 0.05, one point 5 px), B (box 2.0), SMALL and NOWHERE (0)
     assert d["pairs"] == 4 and d["reference_detections"] == 5
     assert d["box_px"]["max"] == pytest.approx(2.0)
+    assert d["box_px"]["median"] == pytest.approx(0.25)  # (0 + 0.5) / 2
+    assert d["box_px"]["p90"] == pytest.approx(0.5 + 0.7 * 1.5)  # index 0.9 * 3 = 2.7
     assert d["box_relative"]["max"] == pytest.approx(2.0 / 40)  # the reference boxes are 40 px (SMALL: 0 drift)
     boxes = np.sort([0.5, 2.0, 0.0, 0.0])  # numpy percentile, linear: index 0.99 * 3 = 2.97
     assert d["box_px"]["p99"] == pytest.approx(boxes[2] + 0.97 * (boxes[3] - boxes[2]))
