@@ -114,3 +114,29 @@ def test_batch_safe_reshape_needs_static_channels_and_space(conv_gn):
         torch.onnx.export(conv_gn, (torch.randn(2, 8, 10, 12),), buffer, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
     assert batch_safe_reshapes(onnx.load_from_string(buffer.getvalue())) == 0
+
+
+def test_export_detector_option_writes_one_node_per_group_norm(tmp_path):
+    import onnxruntime as ort
+
+    from export.export_onnx import export_detector
+    from maskface import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    with pytest.raises(ValueError, match="opset >= 21"):
+        export_detector(model, tmp_path / "bad.onnx", opset=18, group_norm_nodes=True)
+    path = export_detector(model, tmp_path / "nodes.onnx", opset=21, group_norm_nodes=True)
+    ops = _ops(onnx.load(str(path)))
+    group_norms = sum(isinstance(m, torch.nn.GroupNorm) for name, m in model.named_modules()
+                      if not name.startswith("keypoint_head"))  # the detector's
+    assert "InstanceNormalization" not in ops and ops.count("GroupNormalization") == group_norms > 0
+    images = torch.randn(1, 3, 128, 192, generator=torch.Generator().manual_seed(0))
+    scores, _, *features = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": images.numpy()})
+    with torch.no_grad():
+        t_scores, _, t_features = model.detect_candidates(images)
+    # An untrained model's near-tied scores may swap top-k ranks (and so boxes); values must agree.
+    assert np.abs(np.sort(scores, axis=1) - np.sort(t_scores.numpy(), axis=1)).max() <= 1e-5
+    for a, b in zip(features, t_features):
+        assert np.abs(a - b.numpy()).max() <= 1e-4
