@@ -54,8 +54,9 @@ def int8(tmp_path_factory):
     # Every detection passes the score threshold, so the keypoint head gets rois to calibrate on.
     model.cfg.inference.score_threshold = 0.0
     model.cfg.inference.max_detections = 8
-    build = build_int8(detector, keypoints, out, records, model.cfg, Int8Settings(),
-                       Int8Settings(scopes=KEYPOINT_SCOPES), progress=False)
+    # MinMax: fast, and its ranges hold every calibration value (the closeness test relies on that)
+    build = build_int8(detector, keypoints, out, records, model.cfg, Int8Settings(method="minmax"),
+                       Int8Settings(method="minmax", scopes=KEYPOINT_SCOPES), progress=False)
     return SimpleNamespace(build=build, model=model, records=records, out=out)
 
 
