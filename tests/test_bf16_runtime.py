@@ -167,20 +167,33 @@ def test_bf16_finds_the_same_faces_as_fp32_on_real_photos(demo_model, photos):
 
 
 @needs_native_bf16
-def test_box_decoding_in_bf16_would_misplace_boxes(demo_model, photos):
-    """The runtime decodes BF16 head outputs in FP32. Decoding the same outputs in BF16 (deltas and
-    anchors rounded to 8 mantissa bits) moves the boxes several times further from FP32: the
-    tolerance of the test above would catch a BF16 decode."""
+def test_boxes_are_decoded_in_fp32_from_the_bf16_head(demo_model, photos):
+    """The runtime's candidates are the FP32 decoding (sigmoid, top-k, box coder) of its BF16 head
+    outputs, to float32 rounding. Decoding the same outputs in BF16 instead (deltas and anchors
+    rounded to 8 mantissa bits) moves boxes several times further from FP32 than the BF16 trunk does,
+    so this is the check that would catch a BF16 decode (the photo test above cannot: its faces'
+    rounding happens to stay under 2 px)."""
+    from maskface.postprocess import top_candidates
     from maskface.preprocess import prepare_image
 
     runtime = Bf16Runtime(demo_model)
-    coder = demo_model.box_coder
+    coder, topk = demo_model.box_coder, demo_model.cfg.inference.pre_nms_topk
     worst_ours, worst_bf16 = 0.0, 0.0
     for photo in photos:
         x = torch.from_numpy(prepare_image(photo, demo_model.cfg.input, 640).image[None])
-        logits32, deltas32, anchors = _head_outputs(demo_model, x, bf16=False)
-        _, deltas_bf, _ = _head_outputs(runtime.model, x.contiguous(memory_format=torch.channels_last), bf16=True)
-        faces = logits32[0] > 0.0  # every anchor with score >= 0.5
+        scores, boxes, _ = runtime.detect(x.numpy())
+        logits_bf, deltas_bf, anchors = _head_outputs(runtime.model, x.contiguous(memory_format=torch.channels_last),
+                                                      bf16=True)
+        want_scores, want_boxes = top_candidates(logits_bf.float(), deltas_bf.float(), anchors, coder, topk,
+                                                 x.shape[-2:])
+        real = want_scores[0] >= 0.5
+        assert real.sum() >= 10
+        torch.testing.assert_close(scores[0][real], want_scores[0][real], rtol=0, atol=1e-6)
+        torch.testing.assert_close(boxes[0][real], want_boxes[0][real], rtol=0, atol=1e-3)
+
+        # The same anchors in FP32 end to end, against FP32 and BF16 decoding of the BF16 head.
+        logits32, deltas32, _ = _head_outputs(demo_model, x, bf16=False)
+        faces = logits32[0] > 0.0  # every anchor with FP32 score >= 0.5
         want = coder.decode(deltas32[0][faces], anchors[faces])
         ours = (coder.decode(deltas_bf[0][faces].float(), anchors[faces]) - want).abs()
         all_bf16 = (coder.decode(deltas_bf[0][faces].bfloat16(), anchors[faces].bfloat16()).float() - want).abs()
