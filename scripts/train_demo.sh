@@ -12,6 +12,6 @@ if [ ! -f "$DATA/val/label.txt" ]; then
 fi
 exec "$PY" -m maskface.cli train --config demo --data "widerface:$DATA" \
   --backbone-weights "$DATA/centerface_mobilenet_v2.pth" --output "$RUN" \
-  --crop-size 384 --scale-range 0.5 1.5 --batch-size 8 --max-iter 6000 --lr 0.01 \
+  --crop-size 384 --scale-range 0.5 1.5 --batch-size 8 --max-iter 3000 --lr-steps 2100 2600 --lr 0.01 \
   --warmup-iters 300 --eval-period 400 --patience 2 --val-max-images 80 --val-max-side 640 \
   --checkpoint-period 50 --log-period 10 --workers 1 --seed 0 --channels-last

@@ -52,6 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup-start-lr", type=float, default=d.warmup_start_lr, help="learning rate at iteration 0")
     p.add_argument("--min-lr", type=float, default=d.min_lr, help="floor of the plateau decay (training ends when it stops improving there)")
     p.add_argument("--patience", type=int, default=d.patience, help="evaluations without improvement before lr x0.1")
+    p.add_argument("--lr-steps", type=int, nargs="+", default=list(d.lr_steps), metavar="ITER",
+                   help="also multiply the lr by 0.1 at these iterations (default: none, the plateau rule only)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
     p.add_argument("--eval-period", type=int, default=d.eval_period, help="validate every N iterations (and at the end)")
@@ -85,7 +87,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         config=args.config, model_overrides=_parse_set(args.set),
         backbone_weights=args.backbone_weights, batch_size=args.batch_size, max_iter=args.max_iter,
         base_lr=args.lr, warmup_iters=args.warmup_iters, warmup_start_lr=args.warmup_start_lr, min_lr=args.min_lr,
-        patience=args.patience, momentum=args.momentum, weight_decay=args.weight_decay,
+        patience=args.patience, lr_steps=tuple(args.lr_steps), momentum=args.momentum, weight_decay=args.weight_decay,
         eval_period=args.eval_period, checkpoint_period=args.checkpoint_period, log_period=args.log_period,
         crop_size=args.crop_size, scale_range=tuple(args.scale_range), area_range=tuple(args.area_range),
         face_size_range=tuple(args.face_size_range), max_rotation=args.max_rotation, color=not args.no_color,

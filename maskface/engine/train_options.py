@@ -28,6 +28,7 @@ class TrainOptions:
     min_lr: float = 1e-4
     lr_decay: float = 0.1
     patience: int = 2  # evaluations without improvement before a decay
+    lr_steps: tuple[int, ...] = ()  # also decay at these iterations (none in the paper's recipe)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     eval_period: int = 5000

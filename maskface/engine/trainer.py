@@ -5,7 +5,8 @@ under `torchrun --nproc_per_node N` every process runs the same code (NCCL on GP
 
 Recipe (defaults = the paper's): SGD momentum 0.9, weight decay 1e-4, batch 8 per process;
 lr rises linearly from 1e-4 to 1e-2 over the first 5k iterations, then is multiplied by 0.1
-each time the validation metric has not improved for `patience` evaluations, never below 1e-4.
+each time the validation metric has not improved for `patience` evaluations, never below 1e-4
+(and, with `lr_steps`, also at those fixed iterations: a run with a time budget).
 Training stops at `max_iter`, or earlier once the lr sits at the floor and the metric stops
 improving once more. `best.pth` is the checkpoint of the best validation metric.
 
@@ -71,12 +72,16 @@ SMOKE_MODEL_OVERRIDES: dict[str, Any] = TINY_MODEL_FIELDS  # the `tiny` preset's
 # ----------------------------------------------------------------------------- schedule
 
 class WarmupPlateauLR:
-    """lr(it) = linear warm-up, then base * decay^k (k = number of plateaus seen), floored."""
+    """lr(it) = linear warm-up, then base * decay^k, floored; k = plateaus seen + fixed steps passed.
+
+    `steps` (iterations, optional) decay the lr at fixed points as well, for a run that must end
+    within a time budget (the demo model's recipe); the plateau rule still applies between them."""
 
     def __init__(self, base_lr: float, warmup_iters: int, warmup_start_lr: float, min_lr: float,
-                 decay: float, patience: int):
+                 decay: float, patience: int, steps: tuple[int, ...] = ()):
         self.base_lr, self.warmup_iters, self.warmup_start_lr = base_lr, warmup_iters, warmup_start_lr
         self.min_lr, self.decay, self.patience = min_lr, decay, patience
+        self.steps = tuple(sorted(int(s) for s in steps))
         self.num_decays = 0
         self.best: float | None = None
         self.bad_evals = 0
@@ -86,10 +91,14 @@ class WarmupPlateauLR:
         if iteration < self.warmup_iters:
             t = iteration / max(1, self.warmup_iters)
             return self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * t
-        return max(self.min_lr, self.base_lr * self.decay ** self.num_decays)
+        return max(self.min_lr, self.base_lr * self.decay ** self._decays(iteration))
 
-    def at_floor(self) -> bool:
-        return self.base_lr * self.decay ** self.num_decays <= self.min_lr * (1 + 1e-9)
+    def _decays(self, iteration: int) -> int:
+        return self.num_decays + sum(iteration >= s for s in self.steps)
+
+    def at_floor(self, iteration: int | None = None) -> bool:
+        k = self.num_decays if iteration is None else self._decays(iteration)
+        return self.base_lr * self.decay ** k <= self.min_lr * (1 + 1e-9)
 
     def report(self, metric: float, iteration: int) -> bool:
         """Record a validation metric (higher is better); True when it is a new best."""
@@ -99,7 +108,7 @@ class WarmupPlateauLR:
         self.bad_evals += 1
         if self.bad_evals >= self.patience and iteration >= self.warmup_iters:
             self.bad_evals = 0
-            if self.at_floor():
+            if self.at_floor(iteration):
                 self.finished = True
             else:
                 self.num_decays += 1
@@ -302,7 +311,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(params, lr=options.warmup_start_lr, momentum=options.momentum,
                                          weight_decay=options.weight_decay)
         self.schedule = WarmupPlateauLR(options.base_lr, options.warmup_iters, options.warmup_start_lr,
-                                        options.min_lr, options.lr_decay, options.patience)
+                                        options.min_lr, options.lr_decay, options.patience, options.lr_steps)
         self.amp_dtype = self._amp_dtype(options.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.iteration = 0

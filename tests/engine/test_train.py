@@ -92,6 +92,18 @@ def test_warmup_then_plateau_decay_with_floor():
     assert w.num_decays == 0
 
 
+def test_fixed_lr_steps_on_top_of_the_plateau_rule():
+    s = WarmupPlateauLR(1e-2, 300, 1e-4, 1e-4, 0.1, patience=2, steps=(2600, 2100))
+    assert s.lr(2099) == pytest.approx(1e-2) and s.lr(2100) == pytest.approx(1e-3)
+    assert s.lr(2599) == pytest.approx(1e-3) and s.lr(2600) == pytest.approx(1e-4) and s.lr(9000) == pytest.approx(1e-4)
+    assert s.report(0.9, 1200)
+    assert not s.report(0.8, 1600) and not s.report(0.8, 2000) and s.num_decays == 1  # a plateau decay too
+    assert s.lr(2000) == pytest.approx(1e-3) and s.lr(2100) == pytest.approx(1e-4)  # floored, not 1e-5
+    s.report(0.1, 2700)
+    s.report(0.1, 2800)
+    assert s.finished  # at the floor (steps + plateau) and not improving
+
+
 def test_batch_sampler_is_a_function_of_seed_iteration_and_rank():
     a = TrainBatchSampler(10, batch_size=2, seed=3, world_size=2, rank=0)
     b = TrainBatchSampler(10, batch_size=2, seed=3, world_size=2, rank=1)
