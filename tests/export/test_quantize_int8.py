@@ -94,10 +94,10 @@ def test_backbone_convs_are_quantised_per_channel(int8):
         # one scale per output channel, along axis 0 (the weight's output-channel axis)
         assert scale.shape == (weight.shape[0],), conv.name
         assert {a.name: a.i for a in dq.attribute}.get("axis", 1) == 0, conv.name
-        # the conv's data input is dequantised UINT8
+        # the conv's data input is dequantised UINT8 (U8S8: its zero point is a uint8)
         data = producers(model)[conv.input[0]]
-        assert data.op_type == "DequantizeLinear" and inits[data.input[0]].dtype == np.uint8 \
-            if data.input[0] in inits else data.op_type == "DequantizeLinear", conv.name
+        assert data.op_type == "DequantizeLinear", conv.name
+        assert inits[data.input[2]].dtype == np.uint8, conv.name
 
 
 def test_sensitive_nodes_stay_fp32(int8):
