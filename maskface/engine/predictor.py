@@ -10,16 +10,11 @@ from ..pipeline import Pipeline
 from ..runtimes.torch_runtime import TorchRuntime
 
 
-class Predictor(Pipeline):
-    """Pipeline over the model's own stages; thresholds are read from model.cfg.inference at each call
-    (engine.tta switches NMS off there for its raw passes). See Pipeline for the arguments."""
+class ModelPipeline(Pipeline):
+    """A pipeline on a runtime of `self.model`, whose thresholds are read from model.cfg.inference at
+    each call (engine.tta switches NMS off there for its raw passes)."""
 
-    def __init__(self, model: MaskFace, device: str | torch.device = "cpu", max_side: int | None = 640,
-                 min_side: int | None = None):
-        runtime = TorchRuntime(model, device)
-        super().__init__(runtime, model.cfg.inference, model.cfg.input, max_side, min_side)
-        self.model = runtime.model
-        self.device = runtime.device
+    model: MaskFace
 
     @property
     def inference(self) -> InferenceConfig:
@@ -28,3 +23,14 @@ class Predictor(Pipeline):
     @property
     def num_landmarks(self) -> int:
         return self.model.num_landmarks
+
+
+class Predictor(ModelPipeline):
+    """Pipeline over the model's own stages in PyTorch. See Pipeline for the arguments."""
+
+    def __init__(self, model: MaskFace, device: str | torch.device = "cpu", max_side: int | None = 640,
+                 min_side: int | None = None):
+        runtime = TorchRuntime(model, device)
+        super().__init__(runtime, model.cfg.inference, model.cfg.input, max_side, min_side)
+        self.model = runtime.model
+        self.device = runtime.device

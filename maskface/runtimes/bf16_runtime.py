@@ -40,8 +40,9 @@ from torch import nn
 
 from ..config import InferenceConfig
 from ..modeling.maskface import MaskFace
-from ..pipeline import Pipeline, select_candidates
+from ..pipeline import select_candidates
 from ..postprocess import decode_heatmaps, top_candidates
+from ..engine.predictor import ModelPipeline
 
 #: /proc/cpuinfo flags of x86 instructions that compute BF16 dot products natively.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -248,7 +249,7 @@ class Bf16Runtime:
         return points, scores
 
 
-class Bf16Predictor(Pipeline):
+class Bf16Predictor(ModelPipeline):
     """The pipeline on a Bf16Runtime; the same contract as maskface.engine.predictor.Predictor
     (thresholds read from model.cfg.inference at each call)."""
 
@@ -257,11 +258,3 @@ class Bf16Predictor(Pipeline):
         runtime = Bf16Runtime(model, policy, require_native)
         super().__init__(runtime, model.cfg.inference, model.cfg.input, max_side, min_side)
         self.model = model
-
-    @property
-    def inference(self) -> InferenceConfig:
-        return self.model.cfg.inference
-
-    @property
-    def num_landmarks(self) -> int:
-        return self.model.num_landmarks
