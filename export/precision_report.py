@@ -21,11 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: `export` is a top-level folder
-    sys.path.insert(0, str(REPO_ROOT))
-
-from export.precision_compare import compare_paths, load_val_records, write_report  # noqa: E402
+from export.precision_compare import compare_paths, load_val_records, write_report
 
 PATHS = ("fp16", "int8", "bf16")
 #: Drift bounds per path: INT8's are issue #15's; FP16 / BF16 are held to the same 1 px (reported, not gated).
