@@ -46,7 +46,6 @@ class ReusedOutputs:
 def fp16_storage_predictor(model, work_dir: Path, max_side: int):
     """OnnxPredictor on the FP16 graphs with FP16 activation storage (module docstring)."""
     import onnx
-    import onnxruntime as ort
 
     from export.export_onnx import export_detector, export_keypoint_head
     from export.fp16 import Fp16Policy, convert_to_fp16, emulate_fp16_storage
@@ -59,12 +58,8 @@ def fp16_storage_predictor(model, work_dir: Path, max_side: int):
         fp16, _ = convert_to_fp16(onnx.load(str(fp32)), Fp16Policy())
         paths[name] = work_dir / f"{name}_fp16_storage.onnx"
         onnx.save(emulate_fp16_storage(fp16), str(paths[name]))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keeps the storing Identities
-    runtime = OrtRuntime.__new__(OrtRuntime)
-    runtime.detector = ort.InferenceSession(str(paths["detector"]), options, providers=["CPUExecutionProvider"])
-    runtime.keypoint_head = ort.InferenceSession(str(paths["keypoint_head_portable"]), options,
-                                                 providers=["CPUExecutionProvider"])
+    # optimisations off: they would remove the Identities that store each activation in FP16
+    runtime = OrtRuntime(paths["detector"], paths["keypoint_head_portable"], optimize=False)
     return OnnxPredictor(runtime, model.cfg.inference, model.cfg.input, max_side=max_side)
 
 

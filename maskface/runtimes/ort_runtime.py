@@ -36,7 +36,10 @@ def graph_paths(folder: str | Path, precision: str = "fp32") -> tuple[Path, Path
     return detector, keypoints
 
 
-def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
+def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+                optimize: bool = True):
+    """optimize=False: ONNX Runtime's graph optimisations off (keeps nodes such as fp16.py's storing
+    Identities that the optimiser would remove)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -48,6 +51,8 @@ def ort_session(path: str | Path, threads: int | None = None, providers: Sequenc
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
@@ -55,9 +60,9 @@ class OrtRuntime:
     """detector.onnx + a portable keypoint_head graph in ONNX Runtime (numpy in, numpy out)."""
 
     def __init__(self, detector: str | Path, keypoint_head: str | Path, threads: int | None = None,
-                 providers: Sequence[str] | None = None):
-        self.detector = ort_session(detector, threads, providers)
-        self.keypoint_head = ort_session(keypoint_head, threads, providers)
+                 providers: Sequence[str] | None = None, optimize: bool = True):
+        self.detector = ort_session(detector, threads, providers, optimize)
+        self.keypoint_head = ort_session(keypoint_head, threads, providers, optimize)
 
     def detect(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         scores, boxes, *features = self.detector.run(None, {"images": np.ascontiguousarray(images, np.float32)})

@@ -15,6 +15,7 @@ Tensors between the stages (all per request, batch 1; see triton_models/README.m
 """
 from __future__ import annotations
 
+import abc
 import json
 import os
 import struct
@@ -442,13 +443,14 @@ def threads_per_instance(cpu_threads: int, instances: int) -> int:
     return cpu_threads or max(1, available_cpus() // max(1, instances))
 
 
-class BatchedRuns:
+class BatchedRuns(abc.ABC):
     """run_batched() on top of run(feeds) for a graph of `input_names` whose inputs batch on dim 0."""
 
     input_names: list[str]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call of the graph: input name -> array in, output name -> array out."""
 
     def run_batched(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """Run requests of equal input shapes as one batch (concatenated on dim 0), split the results.
