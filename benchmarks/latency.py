@@ -17,8 +17,11 @@ Backends (default: all but torch-fp32-cl that apply to --device):
                         oneDNN runs depthwise/grouped convs much faster in NHWC (MobileNetV2, ResNeXt)
   tensorrt-fp16         CUDA only: FP16 engines from export/tensorrt_build.py + export/engine_runner.py, when
                         TensorRT with a builder is importable; skipped with the reason otherwise
-  onnxruntime-int8      CPU only: the calibrated INT8 graphs of export/quantize_int8.py (--int8-dir) for the
-                        --checkpoint they were made from; skipped with the reason when absent
+  onnxruntime-int8      CPU only: the calibrated INT8 graphs of export/quantize_int8.py (--int8-dir) in ONNX
+                        Runtime; skipped with the reason when absent (seeded weights: timed, labelled timing only)
+  openvino-int8         CPU only: the same INT8 graphs in OpenVINO (the cpu target's int8)
+  openvino-bf16         CPU only, where the CPU has native BF16 (detected): the FP32 graphs in OpenVINO with its
+                        BF16 hint, keypoint head FP32 (the cpu target's bf16; maskface.runtimes.openvino_runtime)
   torch-bf16            CPU only, where the CPU has native BF16 (detected): maskface.runtimes.bf16_runtime
   triton-cpu            CPU only: the Triton cpu target (FP32 graphs) served for real by tritonserver on loopback
 
@@ -46,7 +49,7 @@ The backends of one image size run INTERLEAVED (round r times every backend once
 start, each round of a backend opening with one untimed detector call to warm its caches), so that a
 noisy machine's drift falls on all of them alike; --no-interleave runs them in turn.
 Ratios to ONNX Runtime FP32 of the same run, and the CPU goals (INT8 detector <= 0.30x, BF16 detector
-<= 0.55x, Triton pipeline <= 1.05x), are in the report.
+<= 0.55x, Triton pipeline <= 1.05x; issue #15), are in the report.
 
 Writes OUT/latency.json, OUT/latency.md and OUT/latency.png (default OUT: artifacts/bench).
 Weights are a seeded initialisation unless --checkpoint is given; the rows say which.
@@ -86,10 +89,11 @@ from benchmarks.latency_runners import (  # noqa: F401  (re-exported: tests and 
 
 SCHEMA_VERSION = 1
 BACKENDS = ("torch-fp32", "onnxruntime", "torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16", "onnxruntime-int8",
-            "torch-bf16", "triton-cpu", "torch-fp32-cl")
-DEFAULT_BACKENDS = BACKENDS[:8]  # torch-fp32-cl only when asked for
+            "openvino-int8", "openvino-bf16", "torch-bf16", "triton-cpu", "torch-fp32-cl")
+DEFAULT_BACKENDS = BACKENDS[:-1]  # torch-fp32-cl only when asked for
 # The CPU deployment goals of issue #15, as time ratios to ONNX Runtime FP32 of the same model, image and run.
-CPU_GOALS = {"onnxruntime-int8": ("detector", 0.30), "torch-bf16": ("detector", 0.55), "triton-cpu": ("pipeline", 1.05)}
+CPU_GOALS = {"onnxruntime-int8": ("detector", 0.30), "openvino-int8": ("detector", 0.30), "openvino-bf16": ("detector", 0.55),
+             "torch-bf16": ("detector", 0.55), "triton-cpu": ("pipeline", 1.05)}
 DEFAULT_RUNS = {"cpu": 10, "cuda": 50}
 DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
 
@@ -154,7 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak-runs", type=int, default=10, help="timed runs of each peak kernel (median taken)")
     p.add_argument("--int8-dir", default="artifacts/onnx_int8",
                    help="folder of detector_int8.onnx + keypoint_head_portable_int8.onnx (export/quantize_int8.py) "
-                        "for the onnxruntime-int8 rows (default %(default)s)")
+                        "for the onnxruntime-int8 / openvino-int8 rows (default %(default)s)")
     p.add_argument("--no-interleave", dest="interleave", action="store_false",
                    help="time the backends one after another instead of interleaved")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -22,7 +22,7 @@ from maskface.pipeline import rois_of, select_candidates
 from maskface.postprocess import PAD_SCORE, top_candidates
 
 CUDA_ONLY = ("torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16")
-CPU_ONLY = ("onnxruntime-int8", "torch-bf16", "triton-cpu")
+CPU_ONLY = ("onnxruntime-int8", "openvino-int8", "openvino-bf16", "torch-bf16", "triton-cpu")
 ONNX_EXPORT_VERSION = 1  # bump when the way the benchmark exports changes
 
 
@@ -419,6 +419,10 @@ def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: st
         raise Skip("a CPU deployment path: run --device cpu")
     if backend == "onnxruntime-int8":
         return int8_runner(model, args, checkpoint), "INT8 (static QDQ; sensitive layers FP32)"
+    if backend == "openvino-int8":
+        return int8_runner(model, args, checkpoint, openvino=True), "INT8 (static QDQ; sensitive layers FP32)"
+    if backend == "openvino-bf16":
+        return openvino_bf16_runner(model, onnx_paths, args.threads), "BF16 (OpenVINO hint; keypoint head FP32)"
     if backend == "torch-bf16":
         return bf16_runner(model), "BF16 (autocast; decoding FP32)"
     if backend == "triton-cpu":
@@ -430,12 +434,11 @@ def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: st
     raise Skip(f"unknown backend {backend}")  # pragma: no cover - parse_args refuses it
 
 
-def int8_runner(model: MaskFace, args: argparse.Namespace, checkpoint: str | None) -> OrtRunner:
-    """The INT8 graphs that export/quantize_int8.py wrote for THIS model (its checkpoint) in --int8-dir."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise Skip("onnxruntime is not installed") from exc
+def int8_runner(model: MaskFace, args: argparse.Namespace, checkpoint: str | None,
+                openvino: bool = False) -> OrtRunner:
+    """The INT8 graphs that export/quantize_int8.py wrote in --int8-dir, in ONNX Runtime or OpenVINO.
+    Graphs of a seeded model (no checkpoint) are timed too: their calibration is meaningless, their
+    speed is not; the engine label says so."""
     from maskface.runtimes.ort_runtime import OrtRuntime, graph_paths
 
     folder = Path(args.int8_dir)
@@ -443,10 +446,39 @@ def int8_runner(model: MaskFace, args: argparse.Namespace, checkpoint: str | Non
         detector, keypoints = graph_paths(folder, "int8")
     except FileNotFoundError as exc:
         raise Skip(f"{exc} (it calibrates on the demo data), or pass --int8-dir") from exc
-    if not checkpoint:
-        raise Skip("INT8 graphs are calibrated for a trained checkpoint: use --backbones demo or --checkpoint")
-    graphs = OrtRuntime(detector, keypoints, threads=args.threads)
-    return OrtRunner(graphs, f"ONNX Runtime {ort.__version__} (CPUExecutionProvider), {folder}",
+    seeded = "" if checkpoint else "; seeded weights: timing only"
+    if openvino:
+        graphs = openvino_runtime(folder, "int8", args.threads)
+        import openvino as ov
+
+        engine = f"OpenVINO {ov.__version__} CPU, {folder}{seeded}"
+    else:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise Skip("onnxruntime is not installed") from exc
+        graphs = OrtRuntime(detector, keypoints, threads=args.threads)
+        engine = f"ONNX Runtime {ort.__version__} (CPUExecutionProvider), {folder}{seeded}"
+    return OrtRunner(graphs, engine, model.cfg.inference, model.cfg.input)
+
+
+def openvino_runtime(folder: Path, precision: str, threads: int | None):
+    """maskface.runtimes.openvino_runtime.OpenVinoRuntime, or Skip with the reason it cannot run here."""
+    try:
+        from maskface.runtimes.openvino_runtime import OpenVinoRuntime, OpenVinoUnavailableError
+    except ImportError as exc:
+        raise Skip(f"maskface.runtimes.openvino_runtime is not importable ({exc})") from exc
+    try:
+        return OpenVinoRuntime(folder, precision, threads)
+    except OpenVinoUnavailableError as exc:
+        raise Skip(str(exc)) from exc
+
+
+def openvino_bf16_runner(model: MaskFace, onnx_paths: Callable[[], dict[str, Path]], threads: int | None) -> OrtRunner:
+    graphs = openvino_runtime(onnx_paths()["detector"].parent, "bf16", threads)
+    import openvino as ov
+
+    return OrtRunner(graphs, f"OpenVINO {ov.__version__} CPU, BF16 inference hint (keypoint head FP32)",
                      model.cfg.inference, model.cfg.input)
 
 

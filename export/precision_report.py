@@ -9,7 +9,10 @@ Reference: the PyTorch FP32 model (maskface.engine.predictor.Predictor). Paths:
   is FP32, as TensorRT's FP16 convolutions accumulate in FP32). A stand-in for the engines where no GPU
   is at hand: it shows what FP16 storage costs, not TensorRT's kernels.
 - int8: the calibrated graphs of export/quantize_int8.py in ONNX Runtime (--int8-dir).
-- bf16: maskface.runtimes.bf16_runtime (PyTorch autocast), only where the CPU has native BF16.
+- int8-openvino: the same INT8 graphs in OpenVINO (maskface.runtimes.openvino_runtime).
+- bf16: the FP32 graphs in OpenVINO with its BF16 inference hint (the cpu target's bf16), only where
+  the CPU has native BF16.
+- bf16-torch: maskface.runtimes.bf16_runtime (PyTorch autocast), only where the CPU has native BF16.
 Per path (export/precision_compare.py): recall / false positives per image / NME against the teacher
 labels, and box / landmark drift against FP32 (max, p99). Writes OUT/<path>.{json,md,_drift_cdf.png}
 and OUT/summary.{json,md}. FP32 outputs are computed once and reused for every path.
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from export.precision_compare import compare_paths, load_val_records, write_report
 
-PATHS = ("fp16", "int8", "bf16")
+PATHS = ("fp16", "int8", "int8-openvino", "bf16", "bf16-torch")
 #: Drift bounds per path: INT8's are issue #15's; FP16 / BF16 are held to the same 1 px (reported, not gated).
 GOALS = {"p99_box_drift_px": 1.0, "p99_landmark_drift_px": 1.0, "max_recall_loss": 0.0}
 
@@ -47,20 +50,30 @@ def fp16_storage_predictor(model, work_dir: Path, max_side: int):
     """OnnxPredictor on the FP16 graphs with FP16 activation storage (module docstring)."""
     import onnx
 
-    from export.export_onnx import export_detector, export_keypoint_head
     from export.fp16 import Fp16Policy, convert_to_fp16, emulate_fp16_storage
     from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
 
+    fp32_dir = export_fp32_graphs(model, work_dir)
     paths = {}
-    for name, export in (("detector", lambda p: export_detector(model, p)),
-                         ("keypoint_head_portable", lambda p: export_keypoint_head(model, p, portable=True))):
-        fp32 = export(work_dir / f"{name}.onnx")
-        fp16, _ = convert_to_fp16(onnx.load(str(fp32)), Fp16Policy())
+    for name in ("detector", "keypoint_head_portable"):
+        fp16, _ = convert_to_fp16(onnx.load(str(fp32_dir / f"{name}.onnx")), Fp16Policy())
         paths[name] = work_dir / f"{name}_fp16_storage.onnx"
         onnx.save(emulate_fp16_storage(fp16), str(paths[name]))
     # optimisations off: they would remove the Identities that store each activation in FP16
     runtime = OrtRuntime(paths["detector"], paths["keypoint_head_portable"], optimize=False)
     return OnnxPredictor(runtime, model.cfg.inference, model.cfg.input, max_side=max_side)
+
+
+def export_fp32_graphs(model, work_dir: Path) -> Path:
+    """detector.onnx + keypoint_head_portable.onnx of `model` in work_dir/fp32 (exported once)."""
+    from export.export_onnx import export_detector, export_keypoint_head
+
+    folder = work_dir / "fp32"
+    if not (folder / "keypoint_head_portable.onnx").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        export_detector(model, folder / "detector.onnx")
+        export_keypoint_head(model, folder / "keypoint_head_portable.onnx", portable=True)
+    return folder
 
 
 def int8_predictor(model, int8_dir: Path, max_side: int):
@@ -70,7 +83,14 @@ def int8_predictor(model, int8_dir: Path, max_side: int):
     return OnnxPredictor(OrtRuntime(detector, keypoints), model.cfg.inference, model.cfg.input, max_side=max_side)
 
 
-def bf16_predictor(model, max_side: int):
+def openvino_predictor(model, graphs_dir: Path, precision: str, max_side: int):
+    from maskface.runtimes.openvino_runtime import OpenVinoPredictor, OpenVinoRuntime
+
+    return OpenVinoPredictor(OpenVinoRuntime(graphs_dir, precision), model.cfg.inference, model.cfg.input,
+                             max_side=max_side)
+
+
+def bf16_torch_predictor(model, max_side: int):
     from maskface.runtimes.bf16_runtime import Bf16Predictor, require_cpu_bf16
 
     require_cpu_bf16()
@@ -108,7 +128,9 @@ def summary_markdown(rows: list[dict], settings: dict) -> str:
 
 WHAT = {"fp16": "FP16 graphs in ONNX Runtime CPU, activations stored FP16 (stand-in for TensorRT FP16)",
         "int8": "static INT8 QDQ graphs in ONNX Runtime (export/quantize_int8.py)",
-        "bf16": "PyTorch BF16 autocast (maskface.runtimes.bf16_runtime)"}
+        "int8-openvino": "the same INT8 QDQ graphs in OpenVINO (maskface.runtimes.openvino_runtime)",
+        "bf16": "FP32 graphs in OpenVINO, BF16 inference hint (maskface.runtimes.openvino_runtime)",
+        "bf16-torch": "PyTorch BF16 autocast (maskface.runtimes.bf16_runtime)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                     candidate = fp16_storage_predictor(model, Path(tmp), args.max_side)
                 elif path == "int8":
                     candidate = int8_predictor(model, Path(args.int8_dir), args.max_side)
+                elif path == "int8-openvino":
+                    candidate = openvino_predictor(model, Path(args.int8_dir), "int8", args.max_side)
+                elif path == "bf16":
+                    candidate = openvino_predictor(model, export_fp32_graphs(model, Path(tmp)), "bf16", args.max_side)
                 else:
-                    candidate = bf16_predictor(model, args.max_side)
+                    candidate = bf16_torch_predictor(model, args.max_side)
             except (FileNotFoundError, RuntimeError, ImportError) as exc:
                 print(f"precision_report: {path} not run: {exc}", file=sys.stderr)
                 rows.append({"path": path, "what": WHAT[path], "error": str(exc)})

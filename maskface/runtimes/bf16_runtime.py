@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -43,10 +42,7 @@ from ..modeling.maskface import MaskFace
 from ..pipeline import select_candidates
 from ..postprocess import decode_heatmaps, top_candidates
 from ..engine.predictor import ModelPipeline
-
-#: /proc/cpuinfo flags of x86 instructions that compute BF16 dot products natively.
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-CPUINFO = Path("/proc/cpuinfo")
+from .cpu_features import NATIVE_BF16_FLAGS, cpuinfo_bf16_flags, read_cpuinfo
 
 
 class Bf16UnsupportedError(RuntimeError):
@@ -59,16 +55,6 @@ class Bf16Support:
     cpu_flags: tuple[str, ...]  # the NATIVE_BF16_FLAGS this CPU reports (empty when unknown)
     torch_bf16: bool | None  # torch.ops.mkldnn._is_mkldnn_bf16_supported(); None when torch lacks it
     reason: str
-
-
-def cpuinfo_bf16_flags(cpuinfo_text: str) -> tuple[str, ...]:
-    """The NATIVE_BF16_FLAGS on the `flags` lines of a /proc/cpuinfo text."""
-    found: set[str] = set()
-    for line in cpuinfo_text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            found.update(set(value.split()) & set(NATIVE_BF16_FLAGS))
-    return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in found)
 
 
 def torch_mkldnn_bf16() -> bool | None:
@@ -88,8 +74,8 @@ def cpu_bf16_support(cpuinfo_text: str | None = None,
                      torch_check: Callable[[], bool | None] = torch_mkldnn_bf16) -> Bf16Support:
     """Whether this CPU runs BF16 natively. `cpuinfo_text` defaults to /proc/cpuinfo (Linux)."""
     torch_bf16 = torch_check()
-    if cpuinfo_text is None and CPUINFO.is_file():
-        cpuinfo_text = CPUINFO.read_text(errors="replace")
+    if cpuinfo_text is None:
+        cpuinfo_text = read_cpuinfo()
     if torch_bf16 is False:
         return Bf16Support(False, (), False, "this torch build has no usable oneDNN BF16 path")
     if cpuinfo_text is None:

@@ -30,10 +30,9 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--onnx-dir", default="artifacts/onnx",
                        help="cpu: folder with detector.onnx + keypoint_head_portable.onnx (default %(default)s)")
     serve.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32",
-                       help="cpu: fp32 (detector.onnx ...) or int8 (detector_int8.onnx ..., export/quantize_int8.py) "
-                            "in ONNX Runtime from --onnx-dir, or bf16: --checkpoint in PyTorch, on CPUs with "
-                            "native BF16 (default %(default)s)")
-    serve.add_argument("--checkpoint", help="cpu, bf16: the checkpoint to serve (default: the demo model)")
+                       help="cpu: fp32 (detector.onnx ... from --onnx-dir in ONNX Runtime), int8 (detector_int8.onnx "
+                            "..., export/quantize_int8.py, in OpenVINO) or bf16 (detector.onnx ... in OpenVINO with "
+                            "BF16, on CPUs with native BF16) (default %(default)s)")
     serve.add_argument("--engines-dir", default="artifacts/engines",
                        help="tensorrt: folder with detector.plan, keypoint_head.plan, engines.json "
                             "(default %(default)s)")
@@ -100,14 +99,6 @@ def find_plugin_library(explicit: str | None = None) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _bf16_checkpoint(args) -> str:
-    if args.checkpoint:
-        return args.checkpoint
-    from ..demo.weights import demo_checkpoint
-
-    return str(demo_checkpoint())
-
-
 def _serving_params(args):
     from .repository import ServingParams
 
@@ -163,7 +154,7 @@ def run_serve(args) -> int:
                 args.target, args.repo, onnx_dir=args.onnx_dir if args.target == "cpu" else None,
                 engines_dir=args.engines_dir if args.target == "tensorrt" else None,
                 num_landmarks=args.num_landmarks, plugin_library=plugin if plugin and plugin.is_file() else None,
-                params=params, checkpoint=_bf16_checkpoint(args) if params.precision == "bf16" else None)
+                params=params)
             print(f"serve: rendered the {args.target} repository in {repo}")
         if args.render_only:
             return 0

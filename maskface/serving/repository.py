@@ -30,9 +30,11 @@ from ..preprocess import MAX_INPUT_PIXELS
 from .manifest import DEFAULT_MAX_BATCH, EngineManifest, ManifestError
 
 TARGETS = ("cpu", "tensorrt")
-# The cpu target's precisions (docs/DEPLOYMENT.md "CPU precisions"): fp32 and int8 run ONNX graphs in
-# ONNX Runtime, bf16 runs the checkpoint in PyTorch (ONNX Runtime has no BF16 convolutions).
+# The cpu target's precisions (docs/DEPLOYMENT.md "CPU precisions"): fp32 runs the ONNX graphs in ONNX
+# Runtime; int8 (the QDQ graphs) and bf16 (the FP32 graphs, BF16 hint) run them in OpenVINO.
 PRECISIONS = ("fp32", "int8", "bf16")
+# The graph files each precision serves (maskface.runtimes.ort_runtime.GRAPH_FILES).
+PRECISION_GRAPHS = {"fp32": "fp32", "int8": "int8", "bf16": "fp32"}
 ENSEMBLE = "maskface"
 MODELS = ("maskface", "maskface_preprocess", "maskface_detector", "maskface_nms", "maskface_keypoints",
           "maskface_postprocess")
@@ -45,9 +47,7 @@ PYTHON_MODELS = {
 GRAPH_FILES = {
     "cpu": {"maskface_detector": ("detector.onnx", "detector.onnx"),
             "maskface_keypoints": ("keypoint_head_portable.onnx", "keypoint_head_portable.onnx")},
-    # (precision int8: maskface.runtimes.ort_runtime.graph_paths picks the files in onnx_dir)
-    # the checkpoint itself (loaded with weights_only); both stages build their half of the model from it
-    "cpu-bf16": {"maskface_detector": (None, "model.pth"), "maskface_keypoints": (None, "model.pth")},
+    # (precisions int8 / bf16: maskface.runtimes.ort_runtime.graph_paths picks the files in onnx_dir)
     "tensorrt": {"maskface_detector": ("detector.plan", "model.plan"),
                  "maskface_keypoints": ("keypoint_head.plan", "model.plan")},
 }
@@ -263,14 +263,13 @@ def render_repository(
     params: ServingParams | None = None,
     require_engines: bool = True,
     templates: str | os.PathLike | None = None,
-    checkpoint: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Path:
     """Write a ready-to-serve Triton model repository for `target` ('cpu' or 'tensorrt') to out_dir.
 
-    cpu: precision fp32 needs onnx_dir with detector.onnx and keypoint_head_portable.onnx
-    (export/export_onnx.py), int8 the *_int8.onnx graphs there (export/quantize_int8.py), bf16 the
-    checkpoint (a CPU with native BF16; maskface.runtimes.bf16_runtime).
+    cpu: precision fp32 and bf16 need onnx_dir with detector.onnx and keypoint_head_portable.onnx
+    (export/export_onnx.py), int8 the *_int8.onnx graphs there (export/quantize_int8.py); int8 and bf16
+    need OpenVINO, and bf16 a CPU with native BF16 (maskface.runtimes.openvino_runtime).
     tensorrt: needs engines_dir with detector.plan and keypoint_head.plan (export/build_engines.py;
     engines.json there is read for the model facts and copied into the manifest). With
     require_engines=False the configs are rendered without plans (to inspect them on a machine
@@ -288,25 +287,20 @@ def render_repository(
     sources: dict[str, Path] = {}
     missing: list[str] = []
     metadata: dict[str, Any] | None = None
-    graph_files = dict(GRAPH_FILES[target if target != "cpu" or params.precision != "bf16" else "cpu-bf16"])
+    graph_files = dict(GRAPH_FILES[target])
     if target == "tensorrt" and params.precision != "fp32":
         raise ValueError(f"precision={params.precision!r} is a cpu-target parameter; the tensorrt target's "
                          "precision is fixed when the engines are built (export/build_engines.py --fp16)")
-    if target == "cpu" and params.precision == "bf16":
-        if checkpoint is None or not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"precision bf16 serves a checkpoint in PyTorch: {checkpoint} not found "
-                                    "(pass checkpoint=..., `maskface serve --checkpoint PATH`)")
-        from .bf16_stage import check_bf16_serving, checkpoint_facts
-
-        check_bf16_serving()
-        sources = {model: Path(checkpoint) for model in graph_files}
-        facts = checkpoint_facts(checkpoint)
-    elif target == "cpu":
+    if target == "cpu":
         if onnx_dir is None:
             raise ValueError("the cpu target needs onnx_dir (detector.onnx + keypoint_head_portable.onnx)")
         from ..runtimes.ort_runtime import graph_paths
 
-        detector, keypoints = graph_paths(onnx_dir, params.precision)
+        if params.precision != "fp32":
+            from .openvino_stage import check_openvino_serving
+
+            check_openvino_serving(params.precision)
+        detector, keypoints = graph_paths(onnx_dir, PRECISION_GRAPHS[params.precision])
         sources = {"maskface_detector": detector, "maskface_keypoints": keypoints}
         graph_files = {model: (path.name, path.name) for model, path in sources.items()}
         facts = _graph_facts_from_onnx(sources["maskface_detector"], sources["maskface_keypoints"])

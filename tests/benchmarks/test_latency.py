@@ -162,7 +162,8 @@ def test_arguments():
         latency.parse_args(["--backends", "tensorflow"])
     args = latency.parse_args(["--device", "cpu"])
     assert args.backbones == ["demo", "r50"] and args.sizes == [(640, 480)] and args.faces == [1, 4, 16, 64]
-    assert args.backends == ["torch-fp32", "onnxruntime", "onnxruntime-int8", "torch-bf16", "triton-cpu"]
+    assert args.backends == ["torch-fp32", "onnxruntime", "onnxruntime-int8", "openvino-int8", "openvino-bf16",
+                             "torch-bf16", "triton-cpu"]
     assert args.runs == 10 and args.interleave is True
     assert latency.model_checkpoint("demo", None).endswith("maskface_demo.pth")  # the default model
     assert latency.model_checkpoint("r50", None) is None and latency.model_checkpoint("demo", "x.pth") == "x.pth"

@@ -4,7 +4,8 @@ keep the serving contract (a refused request leaves it serving).
 
 INT8: the tiny serving model's detector quantised by export/quantize_int8.py's own steps, calibrated
 on seeded noise images (the test needs no demo data); the keypoint head stays FP32, as by default.
-BF16: a checkpoint of the same seeded model, run by maskface.runtimes.bf16_runtime in the stages.
+BF16: the same seeded model's FP32 graphs. Both detectors run in OpenVINO, the keypoint heads in ONNX
+Runtime (maskface.runtimes.openvino_runtime), in the stages and in the in-process reference.
 """
 from __future__ import annotations
 
@@ -85,13 +86,14 @@ def int8_dir(onnx_dir, tmp_path_factory) -> Path:
 
 
 def test_int8_server_answers_as_the_int8_pipeline_in_process(int8_dir, photos, tmp_path):
+    pytest.importorskip("openvino")
+    from maskface.runtimes.openvino_runtime import OpenVinoPredictor, OpenVinoRuntime
     from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime, graph_paths
     from maskface.serving.repository import read_manifest, render_repository
 
     repo = render_repository("cpu", tmp_path / "repo", onnx_dir=int8_dir, params=_params(), precision="int8")
     assert read_manifest(repo)["params"]["precision"] == "int8"
-    predictor = OnnxPredictor(OrtRuntime(*graph_paths(int8_dir, "int8"), threads=1), low_inference(),
-                              max_side=MAX_SIDE)
+    predictor = OpenVinoPredictor(OpenVinoRuntime(int8_dir, "int8", threads=1), low_inference(), max_side=MAX_SIDE)
     fp32 = OnnxPredictor(OrtRuntime(*graph_paths(int8_dir, "fp32"), threads=1), low_inference(), max_side=MAX_SIDE)
     server = _start(repo)
     try:
@@ -102,33 +104,24 @@ def test_int8_server_answers_as_the_int8_pipeline_in_process(int8_dir, photos, t
         server.cleanup()
 
 
-def test_bf16_server_answers_as_the_bf16_pipeline_in_process(photos, tmp_path):
-    import torch
-
-    bf16 = pytest.importorskip("maskface.runtimes.bf16_runtime")
-    if not bf16.cpu_bf16_support().native:
-        pytest.skip(f"no native BF16 on this CPU: {bf16.cpu_bf16_support().reason}")
-    from maskface.checkpoint import save_checkpoint
-    from maskface.modeling.maskface import build_model
+def test_bf16_server_answers_as_the_bf16_pipeline_in_process(onnx_dir, photos, tmp_path):
+    pytest.importorskip("openvino")
+    from maskface.runtimes import openvino_runtime as ovr
+    from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime, graph_paths
     from maskface.serving.repository import render_repository
 
-    torch.manual_seed(0)
-    model = build_model(config=tiny_config()).eval()
-    model.cfg.inference = low_inference()
-    checkpoint = tmp_path / "tiny.pth"
-    save_checkpoint(checkpoint, model, model.cfg)
-    repo = render_repository("cpu", tmp_path / "repo", params=_params(), precision="bf16", checkpoint=checkpoint)
-    assert (repo / "maskface_detector" / "1" / "model.pth").is_file()
-    from maskface.engine.predictor import Predictor
-
-    predictor, fp32 = bf16.Bf16Predictor(model, max_side=MAX_SIDE), Predictor(model, max_side=MAX_SIDE)
+    support = ovr.openvino_bf16_support()
+    if not support.native:
+        pytest.skip(f"no native BF16 on this CPU: {support.reason}")
+    repo = render_repository("cpu", tmp_path / "repo", onnx_dir=onnx_dir, params=_params(), precision="bf16")
+    assert (repo / "maskface_detector" / "1" / "detector.onnx").is_file()
+    predictor = ovr.OpenVinoPredictor(ovr.OpenVinoRuntime(onnx_dir, "bf16", threads=1), low_inference(),
+                                      max_side=MAX_SIDE)
+    fp32 = OnnxPredictor(OrtRuntime(*graph_paths(onnx_dir, "fp32"), threads=1), low_inference(), max_side=MAX_SIDE)
     server = _start(repo)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         _check_served(server, photos, predictor, fp32)
     finally:
-        torch.set_num_threads(threads)
         report = server.stop()
         assert_stopped_cleanly(server, report)
         server.cleanup()

@@ -268,8 +268,20 @@ def test_precision_errors(onnx_dir, fake_engines, plugin, tmp_path):
         render_repository("cpu", tmp_path / "a", onnx_dir=onnx_dir, precision="fp16")
     with pytest.raises(ValueError, match="cpu-target parameter"):
         render_repository("tensorrt", tmp_path / "b", engines_dir=fake_engines, plugin_library=plugin, precision="int8")
-    with pytest.raises(FileNotFoundError, match="bf16 serves a checkpoint"):
-        render_repository("cpu", tmp_path / "c", onnx_dir=onnx_dir, precision="bf16", checkpoint=tmp_path / "none.pth")
+    with pytest.raises(FileNotFoundError, match="quantise them first"):
+        render_repository("cpu", tmp_path / "c", onnx_dir=onnx_dir, precision="int8")
+
+
+def test_bf16_is_refused_where_the_cpu_lacks_it(onnx_dir, tmp_path, monkeypatch):
+    """A config error before anything is written, naming the precisions that would work."""
+    pytest.importorskip("openvino")
+    from maskface.runtimes import openvino_runtime as ovr
+
+    no_bf16 = "flags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
+    monkeypatch.setattr(ovr, "read_cpuinfo", lambda: no_bf16)
+    with pytest.raises(ValueError, match="precision bf16: .*native BF16.*Use fp32 or int8"):
+        render_repository("cpu", tmp_path / "d", onnx_dir=onnx_dir, precision="bf16")
+    assert not (tmp_path / "d").exists()
 
 
 def test_threads_are_explicit_and_shared_among_instances(monkeypatch):
@@ -302,3 +314,11 @@ def test_stage_sessions_get_the_thread_count(onnx_dir, tmp_path, monkeypatch):
     graph = stages.graph_model(args, model_config, "detector")
     assert isinstance(graph, stages.OnnxModel) and graph.threads == 2
     assert graph.session.get_session_options().intra_op_num_threads == 2
+    spinning = "session.intra_op.allow_spinning"
+    # ONNX Runtime's default (spin-wait) for the detector; off in the keypoint stage (graph_model says why)
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: the default, spinning
+        graph.session.get_session_options().get_session_config_entry(spinning)
+    kp_cfg = json.loads(json_format.MessageToJson(configs(repo)["maskface_keypoints"], preserving_proto_field_name=True))
+    kp_args = {"model_repository": str(repo / "maskface_keypoints"), "model_version": "1"}
+    keypoints = stages.graph_model(kp_args, kp_cfg, "keypoints")
+    assert keypoints.session.get_session_options().get_session_config_entry(spinning) == "0"

@@ -1,9 +1,9 @@
-"""maskface_detector (cpu target): detector.onnx / detector_int8.onnx in ONNX Runtime, or the checkpoint
-in PyTorch BF16 (config.pbtxt parameters precision, model_file, cpu_threads: stages.graph_model).
+"""maskface_detector (cpu target): detector.onnx in ONNX Runtime, or detector_int8.onnx / detector.onnx in
+OpenVINO INT8 / BF16 (config.pbtxt parameters precision, model_file, cpu_threads: stages.graph_model).
 
 Stand-in for the TensorRT plan of the `tensorrt` target (same tensor names): images [B, 3, H, W]
 -> scores [B, k], boxes [B, k, 4], m2..m6. Triton's dynamic batcher hands several requests to one
-execute(); those of equal image size run as one ONNX Runtime batch.
+execute(); those of equal image size run as one batch.
 """
 import json
 

@@ -1,5 +1,5 @@
-"""maskface_keypoints (cpu target): the portable keypoint-head graph (FP32 or INT8) in ONNX Runtime, or
-the checkpoint's keypoint head in PyTorch BF16 (parameter precision; stages.graph_model).
+"""maskface_keypoints (cpu target): the portable keypoint-head graph in ONNX Runtime at every precision
+(parameter precision picks the graph; stages.graph_model).
 
 Stand-in for the TensorRT plan of the `tensorrt` target (same tensor names): m2..m6 + rois [N, 5]
 -> landmarks [N, K, 2], landmark_scores [N, K]. N = 0 gives empty outputs. The graph file and
