@@ -247,8 +247,21 @@ def write_report(result: dict, out_dir: Path, extra: dict | None = None) -> dict
             lines.append(f"| {k} | {'-' if r is None else f'{r:.4f}'} | {'-' if clear is None else f'{clear:.4f}'} |")
         d2 = occluded["at_default_threshold"]
         lines.append(f"| all | {d2['recall']:.4f} (FP / image {d2['fp_per_image']:.3f}) | {d['recall']:.4f} |")
+    teacher = metrics.get("teacher_repeatability")
+    if teacher:
+        lines += ["", f"Teacher repeatability (CenterFace at {teacher['scale']:g}x; NME against one labelling, "
+                      "maskface/demo/teacher_check.py):", "",
+                  "| comparison | faces | mean NME | median NME |", "|---|---|---|---|"]
+        for key, what in (("mirror", "teacher on the image vs on its mirror image"),
+                          ("relabel", "teacher on the composed image vs the stored label")):
+            t = teacher[key]
+            lines.append(f"| {what} | {t['faces']} | {_fmt(t['mean'])} | {_fmt(t['median'])} |")
     atomic_write_bytes(out_dir / "metrics.md", ("\n".join(lines) + "\n").encode())
     return metrics
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -267,6 +280,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--occlusion-probe", action="store_true",
                    help="a second pass with the lower half of every face painted grey (recall under occlusion)")
+    p.add_argument("--teacher-check", action="store_true",
+                   help="also measure how repeatable the teacher's landmarks are on this split (CenterFace on "
+                        "each image vs its mirror image, and vs the stored labels): the floor under the NME "
+                        "(maskface/demo/teacher_check.py); needs the demo sources cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -292,6 +309,14 @@ def run(args: argparse.Namespace) -> int:
                                transform=occlude_lower_half)["metrics"]
         extra["occlusion_probe"] = {k: probe[k] for k in ("at_default_threshold", "recall_by_size_at_default",
                                                           "nme_interocular")}
+    if args.teacher_check:
+        from .sources import CENTERFACE_ONNX, default_cache, extract
+        from .teacher import CenterFaceTeacher
+        from .teacher_check import teacher_repeatability
+
+        teacher = CenterFaceTeacher(extract(*CENTERFACE_ONNX, cache=default_cache()), threads=2)
+        extra["teacher_repeatability"] = teacher_repeatability(teacher, records, min_face=args.min_face,
+                                                               progress=not args.no_progress)
     metrics = write_report(result, Path(args.out), extra)
     print(json.dumps({k: metrics[k] for k in ("ap50", "at_default_threshold", "best_recall_at_0.3_fppi",
                                               "nme_interocular")}))
