@@ -237,3 +237,26 @@ def test_ratios_to_onnxruntime_fp32_and_goals():
     assert out["torch-bf16"]["pipeline"] is None
     assert out["triton-cpu"]["pipeline"] == pytest.approx(1.05) and out["triton-cpu"]["goal"]["met"] is True
     assert out["onnxruntime-int8"]["detector_gflops_effective"] == pytest.approx(460.0)  # 4.6 GFLOP in 10 ms
+
+
+def test_openvino_rows_run_or_say_why(tmp_path):
+    """openvino-bf16 runs where the CPU has native BF16 (else a skip naming the reason); openvino-int8
+    without INT8 graphs is a skip that says which command writes them."""
+    pytest.importorskip("openvino")
+    from maskface.runtimes.openvino_runtime import openvino_bf16_support
+
+    args = list(TINY)
+    args[args.index("--backends") + 1] = "onnxruntime,openvino-bf16,openvino-int8"
+    code = latency.main(args + ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                                "--int8-dir", str(tmp_path / "no_int8")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "latency.json").read_text())
+    skipped = {s["backend"]: s["reason"] for s in report["skipped"]}
+    assert "quantise them first" in skipped["openvino-int8"]
+    if openvino_bf16_support().native:
+        row = next(r for r in report["rows"] if r["backend"] == "openvino-bf16")
+        assert row["engine"].startswith("OpenVINO") and row["nms_full_candidates"] > 0
+        goals = {g["backend"]: g for g in report["vs_onnxruntime_fp32"]}
+        assert goals["openvino-bf16"]["goal"]["at_most"] == 0.55
+    else:
+        assert "native BF16" in skipped["openvino-bf16"]
