@@ -21,7 +21,7 @@ from . import sources
 from ..data.structures import Sample
 from .compose import FacePatch, SceneOptions, background_canvas, paste_scene, zoom_scene
 from .faces import GanFaces, backgrounds, label_small_face, lfw_faces, lfw_non_faces, photo_library
-from .teacher import CenterFaceTeacher
+from .teacher import CenterFaceTeacher, FlipAveragedTeacher
 
 SPLIT_IDS = {"train": 0, "val": 1}
 
@@ -41,6 +41,7 @@ class DemoDataOptions:
     photo_files: int | None = None  # only the first N source photos / videos of each split (smoke runs)
     lfw_faces: int | None = None  # only the first N LFW crops of each split (smoke runs)
     cache: str | None = None
+    flip_average_landmarks: bool = False  # teacher.FlipAveragedTeacher labels the landmarks
     progress: bool = True
 
 
@@ -176,6 +177,8 @@ def build_demo_data(opts: DemoDataOptions) -> dict:
     t0 = time.time()
     cache = Path(opts.cache) if opts.cache else sources.default_cache()
     teacher = CenterFaceTeacher(sources.extract(*sources.CENTERFACE_ONNX, cache=cache))
+    if opts.flip_average_landmarks:
+        teacher = FlipAveragedTeacher(teacher)
     gan = GanFaces(sources.extract(*sources.GAN_WEIGHTS, cache=cache))
     files = source_files(cache)
     summary = {"options": asdict(opts), "sources": sources.provenance(cache), "splits": {}}

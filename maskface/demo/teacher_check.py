@@ -16,19 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.landmark_sets import flip_landmarks
 from ..evaluation.ap import box_iou
 from ..evaluation.landmarks import interocular_normaliser
 from .evaluate import SIZE_BUCKETS, _bucket_name
+from .teacher import mirror_back
 
 PAIR_IOU = 0.5
-
-
-def mirror_back(boxes: np.ndarray, landmarks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes [N, 4] and landmarks [N, K, 2] found on a mirrored image, in the original image's frame."""
-    back = boxes.astype(np.float64).copy()
-    back[:, [0, 2]] = width - boxes[:, [2, 0]]
-    return back, flip_landmarks(landmarks.astype(np.float64), width)
 
 
 def _best(iou_row: np.ndarray) -> int | None:

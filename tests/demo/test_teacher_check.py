@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from maskface.demo.teacher import TeacherFaces
-from maskface.demo.teacher_check import mirror_back, teacher_repeatability
+from maskface.demo.teacher import FlipAveragedTeacher, TeacherFaces, mirror_back
+from maskface.demo.teacher_check import teacher_repeatability
 
 WIDTH, HEIGHT, DX = 200, 120, 1.5
 # one 60 px face (inter-ocular distance 20 px: eyes at x 80 and 100)
@@ -24,7 +24,7 @@ POINTS = np.array([[[80.0, 40.0], [100.0, 40.0], [90.0, 52.0], [82.0, 64.0], [98
 
 
 class ScriptedTeacher:
-    def __call__(self, image, threshold, scale):
+    def __call__(self, image, threshold=0.5, scale=1.0, nms_iou=0.3):
         mirrored = image[0, -1, 0] == 255  # the marker moved to the right edge
         boxes, points = BOX.copy(), POINTS.copy()
         if mirrored:  # where the face is in the mirror image (left / right points swapped)
@@ -70,3 +70,27 @@ def test_mirror_back_is_its_own_inverse():
     again, points_again = mirror_back(boxes, points, WIDTH)
     np.testing.assert_allclose(again, BOX)
     np.testing.assert_allclose(points_again, POINTS)
+
+
+def test_flip_averaging_cancels_a_mirror_asymmetric_error(records):
+    """The scripted teacher's +DX shift flips sign on the mirror pass: the average is the true face."""
+    image = cv2.imread(str(records[0].image_path))
+    single = ScriptedTeacher()(image)
+    averaged = FlipAveragedTeacher(ScriptedTeacher())(image)
+    np.testing.assert_allclose(single.landmarks[..., 0] - POINTS[..., 0], DX)
+    np.testing.assert_allclose(averaged.landmarks, POINTS, atol=1e-5)
+    np.testing.assert_array_equal(averaged.boxes, single.boxes)  # boxes and scores from the first pass
+    out = teacher_repeatability(FlipAveragedTeacher(ScriptedTeacher()), records, progress=False)
+    assert out["mirror"]["mean"] == pytest.approx(0.0, abs=1e-6) and out["relabel"]["mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_flip_averaging_keeps_faces_without_a_mirror_partner(records):
+    class OneSided(ScriptedTeacher):
+        def __call__(self, image, threshold=0.5, scale=1.0, nms_iou=0.3):
+            if image[0, -1, 0] == 255:  # finds nothing on the mirror image
+                return TeacherFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+            return super().__call__(image, threshold, scale, nms_iou)
+
+    image = cv2.imread(str(records[0].image_path))
+    out = FlipAveragedTeacher(OneSided())(image)
+    np.testing.assert_allclose(out.landmarks[..., 0] - POINTS[..., 0], DX)
