@@ -6,8 +6,6 @@ from pathlib import Path
 
 #: /proc/cpuinfo flags of x86 instructions that compute BF16 dot products natively.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-#: /proc/cpuinfo flags of x86 INT8 dot-product instructions (VNNI) and tiles (AMX).
-NATIVE_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 CPUINFO = Path("/proc/cpuinfo")
 
 
