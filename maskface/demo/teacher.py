@@ -117,6 +117,23 @@ def mirror_back(boxes: np.ndarray, landmarks: np.ndarray, width: int) -> tuple[n
     return back, flip_landmarks(np.asarray(landmarks, np.float64), width)
 
 
+def mirror_partners(teacher, image_bgr: np.ndarray, first: TeacherFaces, threshold: float, scale: float,
+                    nms_iou: float = 0.3, pair_iou: float = 0.5) -> list[np.ndarray | None]:
+    """For each face of `first` (the teacher's pass over the image), the landmarks [K, 2] of its partner
+    in the teacher's pass over the mirror image (mirrored back; IoU >= pair_iou), or None."""
+    from ..evaluation.ap import box_iou
+
+    if len(first) == 0:
+        return []
+    mirror = teacher(np.ascontiguousarray(image_bgr[:, ::-1]), threshold=threshold, scale=scale, nms_iou=nms_iou)
+    if len(mirror) == 0:
+        return [None] * len(first)
+    boxes, points = mirror_back(mirror.boxes, mirror.landmarks, image_bgr.shape[1])
+    iou = box_iou(np.asarray(first.boxes, np.float64).reshape(-1, 4), boxes)
+    best = iou.argmax(axis=1)
+    return [points[j] if iou[i, j] >= pair_iou else None for i, j in enumerate(best)]
+
+
 class FlipAveragedTeacher:
     """A teacher whose landmarks are the mean of its passes over the image and over its mirror image.
 
@@ -132,19 +149,12 @@ class FlipAveragedTeacher:
 
     def __call__(self, image_bgr: np.ndarray, threshold: float = 0.5, scale: float = 1.0,
                  nms_iou: float = 0.3) -> TeacherFaces:
-        from ..evaluation.ap import box_iou
-
         first = self.teacher(image_bgr, threshold=threshold, scale=scale, nms_iou=nms_iou)
-        if len(first) == 0:
+        partners = mirror_partners(self.teacher, image_bgr, first, threshold, scale, nms_iou, self.pair_iou)
+        if all(p is None for p in partners):
             return first
-        mirror = self.teacher(np.ascontiguousarray(image_bgr[:, ::-1]), threshold=threshold, scale=scale,
-                              nms_iou=nms_iou)
-        if len(mirror) == 0:
-            return first
-        boxes, points = mirror_back(mirror.boxes, mirror.landmarks, image_bgr.shape[1])
-        iou = box_iou(np.asarray(first.boxes, np.float64), boxes)
         landmarks = np.asarray(first.landmarks, np.float64).copy()
-        for i, j in enumerate(iou.argmax(axis=1)):
-            if iou[i, j] >= self.pair_iou:
-                landmarks[i] = (landmarks[i] + points[j]) / 2
+        for i, partner in enumerate(partners):
+            if partner is not None:
+                landmarks[i] = (landmarks[i] + partner) / 2
         return TeacherFaces(first.boxes, first.scores, landmarks.astype(np.float32))

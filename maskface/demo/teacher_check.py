@@ -19,7 +19,7 @@ import numpy as np
 from ..evaluation.ap import box_iou
 from ..evaluation.landmarks import interocular_normaliser
 from .evaluate import SIZE_BUCKETS, _bucket_name
-from .teacher import mirror_back
+from .teacher import mirror_partners
 
 PAIR_IOU = 0.5
 
@@ -33,7 +33,7 @@ def _best(iou_row: np.ndarray) -> int | None:
 
 def teacher_repeatability(teacher, records, scale: float = 2.0, min_face: float = 20.0,
                           progress: bool = True) -> dict:
-    """`teacher(image_bgr, threshold, scale)` -> TeacherFaces (boxes, scores, landmarks); `records` as
+    """`teacher(image_bgr, threshold=, scale=, nms_iou=)` -> TeacherFaces (boxes, scores, landmarks); `records` as
     WiderFaceDataset's. Returns {"mirror": ..., "relabel": ...}: faces, mean / median NME, by size."""
     from tqdm import tqdm
 
@@ -45,12 +45,9 @@ def teacher_repeatability(teacher, records, scale: float = 2.0, min_face: float 
         if not len(gt):
             continue
         image = read_image(rec.image_path)
-        width = image.shape[1]
-        found = teacher(image, 0.5, scale)
-        mirrored = teacher(np.ascontiguousarray(image[:, ::-1]), 0.5, scale)
-        m_boxes, m_points = mirror_back(mirrored.boxes, mirrored.landmarks, width)
+        found = teacher(image, threshold=0.5, scale=scale)
+        partners = mirror_partners(teacher, image, found, 0.5, scale, pair_iou=PAIR_IOU)
         to_found = box_iou(gt, np.asarray(found.boxes, np.float64).reshape(-1, 4))
-        to_mirror = box_iou(np.asarray(found.boxes, np.float64).reshape(-1, 4), m_boxes.reshape(-1, 4))
         side = np.maximum(gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1])
         for g in range(len(gt)):
             if side[g] < min_face or not np.asarray(rec.landmark_valid[g]).all():
@@ -62,9 +59,8 @@ def teacher_repeatability(teacher, records, scale: float = 2.0, min_face: float 
             inter_ocular = float(interocular_normaliser(label[None])[0])
             point = np.asarray(found.landmarks[i], np.float64)
             errors["relabel"].append((float(np.linalg.norm(point - label, axis=1).mean() / inter_ocular), side[g]))
-            j = _best(to_mirror[i])
-            if j is not None:
-                errors["mirror"].append((float(np.linalg.norm(point - m_points[j], axis=1).mean() / inter_ocular),
+            if partners[i] is not None:
+                errors["mirror"].append((float(np.linalg.norm(point - partners[i], axis=1).mean() / inter_ocular),
                                          side[g]))
     return {name: _summary(pairs) for name, pairs in errors.items()} | {"scale": scale, "min_face_px": min_face}
 

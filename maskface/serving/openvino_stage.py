@@ -9,7 +9,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .stages import BatchedRuns, RequestError
+from .stages import BatchedRuns
+
 
 def check_openvino_serving(precision: str) -> None:
     """Refuse a precision this machine cannot run (OpenVINO missing, BF16 not native), as a one-line
@@ -36,7 +37,5 @@ class OpenVinoModel(BatchedRuns):
         self.output_names = list(self.graph.output_names)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = set(self.input_names) - set(feeds)
-        if missing:
-            raise RequestError(f"missing inputs {sorted(missing)}")
+        self.require_inputs(feeds)
         return dict(zip(self.output_names, self.graph.run(self.output_names, feeds)))

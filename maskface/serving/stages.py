@@ -452,6 +452,12 @@ class BatchedRuns(abc.ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of the graph: input name -> array in, output name -> array out."""
 
+    def require_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """RequestError naming the graph inputs that `feeds` lacks."""
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise RequestError(f"missing inputs {sorted(missing)}")
+
     def run_batched(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """Run requests of equal input shapes as one batch (concatenated on dim 0), split the results.
 
@@ -503,9 +509,7 @@ class OnnxModel(BatchedRuns):
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = set(self.input_names) - set(feeds)
-        if missing:
-            raise RequestError(f"missing inputs {sorted(missing)}")
+        self.require_inputs(feeds)
         outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
         return dict(zip(self.output_names, outputs))
 
