@@ -6,8 +6,10 @@
 
 triton_models/<model>/config.pbtxt.in is the single source of every config. `${name}` is a
 parameter (ServingParams below); a line starting with `#@cpu ` or `#@tensorrt ` belongs to that
-target only (the prefix is stripped for it and the line dropped for the other), so the two targets
-share every model name, tensor name, type and dim by construction. Python-backend code
+target only (the prefix is stripped for it and the line dropped for the other), and so do the lines
+between `#@if cpu` (or `#@if tensorrt`) and `#@endif`, so the two targets share every model name,
+tensor name, type and dim by construction. The cpu target's ensemble is one step, maskface_pipeline
+(maskface.serving.fused_stage); its separate stages are rendered too, callable one by one. Python-backend code
 (triton_models/<model>/1/model.py) is copied as is; the graphs are hard-linked (or copied) next
 to it: `cpu` gets detector.onnx + keypoint_head_portable.onnx, `tensorrt` the two plans.
 A manifest (maskface_repository.json) records the target, the parameters and the server
@@ -36,11 +38,14 @@ PRECISIONS = ("fp32", "int8", "bf16")
 # The graph files each precision serves (maskface.runtimes.ort_runtime.GRAPH_FILES).
 PRECISION_GRAPHS = {"fp32": "fp32", "int8": "int8", "bf16": "fp32"}
 ENSEMBLE = "maskface"
-MODELS = ("maskface", "maskface_preprocess", "maskface_detector", "maskface_nms", "maskface_keypoints",
-          "maskface_postprocess")
+STAGE_MODELS = ("maskface", "maskface_preprocess", "maskface_detector", "maskface_nms", "maskface_keypoints",
+                "maskface_postprocess")
+FUSED_MODEL = "maskface_pipeline"  # cpu only: the ensemble's one step there
+MODELS = {"cpu": STAGE_MODELS + (FUSED_MODEL,), "tensorrt": STAGE_MODELS}
 # Models that are Python-backend code per target (the rest are the ensemble and TensorRT plans).
 PYTHON_MODELS = {
-    "cpu": ("maskface_preprocess", "maskface_detector", "maskface_nms", "maskface_keypoints", "maskface_postprocess"),
+    "cpu": ("maskface_preprocess", "maskface_detector", "maskface_nms", "maskface_keypoints", "maskface_postprocess",
+            FUSED_MODEL),
     "tensorrt": ("maskface_preprocess", "maskface_nms", "maskface_postprocess"),
 }
 # Graph files each target puts next to a model (source file name -> file name in <model>/1/).
@@ -56,6 +61,7 @@ MANIFEST = "maskface_repository.json"
 TEMPLATE_NAME = "config.pbtxt.in"
 TEMPLATES_ENV = "MASKFACE_TRITON_MODELS"
 _TARGET_LINE = re.compile(r"^(\s*)#@(\w+) (.*)$")
+_BLOCK_LINE = re.compile(r"^\s*#@(if|endif)\b\s*(\w*)\s*$")
 
 
 def templates_dir() -> Path:
@@ -98,7 +104,8 @@ class ServingParams:
     nms_instances: int = 1
     keypoint_instances: int = 1
     postprocess_instances: int = 1
-    # cpu target: fp32 | int8 (ONNX Runtime) | bf16 (PyTorch, CPUs with native BF16 only)
+    pipeline_instances: int = 1  # cpu target: maskface_pipeline, the ensemble's one step there
+    # cpu target: fp32 (ONNX Runtime) | int8 | bf16 (OpenVINO; bf16 on CPUs with native BF16 only)
     precision: str = "fp32"
     # cpu target: intra-op threads per graph instance; 0 = the CPUs the server may run on
     # (os.sched_getaffinity) shared among the instances of that model, always set explicitly
@@ -137,7 +144,7 @@ class ServingParams:
         check(self.detector_max_batch_size >= 1, "detector_max_batch_size must be >= 1 (dynamic batching)")
         check(self.detector_max_queue_delay_us >= 0, "detector_max_queue_delay_us must be >= 0")
         for name in ("preprocess_instances", "detector_instances", "nms_instances", "keypoint_instances",
-                     "postprocess_instances"):
+                     "postprocess_instances", "pipeline_instances"):
             check(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         check(self.cpu_threads >= 0, "cpu_threads must be >= 0")
         check(self.precision in PRECISIONS, f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
@@ -235,17 +242,34 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def render_config(template: str, target: str, values: Mapping[str, str]) -> str:
-    """Keep the target's `#@target ` lines (prefix stripped), drop the others, fill `${name}`."""
+    """Keep the target's `#@target ` lines (prefix stripped) and `#@if target` ... `#@endif` blocks,
+    drop the other target's, fill `${name}`."""
     lines = []
-    for line in template.splitlines():
+    block: str | None = None  # the target of the #@if block we are in
+    for number, line in enumerate(template.splitlines(), 1):
+        m = _BLOCK_LINE.match(line)
+        if m:
+            if m.group(1) == "if":
+                if block is not None or m.group(2) not in TARGETS:
+                    raise ValueError(f"template line {number}: {line.strip()!r} needs a known target "
+                                     f"({', '.join(TARGETS)}) outside any other #@if block")
+                block = m.group(2)
+            else:
+                if block is None:
+                    raise ValueError(f"template line {number}: #@endif without #@if")
+                block = None
+            continue
         m = _TARGET_LINE.match(line)
         if m:
             if m.group(2) not in TARGETS:
                 raise ValueError(f"unknown target marker #@{m.group(2)} in template line: {line.strip()}")
-            if m.group(2) == target:
+            if m.group(2) == target and block in (None, target):
                 lines.append(m.group(1) + m.group(3))
             continue
-        lines.append(line)
+        if block in (None, target):
+            lines.append(line)
+    if block is not None:
+        raise ValueError(f"template ends inside #@if {block} (missing #@endif)")
     try:
         return string.Template("\n".join(lines) + "\n").substitute(values)
     except KeyError as exc:
@@ -355,9 +379,9 @@ def render_repository(
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} exists and is not a rendered MaskFace repository; refusing to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
-    for model in MODELS:
+    for model in MODELS["cpu"] + MODELS["tensorrt"]:  # a repository re-rendered for the other target
         shutil.rmtree(out / model, ignore_errors=True)
-    for model in MODELS:
+    for model in MODELS[target]:
         template = src_root / model / TEMPLATE_NAME
         if not template.is_file():
             raise FileNotFoundError(f"template {template} missing")
@@ -370,10 +394,11 @@ def render_repository(
                 raise FileNotFoundError(f"Python-backend code {code} missing")
             (out / model / "1").mkdir()
             shutil.copy2(code, out / model / "1" / "model.py")
-        if model in sources:
-            _place(sources[model], out / model / "1" / graph_files[model][1])
-        else:  # the ensemble and missing plans still need their version folder
-            (out / model / "1").mkdir(exist_ok=True)
+        # maskface_pipeline runs both graphs: they are hard-linked (not copied) into its folder too
+        placed = ("maskface_detector", "maskface_keypoints") if model == FUSED_MODEL else (model,)
+        for graph in (g for g in placed if g in sources):
+            _place(sources[graph], out / model / "1" / graph_files[graph][1])
+        (out / model / "1").mkdir(exist_ok=True)  # the ensemble and missing plans need it too
 
     server_args: list[str] = []
     notes: list[str] = []
@@ -386,7 +411,7 @@ def render_repository(
     manifest = {
         "rendered_by": "maskface.serving.repository.render_repository",
         "target": target,
-        "models": list(MODELS),
+        "models": list(MODELS[target]),
         "params": dataclasses.asdict(params),
         "sources": {k: str(v.resolve()) for k, v in sources.items()},
         "plugin_library": str(plugin_library) if plugin_library is not None else None,
@@ -396,7 +421,7 @@ def render_repository(
         "engines_metadata": metadata,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    for model in MODELS:
+    for model in MODELS[target]:
         parse_model_config(out / model / "config.pbtxt", strict=False)
     return out
 

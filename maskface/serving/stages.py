@@ -173,6 +173,19 @@ class Preprocessor:
                    p.get_int("max_request_bytes", 32 << 20), cfg)
 
     def __call__(self, encoded: np.ndarray) -> PreprocessOutput:
+        image = self.decode(encoded)
+        try:
+            prepared = prepare_image(image, self.input_cfg, self.max_side)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return PreprocessOutput(
+            images=prepared.image[None],
+            scale_xy=np.asarray(prepared.scale_xy, np.float64),
+            original_size=np.asarray(prepared.original_size, np.int32),
+        )
+
+    def decode(self, encoded: np.ndarray) -> np.ndarray:
+        """The request's BGR uint8 image, after every limit on the request and its header was checked."""
         encoded = np.asarray(encoded)
         if encoded.dtype != np.uint8:
             raise RequestError(f"IMAGE must be UINT8 encoded image bytes, got {encoded.dtype}")
@@ -200,15 +213,7 @@ class Preprocessor:
         except ValueError as exc:
             raise RequestError(f"{exc}") from None
         self._check_pixels(image.shape[1], image.shape[0])
-        try:
-            prepared = prepare_image(image, self.input_cfg, self.max_side)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
-        return PreprocessOutput(
-            images=prepared.image[None],
-            scale_xy=np.asarray(prepared.scale_xy, np.float64),
-            original_size=np.asarray(prepared.original_size, np.int32),
-        )
+        return image
 
     def _check_pixels(self, width: int, height: int) -> None:
         if width < 1 or height < 1:
@@ -514,14 +519,15 @@ class OnnxModel(BatchedRuns):
         return dict(zip(self.output_names, outputs))
 
 
-def graph_model(args: Mapping[str, Any], model_config: Mapping[str, Any], part: str) -> BatchedRuns:
-    """The detector or keypoint graph of a cpu-target stage, by its config.pbtxt parameters:
-    model_file, precision and cpu_threads. ONNX Runtime runs them, but for the detector at int8 / bf16:
-    OpenVINO (maskface.runtimes.openvino_runtime)."""
+def graph_model(args: Mapping[str, Any], model_config: Mapping[str, Any], part: str,
+                file_parameter: str = "model_file") -> BatchedRuns:
+    """The detector or keypoint graph of a cpu-target model, by its config.pbtxt parameters:
+    `file_parameter` (the graph file), precision and cpu_threads. ONNX Runtime runs them, but for the
+    detector at int8 / bf16: OpenVINO (maskface.runtimes.openvino_runtime)."""
     params = Parameters.from_model_config(model_config)
     precision = params.get_str("precision", "fp32")
     threads = threads_per_instance(params.get_int("cpu_threads", 0), instance_count(model_config))
-    path = model_file(args, params.get_str("model_file"))
+    path = model_file(args, params.get_str(file_parameter))
     if precision not in ("fp32", "int8", "bf16"):
         raise ValueError(f"{params.model_name}: precision {precision!r} must be fp32, int8 or bf16")
     if part == "detector" and precision != "fp32":

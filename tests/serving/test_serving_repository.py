@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from maskface.serving.repository import (
-    MANIFEST, MODELS, ServingParams, parse_model_config, read_manifest, render_config, render_repository,
+    FUSED_MODEL, MANIFEST, MODELS, STAGE_MODELS, ServingParams, parse_model_config, read_manifest, render_config,
+    render_repository,
 )
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -20,7 +21,7 @@ FP32, FP64, INT32, UINT8 = mc.TYPE_FP32, mc.TYPE_FP64, mc.TYPE_INT32, mc.TYPE_UI
 
 
 def configs(repo: Path) -> dict[str, "mc.ModelConfig"]:
-    return {name: parse_model_config(repo / name / "config.pbtxt") for name in MODELS}
+    return {name: parse_model_config(repo / name / "config.pbtxt") for name in MODELS[read_manifest(repo)["target"]]}
 
 
 def tensors(entries) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -131,10 +132,15 @@ def test_tensorrt_target_configs(fake_engines, plugin, tmp_path):
     assert any(a.startswith("--backend-config=python,shm-region-prefix-name=maskface") for a in command)
 
 
-def test_ensemble_wiring_is_consistent(fake_engines, plugin, tmp_path):
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_ensemble_wiring_is_consistent(target, onnx_dir, fake_engines, plugin, tmp_path):
     """Every step input is the ensemble input or an earlier step's output, every step maps only the
     tensors its model declares, all of a model's inputs are fed, and the ensemble outputs are produced."""
-    cfg = configs(render_repository("tensorrt", tmp_path / "trt", engines_dir=fake_engines, plugin_library=plugin))
+    if target == "tensorrt":
+        repo = render_repository("tensorrt", tmp_path / "trt", engines_dir=fake_engines, plugin_library=plugin)
+    else:
+        repo = render_repository("cpu", tmp_path / "cpu", onnx_dir=onnx_dir)
+    cfg = configs(repo)
     ens = cfg["maskface"]
     available = {t.name: None for t in ens.input}
     for step in ens.ensemble_scheduling.step:
@@ -153,7 +159,8 @@ def test_cpu_and_tensorrt_targets_declare_the_same_tensors(onnx_dir, fake_engine
                                     onnx_dir=onnx_dir))
     cpu_repo = render_repository("cpu", tmp_path / "cpu", onnx_dir=onnx_dir, num_landmarks=5)
     cpu = configs(cpu_repo)
-    for name in MODELS:
+    assert set(cpu) - set(trt) == {FUSED_MODEL} and set(trt) == set(STAGE_MODELS)
+    for name in STAGE_MODELS:
         assert tensors(cpu[name].input) == tensors(trt[name].input), name
         assert tensors(cpu[name].output) == tensors(trt[name].output), name
         assert cpu[name].max_batch_size == trt[name].max_batch_size, name
@@ -165,7 +172,17 @@ def test_cpu_and_tensorrt_targets_declare_the_same_tensors(onnx_dir, fake_engine
     assert params(cpu["maskface_keypoints"])["model_file"] == "keypoint_head_portable.onnx"
     assert params(cpu["maskface_detector"])["precision"] == "fp32" and params(cpu["maskface_detector"])["cpu_threads"] == "0"
     assert read_manifest(cpu_repo)["server_args"] == []
-    for name in MODELS:
+    # the cpu ensemble is one step: maskface_pipeline, with the ensemble's own tensors and both graphs
+    assert [s.model_name for s in cpu["maskface"].ensemble_scheduling.step] == [FUSED_MODEL]
+    fused = cpu[FUSED_MODEL]
+    assert tensors(fused.input) == tensors(cpu["maskface"].input)
+    assert tensors(fused.output) == tensors(cpu["maskface"].output)
+    assert fused.backend == "python" and fused.max_batch_size == 0
+    assert (params(fused)["detector_file"], params(fused)["keypoint_file"]) == (
+        "detector.onnx", "keypoint_head_portable.onnx")
+    for graph in ("detector.onnx", "keypoint_head_portable.onnx"):
+        assert (cpu_repo / FUSED_MODEL / "1" / graph).samefile(onnx_dir / graph)  # hard-linked, not copied
+    for name in MODELS["cpu"]:
         text = (cpu_repo / name / "config.pbtxt").read_text()
         assert "${" not in text and "#@" not in text
 
@@ -220,6 +237,13 @@ def test_target_markers():
         render_config("#@gpu x: 1\n", "cpu", {})
     with pytest.raises(ValueError, match="has no value"):
         render_config("x: ${missing}\n", "cpu", {})
+    blocks = 'a\n#@if cpu\nb\n  #@tensorrt c\n  #@cpu d\n#@endif\n#@if tensorrt\ne\n#@endif\nf\n'
+    assert render_config(blocks, "cpu", {}) == "a\nb\n  d\nf\n"
+    assert render_config(blocks, "tensorrt", {}) == "a\ne\nf\n"
+    for broken, match in (("#@if cpu\nx\n", "missing #@endif"), ("#@endif\n", "without #@if"),
+                          ("#@if gpu\n#@endif\n", "known target"), ("#@if cpu\n#@if cpu\n", "known target")):
+        with pytest.raises(ValueError, match=match):
+            render_config(broken, "cpu", {})
 
 
 def test_engine_profile_limits_from_engines_json(fake_engines, plugin, tmp_path):
@@ -252,13 +276,16 @@ def test_cpu_precision_picks_the_graphs_by_one_parameter(onnx_dir, tmp_path):
     fp32 = configs(render_repository("cpu", tmp_path / "fp32", onnx_dir=graphs))
     repo = render_repository("cpu", tmp_path / "int8", onnx_dir=graphs, precision="int8")
     int8 = configs(repo)
-    for name in MODELS:
+    for name in MODELS["cpu"]:
         assert tensors(int8[name].input) == tensors(fp32[name].input), name
         assert tensors(int8[name].output) == tensors(fp32[name].output), name
     for name, graph in (("maskface_detector", "detector_int8.onnx"),
                         ("maskface_keypoints", "keypoint_head_portable_int8.onnx")):
         assert params(int8[name])["model_file"] == graph and params(int8[name])["precision"] == "int8"
-        assert (repo / name / "1" / graph).is_file()
+        assert (repo / name / "1" / graph).is_file() and (repo / FUSED_MODEL / "1" / graph).is_file()
+    assert (params(int8[FUSED_MODEL])["detector_file"], params(int8[FUSED_MODEL])["keypoint_file"]) == (
+        "detector_int8.onnx", "keypoint_head_portable_int8.onnx")
+    assert params(int8[FUSED_MODEL])["precision"] == "int8"
     assert read_manifest(repo)["params"]["precision"] == "int8"
     assert read_manifest(repo)["sources"]["maskface_detector"].endswith("detector_int8.onnx")
 

@@ -98,6 +98,27 @@ def test_chained_stages_equal_onnx_predictor(onnx_dir, photos, reference):
             np.testing.assert_array_equal(out[key.upper()], ref[key], err_msg=f"{name} {key}")
 
 
+def test_fused_pipeline_equals_onnx_predictor_and_keeps_the_limits(onnx_dir, photos, reference):
+    """maskface_pipeline's logic (the cpu ensemble's one step) gives OnnxPredictor's answer, as float32
+    arrays under the ensemble's output names, and refuses what maskface_preprocess refuses."""
+    from maskface.serving.fused_stage import FusedPipeline, StageGraphs
+
+    graphs = StageGraphs(OnnxModel(onnx_dir / "detector.onnx"), OnnxModel(onnx_dir / "keypoint_head_portable.onnx"))
+    fused = FusedPipeline(Preprocessor(max_side=MAX_SIDE, max_image_pixels=500_000), graphs, low_inference())
+    for name, data in photos.items():
+        out = fused(np.frombuffer(data, np.uint8))
+        assert list(out) == ["BOXES", "SCORES", "LANDMARKS", "LANDMARK_SCORES"]
+        assert len(reference[name]["scores"]) > 0
+        for key in ("boxes", "scores", "landmarks", "landmark_scores"):
+            assert out[key.upper()].dtype == np.float32
+            np.testing.assert_array_equal(out[key.upper()], reference[name][key], err_msg=f"{name} {key}")
+    webp = encode(".webp", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(RequestError, match="not a JPEG or PNG"):
+        fused(webp)
+    with pytest.raises(RequestError, match="exceeds the limit of 500000 pixels"):
+        fused(np.frombuffer(png_header_only(1000, 1000), np.uint8))
+
+
 def test_batched_detector_equals_single_runs(onnx_dir, photos):
     pre = Preprocessor(max_side=MAX_SIDE)
     detector = OnnxModel(onnx_dir / "detector.onnx")
