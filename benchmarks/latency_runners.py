@@ -298,7 +298,7 @@ def triton_runner(model: MaskFace, onnx_paths: Callable[[], dict[str, Path]], ca
 
     return TritonRunner(server, TritonRuntime(server.http_url),
                         f"Triton (tritonclient {getattr(tritonclient, '__version__', '?')}), cpu target, "
-                        f"ONNX Runtime stages, {threads} threads each")
+                        f"ONNX Runtime graphs, {threads} threads; the ensemble is one process, maskface_pipeline")
 
 
 # ------------------------------------------------------------------------------------------------ backends

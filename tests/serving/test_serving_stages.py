@@ -331,3 +331,25 @@ def test_gateway_header_checks():
     for header, binary, message in cases:
         with pytest.raises(BadRequest, match=message):
             check_infer_header(header, binary)
+
+
+def test_keep_buffers_in_heap_stops_per_request_page_faults():
+    """Under the server's fixed 1 MB mmap threshold, each of 20 filled-and-freed 8 MB arrays is a fresh
+    mapping whose pages fault in again: at least 8 MB / 2 MB = 4 faults each even with transparent huge
+    pages (2,048 with 4 kB pages). After keep_buffers_in_heap the heap keeps the block and reuses it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys, numpy as np\n"
+        "from maskface.serving.stages import keep_buffers_in_heap\n"
+        "if sys.argv[1] == 'keep': assert keep_buffers_in_heap()\n"
+        "np.ones(1 << 20)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20): a = np.ones(1 << 20); del a\n"  # 8 MB of float64, every page written
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    env = {**__import__("os").environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    faults = {mode: int(subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                                       check=True).stdout.split()[-1]) for mode in ("server", "keep")}
+    assert faults["server"] >= 20 * 4, faults
+    assert faults["keep"] <= 4, faults

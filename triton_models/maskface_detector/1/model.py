@@ -18,6 +18,7 @@ class TritonPythonModel:
         from maskface.serving import stages
 
         params = stages.Parameters.from_model_config(config)
+        stages.keep_buffers_in_heap()
         self.stages = stages
         self.graph = stages.graph_model(args, config, "detector")  # precision, model_file, cpu_threads
         self.bounds = stages.InputBounds.from_parameters(params)  # no larger image than preprocess makes

@@ -18,6 +18,7 @@ class TritonPythonModel:
 
         params = stages.Parameters.from_model_config(config)
         torch.set_num_threads(max(1, params.get_int("torch_threads", 1)))  # only the NMS runs in torch
+        stages.keep_buffers_in_heap()
         self.stages = stages
         self.pipeline = fused_stage.FusedPipeline.from_model_config(args, config)
 
