@@ -1,6 +1,7 @@
 """Small file helpers: atomic writes, safe image reading."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,22 @@ def atomic_write_image(path: str | Path, image: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"could not encode an image for {path}")
     atomic_write_bytes(path, encoded.tobytes())
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path):
+    """An exclusive lock on the file `path` (created if absent) for the block: processes that share a
+    cache take turns building into it (POSIX flock)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 
 from maskface.contracts import KERNEL_LIBRARY_NAME, PLUGIN_LIBRARY_NAME
+from maskface.io_utils import file_lock
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PLUGIN_DIR.parent
@@ -152,19 +153,6 @@ def _hash_sources(files: Iterable[Path], extra: str, root: Path | None = None) -
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _run(cmd: list[str], verbose: bool) -> subprocess.Popen:
     if verbose:
         print("+", " ".join(cmd), flush=True)
@@ -203,7 +191,7 @@ def _build(
     headers = list(INCLUDE_DIR.rglob("*.h"))
     root = Path(build_dir) if build_dir is not None else BUILD_ROOT
     objects, pending = [], []
-    with _file_lock(root / ".lock"):
+    with file_lock(root / ".lock"):
         for src in sources:
             path = SRC_DIR / src
             flags = list(base)

@@ -32,20 +32,18 @@ ConsensusTeacher averages the landmarks of several teachers on the faces the fir
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..io_utils import atomic_write_bytes
+from ..io_utils import atomic_write_bytes, file_lock
 from . import sources
-from .teacher import TeacherFaces, nms
+from .teacher import TeacherFaces, nms, teacher_session
 
 # The converter's environment: tensorflow-cpu 2.15.1 has wheels for Python 3.9 - 3.11; tf2onnx
 # 1.16.1 wants protobuf 3.20 (onnx and numpy pinned to the versions the conversion was checked with).
@@ -69,18 +67,6 @@ def _tail(text: str, lines: int = 6) -> str:
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
 
-@contextmanager
-def _locked(path: Path):
-    """An exclusive lock file, so that two processes never install or convert into the same place at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
@@ -92,7 +78,7 @@ def converter_python(cache: Path | None = None) -> Path:
     python = _venv_python(venv)
     wanted = "\n".join(TF_REQUIREMENTS) + "\n"
     marker = venv / _VENV_MARKER
-    with _locked(cache / f".{VENV_NAME}.lock"):
+    with file_lock(cache / f".{VENV_NAME}.lock"):
         if python.is_file() and marker.is_file() and marker.read_text() == wanted:
             return python
         proc = subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], capture_output=True, text=True)
@@ -131,7 +117,7 @@ def retinaface_onnx(cache: Path | None = None) -> Path:
         return out
     graph = sources.extract(*sources.RETINAFACE_GRAPH, cache=cache)
     python = converter_python(cache)
-    with _locked(cache / f".{ONNX_NAME}.lock"):
+    with file_lock(cache / f".{ONNX_NAME}.lock"):
         if out.is_file():  # converted by another process meanwhile
             return out
         with tempfile.TemporaryDirectory(prefix="retinaface-onnx-") as tmp:
@@ -225,13 +211,7 @@ class RetinaFaceTeacher:
     """RetinaFace-MobileNetV2 in ONNX Runtime, with CenterFaceTeacher's call interface."""
 
     def __init__(self, onnx_path: str | Path, threads: int = 1):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = teacher_session(str(onnx_path), threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, image_bgr: np.ndarray, threshold: float = 0.5, scale: float = 1.0,

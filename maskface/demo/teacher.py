@@ -63,15 +63,20 @@ def dynamic_shape_model(onnx_path: str | Path) -> bytes:
     return model.SerializeToString()
 
 
+def teacher_session(model: str | bytes, threads: int = 1):
+    """A quiet CPU ONNX Runtime session for a teacher graph (a path or the serialised model)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
 class CenterFaceTeacher:
     def __init__(self, onnx_path: str | Path, threads: int = 1):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(dynamic_shape_model(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = teacher_session(dynamic_shape_model(onnx_path), threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, image_bgr: np.ndarray, threshold: float = 0.5, scale: float = 1.0,
