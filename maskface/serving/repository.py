@@ -44,8 +44,7 @@ FUSED_MODEL = "maskface_pipeline"  # cpu only: the ensemble's one step there
 MODELS = {"cpu": STAGE_MODELS + (FUSED_MODEL,), "tensorrt": STAGE_MODELS}
 # Models that are Python-backend code per target (the rest are the ensemble and TensorRT plans).
 PYTHON_MODELS = {
-    "cpu": ("maskface_preprocess", "maskface_detector", "maskface_nms", "maskface_keypoints", "maskface_postprocess",
-            FUSED_MODEL),
+    "cpu": tuple(m for m in MODELS["cpu"] if m != ENSEMBLE),
     "tensorrt": ("maskface_preprocess", "maskface_nms", "maskface_postprocess"),
 }
 # Graph files each target puts next to a model (source file name -> file name in <model>/1/).
