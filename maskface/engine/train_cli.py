@@ -45,6 +45,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="share of the train images held out with --val-split holdout")
     p.add_argument("--output", "-o", default=d.output_dir, help="folder for checkpoints and log.jsonl")
     p.add_argument("--backbone-weights", default=None, metavar="PATH", help="local ImageNet state_dict (torchvision naming)")
+    p.add_argument("--init-weights", default=None, metavar="CHECKPOINT",
+                   help="start a new run from this checkpoint's weights wherever name and shape match (not a resume)")
+    p.add_argument("--init-exclude", nargs="+", default=[], metavar="MODULE",
+                   help="modules that keep their fresh initialisation, e.g. keypoint_head")
+    p.add_argument("--train-only", nargs="+", default=[], metavar="MODULE",
+                   help="train only these modules (e.g. keypoint_head); the rest stay frozen")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per process (paper: 8 or 16 in total)")
     p.add_argument("--max-iter", type=int, default=d.max_iter, help="iterations (batches per process) in all")
     p.add_argument("--lr", type=float, default=d.base_lr, help="peak learning rate after warm-up")
@@ -67,6 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-color", action="store_true", help="switch off the colour distortion")
     p.add_argument("--val-max-side", type=int, default=d.val_max_side, help="validation images are resized so the longer side is at most this")
     p.add_argument("--val-max-images", type=int, default=None, help="validate on the first N images only (default: all)")
+    p.add_argument("--val-metric", default=d.val_metric, choices=("auto", "ap50", "nme"),
+                   help="what ranks checkpoints and drives the lr plateau rule (auto: AP50 for WIDER FACE, NME "
+                        "for AFLW / 300W; nme on WIDER FACE uses the inter-ocular normaliser)")
     p.add_argument("--workers", type=int, default=d.num_workers, help="data-loader worker processes")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, sampling and augmentation")
     p.add_argument("--amp", default=d.amp, choices=("auto", "fp16", "bf16", "off"), help="mixed precision on CUDA (auto: bf16 if supported, else fp16; CPU: off)")
@@ -85,13 +94,15 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         data=args.data, output_dir=args.output, val_data=args.val_data, train_split=args.train_split,
         val_split=args.val_split, val_holdout_fraction=args.val_holdout_fraction,
         config=args.config, model_overrides=_parse_set(args.set),
-        backbone_weights=args.backbone_weights, batch_size=args.batch_size, max_iter=args.max_iter,
+        backbone_weights=args.backbone_weights, init_weights=args.init_weights,
+        init_exclude=tuple(args.init_exclude), train_only=tuple(args.train_only), batch_size=args.batch_size, max_iter=args.max_iter,
         base_lr=args.lr, warmup_iters=args.warmup_iters, warmup_start_lr=args.warmup_start_lr, min_lr=args.min_lr,
         patience=args.patience, lr_steps=tuple(args.lr_steps), momentum=args.momentum, weight_decay=args.weight_decay,
         eval_period=args.eval_period, checkpoint_period=args.checkpoint_period, log_period=args.log_period,
         crop_size=args.crop_size, scale_range=tuple(args.scale_range), area_range=tuple(args.area_range),
         face_size_range=tuple(args.face_size_range), max_rotation=args.max_rotation, color=not args.no_color,
-        val_max_side=args.val_max_side, val_max_images=args.val_max_images, num_workers=args.workers,
+        val_max_side=args.val_max_side, val_max_images=args.val_max_images,
+        val_metric=args.val_metric, num_workers=args.workers,
         seed=args.seed, amp=args.amp, device=args.device, resume=not args.no_resume,
         progress=not args.no_progress, channels_last=args.channels_last)
 

@@ -20,6 +20,11 @@ class TrainOptions:
     config: str = "r50"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # {"fpn": {"channels": 64}, ...}
     backbone_weights: str | None = None
+    # Start a new run from another checkpoint's weights (name and shape matching, minus init_exclude),
+    # and train only the modules in train_only (engine/partial_training.py). Empty: the whole model.
+    init_weights: str | None = None
+    init_exclude: tuple[str, ...] = ()
+    train_only: tuple[str, ...] = ()
     batch_size: int = 8  # per process
     max_iter: int = 200_000
     base_lr: float = 1e-2
@@ -43,6 +48,9 @@ class TrainOptions:
     val_max_side: int | None = 1024
     val_max_images: int | None = None
     val_score_threshold: float = 0.02
+    # What ranks checkpoints and drives the plateau rule: "auto" = AP50 for WIDER FACE, NME for
+    # AFLW / 300W; "nme" on WIDER FACE (inter-ocular) suits a run that trains only the keypoint head.
+    val_metric: str = "auto"
     num_workers: int = 4
     seed: int = 0
     amp: str = "auto"  # auto (on CUDA: bf16 if supported else fp16), fp16, bf16, off

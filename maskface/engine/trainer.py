@@ -55,6 +55,7 @@ from ..data.registry import build_dataset
 from ..data.transforms import LandmarkTrainTransform, MaxSide, WiderFaceTrainTransform
 from ..io_utils import atomic_write_bytes
 from ..modeling.maskface import MaskFace
+from .partial_training import init_from_checkpoint, train_only
 from .train_options import TrainOptions
 
 LAST = "last.pth"
@@ -239,10 +240,20 @@ def holdout_indices(num_images: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 4099]).permutation(num_images)[:count])
 
 
-def validation_score(kind: str, metrics: dict[str, float]) -> tuple[str, float]:
-    """(name, higher-is-better score) that ranks checkpoints: AP50 for WIDER FACE, -NME for the
-    landmark data sets."""
-    if kind == "widerface":
+def validation_metric(kind: str, choice: str = "auto") -> str:
+    """The metric that ranks checkpoints: `choice`, or for "auto" AP50 on WIDER FACE and NME on
+    the landmark data sets."""
+    if choice not in ("auto", "ap50", "nme"):
+        raise ValueError(f"val_metric must be auto, ap50 or nme, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "ap50" if kind == "widerface" else "nme"
+
+
+def validation_score(kind: str, metrics: dict[str, float], choice: str = "auto") -> tuple[str, float]:
+    """(name, higher-is-better score) that ranks checkpoints: AP50, or -NME (validation_metric)."""
+    name = validation_metric(kind, choice)
+    if name == "ap50":
         return "ap50", float(metrics["ap50"])
     return "nme", -float(metrics["nme"])
 
@@ -307,6 +318,14 @@ class Trainer:
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.cfg.backbone.weights = None  # checkpoints carry the trained backbone
+        resuming = options.resume and (self.out / LAST).is_file()
+        if options.init_weights and not resuming:
+            report = init_from_checkpoint(self.model, options.init_weights, tuple(options.init_exclude))
+            self._log_main(f"initialised {len(report['loaded'])} tensors from {options.init_weights}; "
+                           f"{len(report['kept_fresh'])} keep their fresh initialisation")
+        if options.train_only:
+            count = train_only(self.model, tuple(options.train_only))
+            self._log_main(f"training only {', '.join(options.train_only)} ({count} parameter tensors)")
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=options.warmup_start_lr, momentum=options.momentum,
                                          weight_decay=options.weight_decay)
@@ -318,7 +337,7 @@ class Trainer:
         if self.dist.is_main and self.out.is_dir():
             for tmp in remove_stale_temporaries(self.out, (LAST, BEST, FINAL)):
                 self._log_main(f"removed {tmp.name}, left by a crash during a checkpoint save")
-        if options.resume and (self.out / LAST).is_file():
+        if resuming:
             self.load(self.out / LAST)
             self._drop_log_records_after(self.iteration)
         self.ddp_model = self.model
@@ -459,6 +478,7 @@ class Trainer:
         from ..evaluation.ap import pooled_detection_ap
 
         model = self.model
+        with_nme = validation_metric(self.kind, self.opts.val_metric) == "nme" or self.kind != "widerface"
         was_training = model.training
         saved = model.cfg.inference.score_threshold
         model.cfg.inference.score_threshold = self.opts.val_score_threshold
@@ -483,7 +503,7 @@ class Trainer:
                     gts.append(t["boxes"].numpy())
                     boxes.append(r["boxes"].float().cpu().numpy())
                     scores.append(r["scores"].float().cpu().numpy())
-                    if self.kind != "widerface":
+                    if with_nme:
                         errors.append(validation_nme(t, r, "box" if self.kind == "aflw" else "interocular"))
         finally:
             model.cfg.inference.score_threshold = saved
@@ -491,17 +511,19 @@ class Trainer:
         result = pooled_detection_ap(gts, boxes, scores, iou_threshold=0.5)
         metrics = {"ap50": float(result.ap), "num_faces": int(result.num_faces),
                    "num_detections": int(result.num_detections)}
-        if self.kind != "widerface":
+        if with_nme:
             e = np.concatenate(errors) if errors else np.zeros(0)
+            matched = e[e != UNMATCHED_NME]
             metrics.update(nme=float(e.mean()) if e.size else float("nan"),
-                           num_unmatched=int((e == UNMATCHED_NME).sum()))
+                           num_unmatched=int((e == UNMATCHED_NME).sum()),
+                           nme_matched=float(matched.mean()) if matched.size else float("nan"))
         return metrics
 
     def _validate(self) -> None:
         metrics = None
         if self.dist.is_main:
             metrics = self.evaluate()
-            name, score = validation_score(self.kind, metrics)
+            name, score = validation_score(self.kind, metrics, self.opts.val_metric)
             improved = self.schedule.report(score, self.iteration)
             metrics.update(metric=name, best=self.schedule.best, improved=improved)
             self.log({"type": "val", "iter": self.iteration, **metrics,
@@ -672,4 +694,4 @@ def train(options: TrainOptions) -> dict[str, Any]:
 
 
 __all__ = ["SMOKE_MODEL_OVERRIDES", "TrainOptions", "Trainer", "TrainBatchSampler", "WarmupPlateauLR",
-           "apply_overrides", "holdout_indices", "train", "validation_nme", "validation_score"]
+           "apply_overrides", "holdout_indices", "train", "validation_metric", "validation_nme", "validation_score"]

@@ -51,3 +51,36 @@ def test_occlusion_probe_paints_the_lower_half_only():
     assert (out[8:12, 10:20] == 128).all()  # rows 8..11 = lower half of y 4..12
     assert out[:8].sum() == 0 and out[12:].sum() == 0 and out[:, :10].sum() == 0 and out[:, 20:].sum() == 0
     assert image.sum() == 0  # the input is left alone
+
+
+def test_nme_is_reported_by_face_size(tmp_path):
+    """Two faces (30 and 100 px) whose predicted landmarks are shifted by 1 px and 5 px; the eyes are
+    10 and 40 px apart, so the NMEs are 0.1 and 0.125 by hand, one per size bucket."""
+    import cv2
+    from types import SimpleNamespace
+
+    from maskface.config import InferenceConfig
+    from maskface.data.structures import FaceRecord
+    from maskface.demo.evaluate import evaluate_split
+
+    def face(x, y, side, iod):
+        cx, cy = x + side / 2, y + side / 2
+        return np.array([[cx - iod / 2, cy], [cx + iod / 2, cy], [cx, cy + 2], [cx - 3, cy + 6], [cx + 3, cy + 6]])
+
+    boxes = np.array([[10, 10, 40, 40], [100, 50, 200, 150]], np.float32)
+    marks = np.stack([face(10, 10, 30, 10), face(100, 50, 100, 40)]).astype(np.float32)
+    path = tmp_path / "img.jpg"
+    cv2.imwrite(str(path), np.zeros((200, 240, 3), np.uint8))
+    record = FaceRecord(path, boxes, marks, np.ones((2, 5), bool), "test:1")
+
+    class Shifted:
+        model = SimpleNamespace(cfg=SimpleNamespace(inference=InferenceConfig()))
+
+        def __call__(self, image):
+            shift = np.array([[1.0, 0.0], [0.0, 5.0]], np.float32)[:, None, :]
+            return {"boxes": boxes, "scores": np.array([0.9, 0.9], np.float32), "landmarks": marks + shift}
+
+    sizes = evaluate_split(Shifted(), [record], progress=False)["metrics"]["nme_by_size"]
+    assert sizes["20-64"]["faces"] == 1 and abs(sizes["20-64"]["mean"] - 0.1) < 1e-6
+    assert sizes["64-224"]["faces"] == 1 and abs(sizes["64-224"]["mean"] - 0.125) < 1e-6
+    assert sizes["224-inf"] == {"faces": 0, "mean": None, "median": None}

@@ -314,6 +314,11 @@ def test_landmark_sets_rank_by_nme_and_wider_by_ap50():
         assert validation_score(kind, good_nme)[1] > validation_score(kind, good_ap)[1]
         assert validation_score(kind, good_nme) == ("nme", -0.05)
     assert validation_score("widerface", good_ap)[1] > validation_score("widerface", good_nme)[1]
+    # --val-metric nme: a WIDER FACE run that trains only the keypoint head ranks by its landmarks.
+    assert validation_score("widerface", good_nme, "nme") == ("nme", -0.05)
+    assert validation_score("aflw", good_ap, "ap50") == ("ap50", 0.9)
+    with pytest.raises(ValueError, match="auto, ap50 or nme"):
+        validation_score("widerface", good_ap, "map")
 
 
 def test_validation_nme_takes_the_most_confident_match_at_iou_04():
