@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from maskface.contracts import FEATURE_NAMES
-from maskface.pipeline import select_candidates
+from maskface.pipeline import keypoint_feeds, select_candidates
 from maskface.serving.manifest import EngineManifest
 
 from .tensorrt_build import (
@@ -302,11 +302,11 @@ class TensorRTRuntime:
 
     def keypoints(self, features: Sequence[Any], rois) -> tuple[Any, Any]:
         """features m2..m6 (numpy or torch), rois [N, 5] -> landmarks [N, K, 2], landmark_scores [N, K]."""
-        feeds = dict(zip(self.feature_names, features))
         if isinstance(rois, torch.Tensor):
+            feeds = dict(zip(self.feature_names, features))
             feeds["rois"] = rois.reshape(-1, 5)
         else:
-            feeds["rois"] = np.ascontiguousarray(rois, np.float32).reshape(-1, 5)
+            feeds = keypoint_feeds(features, rois, self.feature_names)
         if feeds["rois"].shape[0] == 0 and self.keypoint_head.profile("rois")[0][0] > 0:
             # An engine built where TensorRT refused N = 0 in the profile: no face, nothing to run.
             empty = torch.empty((0, self.num_landmarks, 2), dtype=torch.float32, device=self.device)

@@ -46,6 +46,15 @@ def select_candidates(scores, boxes, inference: InferenceConfig):
     return keep.numpy() if as_numpy else keep
 
 
+def keypoint_feeds(features: Sequence[np.ndarray], rois, feature_names: Sequence[str] | None = None) -> dict:
+    """The keypoint graph's inputs by name: m2..m6 and rois [N, 5] as contiguous float32 numpy."""
+    from .contracts import FEATURE_NAMES
+
+    feeds = dict(zip(feature_names or FEATURE_NAMES, features))
+    feeds["rois"] = np.ascontiguousarray(rois, np.float32).reshape(-1, 5)
+    return feeds
+
+
 def as_numpy(x) -> np.ndarray:
     """numpy view of a runtime's array (a torch tensor on any device, or numpy)."""
     if isinstance(x, np.ndarray):

@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from ..config import InferenceConfig, InputConfig
-from ..contracts import FEATURE_NAMES, KEYPOINT_OUTPUTS
-from ..pipeline import Pipeline, select_candidates
+from ..contracts import KEYPOINT_OUTPUTS
+from ..pipeline import Pipeline, keypoint_feeds, select_candidates
 
 
 #: The graph files of the ONNX Runtime paths, as export/export_onnx.py and export/quantize_int8.py name them.
@@ -72,9 +72,7 @@ class OrtRuntime:
         return select_candidates(scores, boxes, inference)
 
     def keypoints(self, features: Sequence[np.ndarray], rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = dict(zip(FEATURE_NAMES, features))
-        feeds["rois"] = np.ascontiguousarray(rois, np.float32).reshape(-1, 5)
-        landmarks, scores = self.keypoint_head.run(list(KEYPOINT_OUTPUTS), feeds)
+        landmarks, scores = self.keypoint_head.run(list(KEYPOINT_OUTPUTS), keypoint_feeds(features, rois))
         return landmarks, scores
 
 

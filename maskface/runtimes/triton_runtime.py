@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from ..config import InferenceConfig
-from ..contracts import DETECTOR_INPUTS, DETECTOR_OUTPUTS, FEATURE_NAMES, KEYPOINT_OUTPUTS
-from ..pipeline import select_candidates
+from ..contracts import DETECTOR_INPUTS, DETECTOR_OUTPUTS, KEYPOINT_OUTPUTS
+from ..pipeline import keypoint_feeds, select_candidates
 
 DETECTOR_MODEL = "maskface_detector"
 KEYPOINT_MODEL = "maskface_keypoints"
@@ -45,9 +45,7 @@ class TritonRuntime:
         return select_candidates(scores, boxes, inference)
 
     def keypoints(self, features: Sequence[np.ndarray], rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = dict(zip(FEATURE_NAMES, features))
-        feeds["rois"] = np.asarray(rois, np.float32).reshape(-1, 5)
-        landmarks, scores = self._infer(KEYPOINT_MODEL, feeds, KEYPOINT_OUTPUTS)
+        landmarks, scores = self._infer(KEYPOINT_MODEL, keypoint_feeds(features, rois), KEYPOINT_OUTPUTS)
         return landmarks, scores
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import InferenceConfig
 from ..contracts import FEATURE_NAMES, KEYPOINT_OUTPUTS
-from ..pipeline import Pipeline, select_candidates
+from ..pipeline import Pipeline, keypoint_feeds, select_candidates
 from .stages import BatchedRuns, CandidateSelector, Parameters, Preprocessor, graph_model
 
 ENSEMBLE_OUTPUTS = ("BOXES", "SCORES", "LANDMARKS", "LANDMARK_SCORES")
@@ -38,9 +38,7 @@ class StageGraphs:
         return select_candidates(scores, boxes, inference)
 
     def keypoints(self, features: Sequence[np.ndarray], rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = dict(zip(FEATURE_NAMES, features))
-        feeds["rois"] = np.ascontiguousarray(rois, np.float32).reshape(-1, 5)
-        out = self.keypoint_head.run(feeds)
+        out = self.keypoint_head.run(keypoint_feeds(features, rois))
         return tuple(out[name] for name in KEYPOINT_OUTPUTS)
 
 
