@@ -204,7 +204,8 @@ def _demo_preset(cfg: MaskFaceConfig) -> None:
     """The demo model (maskface/demo/MODEL_CARD.md): the paper's mbv2 MaskFace, narrowed to train
     on a 2-core CPU in hours and to run at interactive speed there. Departures from the paper:
     CenterFace's MobileNetV2 trunk (ReLU, no 1280-channel conv), FPN and context modules at a
-    quarter of the width, and a keypoint head of 4 convs x 64 channels instead of 8 x 256."""
+    quarter of the width, and a keypoint head of 8 convs x 64 channels instead of 8 x 256 (trained in
+    a second stage on the finished detector; the first stage's head was 4 x 64, scripts/train_demo.sh)."""
     cfg.backbone.activation = "relu"
     cfg.backbone.mobilenet_last_conv = False
     cfg.backbone.frozen_stages = 2
@@ -213,7 +214,7 @@ def _demo_preset(cfg: MaskFaceConfig) -> None:
     cfg.keypoints.add_gt_as_proposals = True
     cfg.fpn = FPNConfig(channels=64, gn_groups=16)
     cfg.context = ContextConfig(branch1=32, trunk=32, branch2=16, trunk2=48, branch3=16, gn_groups=8)
-    cfg.keypoints.num_convs = 4
+    cfg.keypoints.num_convs = 8
     cfg.keypoints.conv_channels = 64
     cfg.keypoints.gn_groups = 16
     cfg.keypoints.max_proposals_per_image = 16

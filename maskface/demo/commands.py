@@ -5,7 +5,7 @@ import argparse
 import json
 
 _EPILOG = """\
-Then train the demo model (about 3 hours on 2 CPU cores; resumable at any time) with the exact
+Then train the demo model (about 3.5 hours on 2 CPU cores; resumable at any time) with the exact
 recipe of scripts/train_demo.sh:  bash scripts/train_demo.sh OUT runs/demo
 The recipe and the measured accuracy are in maskface/demo/MODEL_CARD.md."""
 

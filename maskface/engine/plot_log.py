@@ -39,6 +39,15 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     return sorted(train, key=lambda r: r["iter"]), sorted(val, key=lambda r: r["iter"])
 
 
+def best_value(record: dict) -> float | None:
+    """The best validation value in the metric's own units: the lr schedule stores a higher-is-better
+    score, i.e. -NME for an NME metric (engine/trainer.py, validation_score)."""
+    best = record.get("best")
+    if best is None:
+        return None
+    return -best if record.get("metric") == "nme" else best
+
+
 def plot_training_log(path: str | Path, out: str | Path, title: str | None = None) -> Path:
     from ..evaluation.plots import _new_figure, _save
 
@@ -59,7 +68,7 @@ def plot_training_log(path: str | Path, out: str | Path, title: str | None = Non
     metric = val[-1].get("metric", "ap50") if val else "ap50"
     if val:
         ax_val.plot([r["iter"] for r in val], [r.get(metric) for r in val], marker="o", color="tab:red")
-        best = val[-1].get("best")
+        best = best_value(val[-1])
         if best is not None:
             ax_val.axhline(best, ls="--", lw=1, color="tab:red", alpha=0.5, label=f"best {best:.4f}")
             ax_val.legend(loc="lower right", fontsize=8)

@@ -76,4 +76,5 @@ def test_pytorch_onnxruntime_and_triton_find_the_same_faces(demo_model, demo_onn
     assert len(in_torch["scores"]) > 0, "the demo model finds no face in Grace Hopper's photo"
     for name, other in (("onnxruntime", in_ort), ("triton", served)):
         box, lm = _pair_up(in_torch, other)
+        print(f"\n{name} vs PyTorch: {len(other['boxes'])} faces, boxes {box:.2e} px, landmarks {lm:.2e} px apart")
         assert box <= PIXEL_TOL and lm <= PIXEL_TOL, f"{name}: boxes {box:.3f} px, landmarks {lm:.3f} px apart"

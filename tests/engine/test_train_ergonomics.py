@@ -135,6 +135,11 @@ def test_plot_log_draws_losses_lr_and_validation(tmp_path):
     assert main(["plot-log", str(log), "--out", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    from maskface.engine.plot_log import best_value
+
+    assert best_value(val[-1]) == 0.6
+    assert best_value({"metric": "nme", "nme": 0.092, "best": -0.092}) == 0.092  # drawn as NME, not -NME
+
     log.write_text('{"type": "train", "iter": 1}\nnot json\n{"type": "train", "iter": 2}\n')
     with pytest.raises(ValueError, match=":2: not a JSON record"):
         read_log(log)
