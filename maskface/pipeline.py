@@ -19,6 +19,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from .config import InferenceConfig, InputConfig
+from .contracts import FEATURE_NAMES
 
 
 class Runtime(Protocol):
@@ -48,8 +49,6 @@ def select_candidates(scores, boxes, inference: InferenceConfig):
 
 def keypoint_feeds(features: Sequence[np.ndarray], rois, feature_names: Sequence[str] | None = None) -> dict:
     """The keypoint graph's inputs by name: m2..m6 and rois [N, 5] as contiguous float32 numpy."""
-    from .contracts import FEATURE_NAMES
-
     feeds = dict(zip(feature_names or FEATURE_NAMES, features))
     feeds["rois"] = np.ascontiguousarray(rois, np.float32).reshape(-1, 5)
     return feeds

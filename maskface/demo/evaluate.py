@@ -183,8 +183,7 @@ def evaluate_split(predictor, records, min_face: float = 20.0, progress: bool = 
             "recall_by_yaw_at_default": {_bucket_name(lo, hi): (f / t if t else None)
                                          for (lo, hi), (f, t) in per_pose.items()},
             "faces_by_yaw": {_bucket_name(lo, hi): t for (lo, hi), (_, t) in per_pose.items()},
-            "nme_interocular": {"faces": int(nme_arr.size), "mean": float(nme_arr.mean()) if nme_arr.size else None,
-                                "median": float(np.median(nme_arr)) if nme_arr.size else None,
+            "nme_interocular": {**_nme_summary(nme_arr),
                                 "p90": float(np.percentile(nme_arr, 90)) if nme_arr.size else None},
             # Inter-ocular NME asks sub-pixel accuracy of small faces: where the error lives.
             "nme_by_size": {f"{lo}-{int(hi) if hi < 1e8 else 'inf'}": _nme_summary(nme_arr[(nme_side >= lo) & (nme_side < hi)])
