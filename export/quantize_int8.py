@@ -63,8 +63,28 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
   drift nor time measurably (1x1 convs with 2-8 outputs); it stays FP32 because that costs nothing.
   Depthwise convs in FP32 lose most of the gain (0.93x) without a smaller median drift.
 
-Final default (Percentile, 32 calibration images), INT8 detector + FP32 keypoint head vs the FP32 graphs,
-first 100 val images: recall 0.887 -> 0.884 (259 -> 258 of 292 faces), FP / image 0.100 -> 0.100,
+* channel equalisation (export/equalize.py, on by default; --no-equalize, --max-gain): before calibration,
+  the 34 Conv -> Relu -> Conv chains of the MobileNetV2 trunk are rescaled so that each Relu output's
+  channels share its range (FP32 function unchanged to 1e-4 of each map). Shipped demo model (stage 2),
+  Percentile, 32 calibration images, all 400 val images, consensus labels, 2-core Zen 5 EPYC, against
+  PyTorch FP32 (export/precision_report.py):
+
+  | INT8 detector | recall (FP32 0.9750) | FP / image (0.128) | NME (0.0656) | box p99 / max | landmark p99 / max | lost / added |
+  |---|---|---|---|---|---|---|
+  | ONNX Runtime, not equalised | 0.9734 | 0.128 | 0.0658 | 6.86 / 46.9 | 3.29 / 177 | 11 / 7 |
+  | ONNX Runtime, equalised | 0.9750 | 0.135 | 0.0660 | 6.17 / 45.6 | 2.19 / 104 | 5 / 8 |
+  | OpenVINO, not equalised | 0.9734 | 0.133 | 0.0658 | 7.45 / 19.7 | 3.14 / 164 | 13 / 11 |
+  | OpenVINO, equalised | 0.9742 | 0.135 | 0.0654 | 5.59 / 31.0 | 2.11 / 98.3 | 3 / 5 |
+
+  Equalisation halves the faces lost at the threshold and cuts the landmark tail by a third; the box
+  tail (NMS keeping another candidate of the same face) shrinks by 10-25 % only. It is not free of
+  risk: a channel brought up to the tensor's range has no headroom left, so an input beyond its
+  calibrated maximum clips. On tests/export/test_equalize.py's hand-built graph (uniform noise in) the
+  INT8 output error was 0.69x on the calibration inputs but 0.9-2.8x on fresh ones (5 input sizes /
+  calibration counts); on the demo model's real images the table above is what counts.
+
+Earlier default (no equalisation; interim demo model; Percentile, 32 calibration images), INT8 detector + FP32
+keypoint head vs the FP32 graphs, first 100 val images: recall 0.887 -> 0.884 (259 -> 258 of 292 faces), FP / image 0.100 -> 0.100,
 5-point NME 0.0981 -> 0.0983; box drift median 0.80 px, p90 4.1, p99 15.0, max 27.6 (relative to the
 face: median 1.1 %, p99 12 %); landmark drift median 0.29 px, p90 1.19, p99 4.9, max 46.8; score drift
 max 0.15; 4 reference detections lost (all scored <= 0.527, threshold 0.5), 2 added. Detector time
@@ -107,6 +127,8 @@ class Int8Settings:
     op_types: tuple[str, ...] = QUANTISED_OPS
     scopes: tuple[str, ...] = DETECTOR_SCOPES
     keep_fp32: tuple[str, ...] = ()  # node-name prefixes kept FP32 inside the scopes
+    equalize: bool = True  # export/equalize.py on the prepared graph before calibrating
+    max_gain: float = 100.0  # equalisation's bound on one channel's gain
 
     def quant_types(self):
         from onnxruntime.quantization import QuantType
@@ -189,6 +211,18 @@ def prepare_graph(fp32_path: Path, out_path: Path) -> Path:
 
     quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
     return out_path
+
+
+def calibration_graph(fp32_path: Path, work: Path, feeds: Sequence[dict], settings: Int8Settings) -> tuple[Path, dict]:
+    """The graph to calibrate and quantise: prepare_graph's, then (settings.equalize) channel-equalised
+    on the calibration feeds. Returns it with what the equalisation did (empty when off)."""
+    from export.equalize import equalize_graph
+
+    prepared = prepare_graph(fp32_path, work / f"{fp32_path.stem}_prepared.onnx")
+    if not settings.equalize:
+        return prepared, {}
+    summary = equalize_graph(prepared, work / f"{fp32_path.stem}_equalized.onnx", feeds, settings.max_gain)
+    return work / f"{fp32_path.stem}_equalized.onnx", vars(summary)
 
 
 def quantisable_nodes(graph_path: Path, settings: Int8Settings) -> list[str]:
@@ -318,15 +352,17 @@ def build_int8(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibra
     work = out_dir / "int8_work"
     work.mkdir(parents=True, exist_ok=True)
     images = network_inputs(calibration_records, model_cfg.input, progress=progress)
-    prepared = prepare_graph(fp32_detector, work / "detector_prepared.onnx")
-    cache = calibrate(prepared, [{"images": x} for x in images], out_dir / f"calibration_detector_{settings.method}.json",
+    detector_feeds = [{"images": x} for x in images]
+    prepared, equalisation = calibration_graph(fp32_detector, work, detector_feeds, settings)
+    cache = calibrate(prepared, detector_feeds, out_dir / f"calibration_detector_{settings.method}.json",
                       settings, progress=progress)
     detector_int8 = quantize_graph(prepared, out_dir / DETECTOR_INT8_FILE, cache, settings, fp32_detector)
     keypoint_int8 = None
-    info = {"images": len(images), "method": settings.method, "detector_cache": str(cache)}
+    info = {"images": len(images), "method": settings.method, "detector_cache": str(cache),
+            "equalisation": equalisation}
     if keypoint_settings is not None:
         feeds = keypoint_feeds(fp32_detector, images, model_cfg.inference)
-        kp_prepared = prepare_graph(fp32_keypoints, work / "keypoint_prepared.onnx")
+        kp_prepared, info["keypoint_equalisation"] = calibration_graph(fp32_keypoints, work, feeds, keypoint_settings)
         kp_cache = calibrate(kp_prepared, feeds, out_dir / f"calibration_keypoint_{keypoint_settings.method}.json",
                              keypoint_settings, chunk=8, progress=progress)
         keypoint_int8 = quantize_graph(kp_prepared, out_dir / KEYPOINT_INT8_FILE, kp_cache, keypoint_settings,
@@ -376,10 +412,11 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
           progress: bool = True, caches: dict[str, Path] | None = None) -> list[dict]:
     """The measurements behind the module doc's decision, on the given val images: each calibration
     method with the default node set; INT8 instead of UINT8 activations; then, with `chosen`, each
-    SWEEP_GROUPS group left FP32, the depthwise convs left FP32, and the detection head quantised too.
+    SWEEP_GROUPS group left FP32, the depthwise convs left FP32, the detection head quantised too, and no
+    channel equalisation (export/equalize.py; every other row has it).
     Per row: drift / recall (precision_compare) and the detector time ratio (interleaved). Detector
     only; the keypoint head stays FP32. `caches` maps a method to a calibration cache already made
-    from the same calibration images (skips that calibration)."""
+    from the same calibration images on the equalised graph (skips that calibration)."""
     from export.precision_compare import compare_paths
     from maskface.data.dataset import read_image
     from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
@@ -387,7 +424,8 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
     work = out_dir / "sweep_work"
     work.mkdir(parents=True, exist_ok=True)
     images = network_inputs(calibration_records, model_cfg.input, progress=progress)
-    prepared = prepare_graph(fp32_detector, work / "detector_prepared.onnx")
+    feeds = [{"images": x} for x in images]
+    graphs = {eq: calibration_graph(fp32_detector, work, feeds, Int8Settings(equalize=eq))[0] for eq in (False, True)}
     timing_image = timing_input(val_records[0], model_cfg.input)
     val_images = {str(r.image_path): read_image(r.image_path, r.source) for r in val_records}
 
@@ -395,23 +433,26 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
         return OnnxPredictor(OrtRuntime(detector, fp32_keypoints), model_cfg.inference, model_cfg.input, max_side=640)
 
     reference = _Memo(pipeline(fp32_detector))
-    caches = dict(caches or {})
+    caches = {(method, True): path for method, path in (caches or {}).items()}
     variants = [(f"all, {m}", Int8Settings(method=m)) for m in methods]
+    variants.append((f"all, {chosen}, no equalisation", Int8Settings(method=chosen, equalize=False)))
     variants.append((f"all, {chosen}, S8S8", Int8Settings(method=chosen, activation_type="int8")))
     variants += [(f"all but {g}, {chosen}", Int8Settings(method=chosen, keep_fp32=prefixes))
                  for g, prefixes in SWEEP_GROUPS.items()]
-    variants.append((f"all but depthwise convs, {chosen}", Int8Settings(method=chosen, keep_fp32=depthwise_convs(prepared))))
+    variants.append((f"all but depthwise convs, {chosen}",
+                     Int8Settings(method=chosen, keep_fp32=depthwise_convs(graphs[True]))))
     variants.append((f"all + detection head, {chosen}", Int8Settings(method=chosen,
                                                                     scopes=DETECTOR_SCOPES + ("/detection_head/",))))
     rows = []
     for name, settings in variants:
-        if settings.method not in caches:
+        key, prepared = (settings.method, settings.equalize), graphs[settings.equalize]
+        if key not in caches:
             start = time.perf_counter()
-            caches[settings.method] = calibrate(prepared, [{"images": x} for x in images],
-                                                work / f"calibration_{settings.method}.json", settings, progress=progress)
+            caches[key] = calibrate(prepared, feeds, work / f"calibration_{settings.method}_{settings.equalize}.json",
+                                    settings, progress=progress)
             print(f"quantize_int8: {settings.method} calibration on {len(images)} images took "
                   f"{time.perf_counter() - start:.0f} s")
-        path = quantize_graph(prepared, work / "variant.onnx", caches[settings.method], settings, fp32_detector)
+        path = quantize_graph(prepared, work / "variant.onnx", caches[key], settings, fp32_detector)
         report = compare_paths(reference, pipeline(path), val_records, model_cfg.inference.score_threshold,
                                names=("fp32", "int8"), progress=progress, read=lambda r: val_images[str(r.image_path)])
         d, p = report["drift"], report["paths"]
@@ -452,6 +493,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="val images of the parity report, the first N (default: %(default)s; 0: no report)")
     p.add_argument("--method", choices=CALIBRATION_METHODS, default="percentile", help="calibration (default: %(default)s)")
     p.add_argument("--keypoint-head-int8", action="store_true", help="also quantise the keypoint head's convs")
+    p.add_argument("--no-equalize", dest="equalize", action="store_false",
+                   help="calibrate the graph as exported, without channel equalisation (export/equalize.py)")
+    p.add_argument("--max-gain", type=float, default=Int8Settings.max_gain,
+                   help="equalisation's bound on one channel's gain, >= 1 (default: %(default)s)")
     p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the timing (default: %(default)s)")
     p.add_argument("--sweep", type=int, default=0, metavar="N",
@@ -484,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"quantize_int8: {path} not found (export it with export/export_onnx.py, or drop --onnx-dir)",
                       file=sys.stderr)
                 return 2
+        # --out holds the FP32 graphs beside the INT8 ones: the folder the runtimes and precision_report take
+        detector, keypoints = (_copy_into(path, out) for path in (detector, keypoints))
     else:
         detector = export_detector(model, out / DETECTOR_FILE)
         keypoints = export_keypoint_head(model, out / KEYPOINT_PORTABLE_FILE, portable=True)
@@ -496,11 +543,15 @@ def main(argv: list[str] | None = None) -> int:
                      load_val_records(args.data, "val", args.sweep), model.cfg, chosen=args.method, progress=progress)
         print(f"quantize_int8: sweep table {write_sweep(rows, out / 'report', args.sweep)}")
         return 0
-    settings = Int8Settings(method=args.method)
-    kp_settings = Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES) if args.keypoint_head_int8 else None
+    settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain)
+    kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain)
+                   if args.keypoint_head_int8 else None)
     build = build_int8(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
                        model.cfg, settings, kp_settings, progress)
     print(f"quantize_int8: wrote {build.detector_int8}" + (f", {build.keypoint_head_int8}" if build.keypoint_head_int8 else ""))
+    if build.calibration["equalisation"]:
+        print("quantize_int8: detector channel equalisation " +
+              ", ".join(f"{k} {v:.3g}" for k, v in build.calibration["equalisation"].items()))
     if not args.report_images:
         return 0
     report = int8_report(build, model.cfg, args.data, args.report_images, args.timing_rounds, args.threads, progress)
@@ -512,6 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(report))
     print(f"quantize_int8: report {md_path}")
     return 0
+
+
+def _copy_into(path: Path, folder: Path) -> Path:
+    target = folder / path.name
+    if not (target.exists() and target.samefile(path)):
+        shutil.copyfile(path, target)
+    return target
 
 
 def int8_report(build: Int8Build, model_cfg, data: str | Path, images: int, timing_rounds: int = 15,
