@@ -76,7 +76,7 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
   | OpenVINO, not equalised | 0.9734 | 0.133 | 0.0658 | 7.45 / 19.7 | 3.14 / 164 | 13 / 11 |
   | OpenVINO, equalised | 0.9742 | 0.135 | 0.0654 | 5.59 / 31.0 | 2.11 / 98.3 | 3 / 5 |
 
-  Equalisation halves the faces lost at the threshold and cuts the landmark tail by a third; the box
+  Equalisation halves the FP32 detections lost at the threshold and cuts the landmark tail by a third; the box
   tail (NMS keeping another candidate of the same face) shrinks by 10-25 % only. It is not free of
   risk: a channel brought up to the tensor's range has no headroom left, so an input beyond its
   calibrated maximum clips. On tests/export/test_equalize.py's hand-built graph (uniform noise in) the
