@@ -276,6 +276,38 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def parse_scales(text: str) -> tuple[float, ...]:
+    """'1,2' -> (1.0, 2.0); each factor in (0, 4] (a pass at 4x --max-side already costs 16x)."""
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"demo-eval: --landmark-tta takes a comma list of numbers like 1,2, got {text!r}") from None
+    if not scales or any(not 0 < v <= 4 for v in scales):
+        raise SystemExit(f"demo-eval: --landmark-tta scales must be in (0, 4], got {text!r}")
+    return scales
+
+
+class RefinedLandmarks:
+    """A predictor whose landmarks come from maskface.engine.tta.refine_landmarks: the plain
+    predictor's detections, landmarks averaged over the flipped and rescaled passes. Scale s runs
+    `make_predictor(round(max_side * s))` (one per input size, made once)."""
+
+    def __init__(self, predictor, make_predictor, max_side: int, scales: tuple[float, ...]):
+        self.predictor, self.model, self.scales = predictor, predictor.model, scales
+        self._make, self._max_side, self._by_side = make_predictor, max_side, {max_side: predictor}
+
+    def _predict(self, image: np.ndarray, scale: float) -> dict:
+        side = round(self._max_side * scale)
+        if side not in self._by_side:
+            self._by_side[side] = self._make(side)
+        return self._by_side[side](image)
+
+    def __call__(self, image: np.ndarray) -> dict:
+        from ..engine.tta import refine_landmarks
+
+        return refine_landmarks(self._predict, image, self.predictor(image), self.scales)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo-eval", help="evaluate a model on the demo data's held-out split",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -296,6 +328,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also measure how repeatable the teacher's landmarks are on this split (CenterFace on "
                         "each image vs its mirror image, and vs the stored labels): the floor under the NME "
                         "(maskface/demo/teacher_check.py); needs the demo sources cache")
+    p.add_argument("--landmark-tta", default=None, metavar="SCALES",
+                   help="landmark test-time augmentation (maskface.engine.tta.refine_landmarks): detections of the "
+                        "plain pass, landmarks averaged over it, its mirror image and each extra input scale "
+                        "(comma list of factors on --max-side, e.g. 1,2: flip at 640 plus 1280 and its flip). "
+                        "Default: off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -312,10 +349,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     if args.pre_nms_topk:
         model.cfg.inference.pre_nms_topk = args.pre_nms_topk
-    predictor = Predictor(model, device=resolve_device(args.device), max_side=args.max_side)
+    device = resolve_device(args.device)
+    predictor = Predictor(model, device=device, max_side=args.max_side)
+    if args.landmark_tta:
+        scales = parse_scales(args.landmark_tta)
+        predictor = RefinedLandmarks(predictor, lambda side: Predictor(model, device=device, max_side=side),
+                                     args.max_side, scales)
     result = evaluate_split(predictor, records, args.min_face, progress=not args.no_progress)
     extra = {"checkpoint": str(args.checkpoint), "split": args.split, "max_side": args.max_side,
-             "pre_nms_topk": model.cfg.inference.pre_nms_topk}
+             "pre_nms_topk": model.cfg.inference.pre_nms_topk, "landmark_tta": args.landmark_tta}
     if args.occlusion_probe:
         probe = evaluate_split(predictor, records, args.min_face, progress=not args.no_progress,
                                transform=occlude_lower_half)["metrics"]

@@ -239,6 +239,45 @@ def tta_predict(predict: PredictFn, image_bgr: np.ndarray, cfg: TTAConfig | None
     return out
 
 
+def refine_landmarks(predict: PredictFn, image_bgr: np.ndarray, detections: dict, scales: tuple[float, ...] = (1.0, 2.0),
+                     flip: bool = True, match_iou: float = 0.6) -> dict:
+    """Landmark-only test-time augmentation (not the paper's; its §4.2 TTA is tta_predict).
+
+    ``detections`` (the plain pass: scale 1, not flipped) keep their boxes, scores and landmark
+    scores; each one's landmarks become the mean over that pass and every (scale, flip) pass whose
+    best-overlapping box has IoU >= ``match_iou`` with it. A pass that misses the face does not count.
+    So recall and false positives are the plain pass's; only the points move. ``predict`` runs the
+    usual pipeline, NMS included (``scaled(predictor)``, or one predictor per input size).
+    """
+    if not scales:
+        raise ValueError("refine_landmarks needs at least one scale")
+    if not 0 < match_iou <= 1:
+        raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
+    plain = _as_detections(detections, "detections")
+    out = dict(detections)
+    if not len(plain["boxes"]) or not plain["landmarks"].shape[1]:
+        return out
+    image = np.ascontiguousarray(image_bgr)
+    total, count = plain["landmarks"].copy(), np.ones(len(plain["boxes"]))
+    for scale in scales:
+        for flipped in ((False, True) if flip else (False,)):
+            if scale == 1.0 and not flipped:
+                continue  # the plain pass itself
+            src = np.ascontiguousarray(image[:, ::-1]) if flipped else image
+            det = _as_detections(predict(src, float(scale)), f"predict(scale={scale}, flip={flipped})")
+            if flipped:
+                det = flip_detections_back(det, image.shape[1])
+            if not len(det["boxes"]) or det["landmarks"].shape[1] != total.shape[1]:
+                continue
+            overlap = box_iou(plain["boxes"], det["boxes"])
+            best = overlap.argmax(axis=1)
+            found = overlap[np.arange(len(best)), best] >= match_iou
+            total[found] += det["landmarks"][best[found]]
+            count[found] += 1
+    out["landmarks"] = (total / count[:, None, None]).astype(np.float32)
+    return out
+
+
 @contextlib.contextmanager
 def raw_detections(model, max_detections: int | None = None) -> Iterator[None]:
     """Switch the model's hard NMS off (and let up to ``max_detections``, default the pre-NMS

@@ -1,5 +1,6 @@
 """Demo evaluation rules on hand-made cases (expected values computed by hand)."""
 import numpy as np
+import pytest
 
 from maskface.demo.evaluate import Matched, at_threshold, best_recall_at_fppi, match_image, sweep
 
@@ -84,3 +85,39 @@ def test_nme_is_reported_by_face_size(tmp_path):
     assert sizes["20-64"]["faces"] == 1 and abs(sizes["20-64"]["mean"] - 0.1) < 1e-6
     assert sizes["64-224"]["faces"] == 1 and abs(sizes["64-224"]["mean"] - 0.125) < 1e-6
     assert sizes["224-inf"] == {"faces": 0, "mean": None, "median": None}
+
+
+def test_landmark_tta_runs_one_predictor_per_input_size():
+    """--landmark-tta 1,2 at --max-side 640: the flip pass reuses the plain predictor, scale 2 gets
+    one predictor at 1280, made once; detections are the plain predictor's."""
+    from types import SimpleNamespace
+
+    from maskface.demo.evaluate import RefinedLandmarks, parse_scales
+
+    calls, made = [], []
+
+    def fake(side):
+        def predict(image):
+            calls.append(side)
+            return {"boxes": np.array([[10.0, 10, 50, 50]]), "scores": np.array([0.9]),
+                    "landmarks": np.full((1, 5, 2), 30.0) + (side == 1280)}
+        return predict
+
+    def make(side):
+        made.append(side)
+        return fake(side)
+
+    plain = fake(640)
+    plain.model = SimpleNamespace(cfg=None)
+    refined = RefinedLandmarks(plain, make, 640, parse_scales("1,2"))
+    image = np.zeros((60, 60, 3), np.uint8)
+    for _ in range(2):
+        out = refined(image)
+    assert made == [1280]
+    assert calls == [640, 640, 1280, 1280] * 2  # plain, its mirror, 1280, its mirror
+    np.testing.assert_array_equal(out["boxes"], [[10.0, 10, 50, 50]])
+    # y is kept by the flip: the mean of the four passes' 30, 30, 31, 31
+    np.testing.assert_allclose(out["landmarks"][0, :, 1], (30 + 30 + 31 + 31) / 4)
+    for bad in ("1,x", "0", "1,5"):
+        with pytest.raises(SystemExit, match="--landmark-tta"):
+            parse_scales(bad)

@@ -10,12 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from maskface.data.landmark_sets import flip_permutation
+from maskface.data.landmark_sets import flip_landmarks, flip_permutation
 from maskface.engine.tta import (
     TTAConfig,
     augmented_detections,
     box_voting,
     flip_detections_back,
+    refine_landmarks,
     scaled,
     soft_nms,
     tta_predict,
@@ -259,3 +260,79 @@ def test_model_passes_give_raw_detections_unless_hard_nms_first():
     assert (model.cfg.inference.nms_threshold, model.cfg.inference.max_detections) == (0.4, 40)  # restored
     np.testing.assert_array_equal(no_lm["boxes"], raw["boxes"])
     assert raw["landmarks"].shape == (40, 5, 2) and no_lm["landmarks"].shape == (40, 0, 2)
+
+
+# --- refine_landmarks: landmark-only TTA -------------------------------------------------------
+
+RW = 100  # image width of the refine tests
+BASE = np.array([[30.0, 40], [60, 41], [45, 55], [33, 70], [58, 71]])
+
+
+def offset_predict(offsets: dict, boxes: dict | None = None):
+    """predict(image, scale) whose landmarks are BASE + offsets[(scale, flipped)] once mapped back to
+    the original image. A flipped image is recognised by the marker pixel the tests put at column 0."""
+    def predict(image, scale):
+        flipped = image[0, -1, 0] == 255  # the marker moved to the last column
+        box = np.array((boxes or {}).get((scale, flipped), [20.0, 30, 70, 80]))
+        points = BASE + offsets[(scale, flipped)]
+        if flipped:  # what a detector on the mirror image returns: mirrored, named by position
+            box = np.array([RW - box[2], box[1], RW - box[0], box[3]])
+            points = flip_landmarks(points, RW)
+        return {"boxes": box[None], "scores": np.array([0.7]), "landmarks": points[None]}
+    return predict
+
+
+def marked_image():
+    image = np.zeros((90, RW, 3), np.uint8)
+    image[0, 0] = 255
+    return image
+
+
+def plain_detections():
+    return {"boxes": np.array([[20.0, 30, 70, 80]], np.float32), "scores": np.array([0.9], np.float32),
+            "landmarks": BASE[None].astype(np.float32), "landmark_scores": np.full((1, 5), 0.8, np.float32)}
+
+
+def test_refine_landmarks_averages_every_pass_by_hand():
+    offsets = {(1.0, True): 1.0, (2.0, False): 2.0, (2.0, True): 3.0}
+    out = refine_landmarks(offset_predict(offsets), marked_image(), plain_detections(), scales=(1.0, 2.0))
+    # (0 + 1 + 2 + 3) / 4: the plain pass, its mirror, scale 2 and its mirror
+    np.testing.assert_allclose(out["landmarks"][0], BASE + 1.5, atol=1e-5)
+    plain = plain_detections()
+    for key in ("boxes", "scores", "landmark_scores"):  # detections are the plain pass's
+        np.testing.assert_array_equal(out[key], plain[key])
+    flip_only = refine_landmarks(offset_predict(offsets), marked_image(), plain_detections(), scales=(1.0,))
+    np.testing.assert_allclose(flip_only["landmarks"][0], BASE + 0.5, atol=1e-5)
+
+
+def test_refine_landmarks_ignores_a_pass_that_missed_the_face():
+    offsets = {(1.0, True): 1.0, (2.0, False): 2.0, (2.0, True): 3.0}
+    elsewhere = {(2.0, False): [60.0, 0, 95, 30]}  # IoU 0 with the face
+    out = refine_landmarks(offset_predict(offsets, elsewhere), marked_image(), plain_detections(), scales=(1.0, 2.0))
+    np.testing.assert_allclose(out["landmarks"][0], BASE + (0 + 1 + 3) / 3, atol=1e-5)
+    # shifted by 10 px: IoU = 40 x 50 / (2 x 2500 - 2000) = 0.667, counted at match_iou 0.6, not at 0.7
+    shifted = {(2.0, False): [30.0, 30, 80, 80]}
+    counted = refine_landmarks(offset_predict(offsets, shifted), marked_image(), plain_detections(), scales=(1.0, 2.0))
+    np.testing.assert_allclose(counted["landmarks"][0], BASE + 1.5, atol=1e-5)
+    strict = refine_landmarks(offset_predict(offsets, shifted), marked_image(), plain_detections(), scales=(1.0, 2.0),
+                              match_iou=0.7)
+    np.testing.assert_allclose(strict["landmarks"][0], BASE + (0 + 1 + 3) / 3, atol=1e-5)
+
+
+def test_refine_landmarks_on_the_synthetic_face_keeps_the_truth():
+    """The thresholding fake detector is exact at every scale and flip: the mean is the truth."""
+    image = synthetic_image()
+    _, pts = truth()
+    plain = fake_detector(image)
+    out = refine_landmarks(fake_predict, image, plain, scales=(1.0, 2.0))
+    np.testing.assert_allclose(out["landmarks"][0], pts, atol=1e-5)
+
+
+def test_refine_landmarks_refuses_bad_settings_and_passes_empty_input_through():
+    predict = offset_predict({})
+    with pytest.raises(ValueError, match="at least one scale"):
+        refine_landmarks(predict, marked_image(), plain_detections(), scales=())
+    with pytest.raises(ValueError, match="match_iou"):
+        refine_landmarks(predict, marked_image(), plain_detections(), match_iou=0)
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "landmarks": np.zeros((0, 5, 2))}
+    assert refine_landmarks(predict, marked_image(), empty)["boxes"].shape == (0, 4)  # predict never called
