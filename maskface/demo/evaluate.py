@@ -344,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.widerface import WiderFaceDataset
     from ..engine.predictor import Predictor
 
+    scales = parse_scales(args.landmark_tta) if args.landmark_tta else ()  # a typo fails before any loading
     ds = WiderFaceDataset(args.data, split=args.split)
     records = ds.records[: args.max_images] if args.max_images else ds.records
     model = load_model(args.checkpoint)
@@ -351,8 +352,7 @@ def run(args: argparse.Namespace) -> int:
         model.cfg.inference.pre_nms_topk = args.pre_nms_topk
     device = resolve_device(args.device)
     predictor = Predictor(model, device=device, max_side=args.max_side)
-    if args.landmark_tta:
-        scales = parse_scales(args.landmark_tta)
+    if scales:
         predictor = RefinedLandmarks(predictor, lambda side: Predictor(model, device=device, max_side=side),
                                      args.max_side, scales)
     result = evaluate_split(predictor, records, args.min_face, progress=not args.no_progress)
