@@ -153,5 +153,5 @@ def equalize_graph(in_path: str | Path, out_path: str | Path, feeds: Sequence[di
 
 
 def _replace(initializer: onnx.TensorProto, value: np.ndarray) -> None:
-    initializer.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(initializer).dtype),
-                                                 initializer.name))
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type)
+    initializer.CopyFrom(numpy_helper.from_array(value.astype(dtype), initializer.name))

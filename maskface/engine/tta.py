@@ -187,20 +187,27 @@ def box_voting(det: dict, iou_threshold: float = 0.3) -> dict:
     return {key: (None if v is None else v[o]) for key, v in result.items()}
 
 
-def augmented_detections(predict: PredictFn, image_bgr: np.ndarray, cfg: TTAConfig) -> list[dict]:
-    """Detections of every (scale, flip) pass, mapped back to the original image, after Soft-NMS."""
+def _mapped_passes(predict: PredictFn, image_bgr: np.ndarray, scales, flip: bool,
+                   skip_plain: bool = False) -> Iterator[dict]:
+    """Detections of every (scale, flip) pass, mapped back to the original image; with skip_plain,
+    without the pass at scale 1, not flipped."""
     image = np.ascontiguousarray(image_bgr)
-    width = image.shape[1]
-    passes = []
-    for scale in cfg.scales:
-        for flipped in ((False, True) if cfg.flip else (False,)):
+    for scale in scales:
+        for flipped in ((False, True) if flip else (False,)):
+            if skip_plain and scale == 1.0 and not flipped:
+                continue
             src = np.ascontiguousarray(image[:, ::-1]) if flipped else image
             det = _as_detections(predict(src, float(scale)), f"predict(scale={scale}, flip={flipped})")
-            if flipped:
-                det = flip_detections_back(det, width)
-            keep, new_scores = soft_nms(det["boxes"], det["scores"], cfg.soft_nms_method, cfg.soft_nms_iou,
-                                        cfg.soft_nms_sigma, cfg.soft_nms_min_score)
-            passes.append(_select(det, keep, new_scores))
+            yield flip_detections_back(det, image.shape[1]) if flipped else det
+
+
+def augmented_detections(predict: PredictFn, image_bgr: np.ndarray, cfg: TTAConfig) -> list[dict]:
+    """Detections of every (scale, flip) pass, mapped back to the original image, after Soft-NMS."""
+    passes = []
+    for det in _mapped_passes(predict, image_bgr, cfg.scales, cfg.flip):
+        keep, new_scores = soft_nms(det["boxes"], det["scores"], cfg.soft_nms_method, cfg.soft_nms_iou,
+                                    cfg.soft_nms_sigma, cfg.soft_nms_min_score)
+        passes.append(_select(det, keep, new_scores))
     return passes
 
 
@@ -257,23 +264,15 @@ def refine_landmarks(predict: PredictFn, image_bgr: np.ndarray, detections: dict
     out = dict(detections)
     if not len(plain["boxes"]) or not plain["landmarks"].shape[1]:
         return out
-    image = np.ascontiguousarray(image_bgr)
     total, count = plain["landmarks"].copy(), np.ones(len(plain["boxes"]))
-    for scale in scales:
-        for flipped in ((False, True) if flip else (False,)):
-            if scale == 1.0 and not flipped:
-                continue  # the plain pass itself
-            src = np.ascontiguousarray(image[:, ::-1]) if flipped else image
-            det = _as_detections(predict(src, float(scale)), f"predict(scale={scale}, flip={flipped})")
-            if flipped:
-                det = flip_detections_back(det, image.shape[1])
-            if not len(det["boxes"]) or det["landmarks"].shape[1] != total.shape[1]:
-                continue
-            overlap = box_iou(plain["boxes"], det["boxes"])
-            best = overlap.argmax(axis=1)
-            found = overlap[np.arange(len(best)), best] >= match_iou
-            total[found] += det["landmarks"][best[found]]
-            count[found] += 1
+    for det in _mapped_passes(predict, image_bgr, scales, flip, skip_plain=True):  # the plain pass is `detections`
+        if not len(det["boxes"]) or det["landmarks"].shape[1] != total.shape[1]:
+            continue
+        overlap = box_iou(plain["boxes"], det["boxes"])
+        best = overlap.argmax(axis=1)
+        found = overlap[np.arange(len(best)), best] >= match_iou
+        total[found] += det["landmarks"][best[found]]
+        count[found] += 1
     out["landmarks"] = (total / count[:, None, None]).astype(np.float32)
     return out
 
