@@ -80,7 +80,7 @@ from maskface.config import InferenceConfig, MaskFaceConfig
 from maskface.io_utils import atomic_write_bytes, atomic_write_json
 from maskface.modeling.maskface import MaskFace, build_model
 from benchmarks.latency_report import (  # noqa: F401
-    BACKBONE_NAMES, _jsonable, plot, ratios, to_markdown, vs_onnxruntime_fp32,
+    BACKBONE_NAMES, PAIRED_STAGES, _jsonable, plot, ratios, to_markdown, vs_onnxruntime_fp32,
 )
 from benchmarks.latency_runners import (  # noqa: F401  (re-exported: tests and callers use latency.X)
     CPU_ONLY, CUDA_ONLY, ONNX_EXPORT_VERSION, OrtRunner, Skip, TorchRunner, TrtRunner, input_hw, make_runner, model_key,
@@ -440,6 +440,9 @@ class StageTimer:
         out: dict[str, Any] = {k: (summarize(v) if v else None) for k, v in self.t.items()}
         out["keypoints"] = {str(f): {"total_ms": summarize(self.kp[f]),
                                      "per_face_ms": summarize([s / f for s in self.kp[f]])} for f in self.faces}
+        # per-run times of the stages compared across backends: round i of two interleaved timers ran
+        # side by side, so latency_report can pair them (paired_ratio)
+        out["runs_ms"] = {k: [t * 1e3 for t in self.t[k]] for k in PAIRED_STAGES if self.t[k]}
         out["nms_kept"] = int(np.median(self.kept_counts))
         out["nms_full_kept"] = int(np.median(self.full_counts))
         out["nms_full_candidates"] = self.real
@@ -560,7 +563,7 @@ def make_row(args: argparse.Namespace, env: dict[str, Any], preset: str, size: t
         "nms_full_candidates": timing["nms_full_candidates"],
         "num_candidates": timing["num_candidates"], "keypoints": timing["keypoints"],
         "e2e_keypoints_ms": timing["e2e_keypoints"], "e2e_ms": timing["e2e"], "pipeline_ms": timing["pipeline"],
-        "checks": dict(runner.checks), "notes": notes,
+        "runs_ms": timing.get("runs_ms", {}), "checks": dict(runner.checks), "notes": notes,
     }
 
 

@@ -12,6 +12,11 @@ BACKBONE_NAMES = {"demo": "MobileNetV2 demo (trained)", "r50": "ResNet-50", "mbv
 
 # ------------------------------------------------------------------------------------------------ reports
 
+#: Stages whose per-run times a row keeps (runs_ms) so that two backends of one run can be paired.
+PAIRED_STAGES = ("detector", "e2e", "pipeline")
+CI_LEVEL = 0.90
+BOOTSTRAP_RESAMPLES = 2000
+
 
 def _fmt(v: float | None, digits: int | None = None) -> str:
     if v is None:
@@ -19,6 +24,17 @@ def _fmt(v: float | None, digits: int | None = None) -> str:
     if digits is None:
         digits = 2 if abs(v) < 10 else 1 if abs(v) < 1000 else 0
     return f"{v:.{digits}f}"
+
+
+def _paired(p: dict[str, Any] | None) -> str:
+    return "n/a" if p is None else f"{p['median']:.2f} [{p['low']:.2f}-{p['high']:.2f}]"
+
+
+def _verdict(goal: dict[str, Any] | None) -> str:
+    if goal is None:
+        return "-"
+    text = f"{goal['stage']} <= {goal['at_most']:.2f}x: " + {True: "met", False: "NOT met", None: "n/a"}[goal["met"]]
+    return text + (" (within noise)" if goal.get("decided") is False else "")
 
 
 def _pct(v: float | None) -> str:
@@ -42,9 +58,33 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def paired_ratio(runs: list[float] | None, reference_runs: list[float] | None, seed: int = 0) -> dict[str, Any] | None:
+    """Median of the per-round ratios runs[i] / reference_runs[i] with a bootstrap CI_LEVEL interval
+    (rounds resampled with replacement, seeded). Round i of two interleaved backends ran side by side,
+    so a slow spell of the machine divides out of each ratio; the interval says how far this run's
+    rounds let the median move. None unless both lists hold the same number (>= 2) of runs."""
+    if not runs or not reference_runs or len(runs) != len(reference_runs) or len(runs) < 2:
+        return None
+    r = np.asarray(runs, np.float64) / np.asarray(reference_runs, np.float64)
+    picks = np.random.default_rng(seed).integers(0, r.size, size=(BOOTSTRAP_RESAMPLES, r.size))
+    medians = np.median(r[picks], axis=1)
+    tail = (1 - CI_LEVEL) / 2
+    return {"median": float(np.median(r)), "low": float(np.quantile(medians, tail)),
+            "high": float(np.quantile(medians, 1 - tail)), "level": CI_LEVEL, "rounds": int(r.size)}
+
+
+def goal_verdict(value: float | None, paired: dict[str, Any] | None, bound: float) -> dict[str, Any]:
+    """`met` from the ratio of medians; `decided` False when the paired interval holds the bound, i.e.
+    this run's noise could put the ratio on either side of it."""
+    met = None if value is None else value <= bound
+    decided = None if paired is None else (paired["high"] <= bound or paired["low"] > bound)
+    return {"at_most": bound, "met": met, "decided": decided}
+
+
 def vs_onnxruntime_fp32(rows: list[dict[str, Any]], goals: dict[str, tuple[str, float]]) -> list[dict[str, Any]]:
     """Every other row's time / the ONNX Runtime FP32 row of the same backbone and size (one run, so the
-    rows were interleaved), per stage, with the goal of that backend where one is set (< 1: faster)."""
+    rows were interleaved), per stage: the ratio of medians, and the paired per-round ratio with its
+    interval (paired_ratio); with the goal of that backend where one is set (< 1: faster)."""
     out = []
     for ref in (r for r in rows if r["backend"] == "onnxruntime"):
         for row in rows:
@@ -55,11 +95,12 @@ def vs_onnxruntime_fp32(rows: list[dict[str, Any]], goals: dict[str, tuple[str, 
             for stage in ("detector", "e2e", "pipeline"):
                 a, b = row.get(f"{stage}_ms"), ref.get(f"{stage}_ms")
                 item[stage] = a["median"] / b["median"] if a and b else None
+                item[f"{stage}_paired"] = paired_ratio(row.get("runs_ms", {}).get(stage),
+                                                       ref.get("runs_ms", {}).get(stage))
             item["detector_gflops_effective"] = row["gflops_achieved"]["detector"]
             if row["backend"] in goals:
                 stage, bound = goals[row["backend"]]
-                value = item[stage]
-                item["goal"] = {"stage": stage, "at_most": bound, "met": None if value is None else value <= bound}
+                item["goal"] = {"stage": stage} | goal_verdict(item[stage], item[f"{stage}_paired"], bound)
             out.append(item)
     return out
 
@@ -151,15 +192,15 @@ def to_markdown(report: dict[str, Any]) -> str:
                          f"{q['nms']:.2f} | {q[kpk]:.2f} ({kpk.split('_')[1]} faces) | {q['e2e']:.2f} |")
     if report.get("vs_onnxruntime_fp32"):
         lines += ["", "## Time ratio to ONNX Runtime FP32 (same run, interleaved; < 1 means faster)", "",
-                  "| backbone | image | backend | precision | detector | e2e | pipeline | detector GFLOP/s (FP32 work) "
-                  "| goal |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"Ratio of medians; `paired` is the median of per-round ratios with its {CI_LEVEL:.0%} bootstrap "
+                  "interval. A goal whose interval holds the bound is *within noise*: this run cannot tell.", "",
+                  "| backbone | image | backend | precision | detector | detector paired | e2e | pipeline | "
+                  "pipeline paired | detector GFLOP/s (FP32 work) | goal |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for q in report["vs_onnxruntime_fp32"]:
-            goal = q.get("goal")
-            verdict = ("-" if goal is None else f"{goal['stage']} <= {goal['at_most']:.2f}x: "
-                       + {True: "met", False: "NOT met", None: "n/a"}[goal["met"]])
             lines.append(f"| {BACKBONE_NAMES.get(q['backbone'], q['backbone'])} | {q['size']} | {q['backend']} | "
-                         f"{q['precision']} | {_fmt(q['detector'])} | {_fmt(q['e2e'])} | {_fmt(q['pipeline'])} | "
-                         f"{_fmt(q['detector_gflops_effective'], 1)} | {verdict} |")
+                         f"{q['precision']} | {_fmt(q['detector'])} | {_paired(q.get('detector_paired'))} | "
+                         f"{_fmt(q['e2e'])} | {_fmt(q['pipeline'])} | {_paired(q.get('pipeline_paired'))} | "
+                         f"{_fmt(q['detector_gflops_effective'], 1)} | {_verdict(q.get('goal'))} |")
     if report["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {s['backbone']} / {s['backend']}: {s['reason']}" for s in report["skipped"]]

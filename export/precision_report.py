@@ -14,6 +14,9 @@ Reference: the PyTorch FP32 model (maskface.engine.predictor.Predictor). Paths:
 - bf16: the FP32 detector in OpenVINO with its BF16 inference hint, the FP32 keypoint head in ONNX
   Runtime (the cpu target's bf16), only where the CPU has native BF16.
 - bf16-torch: maskface.runtimes.bf16_runtime (PyTorch autocast), only where the CPU has native BF16.
+- fp32-dither: the FP32 reference itself on each image plus seeded noise of +-1 grey level (DitheredInput):
+  not a precision, the drift floor. A path with this much drift is as close to FP32 as FP32 is to
+  itself under an input change far below JPEG's.
 Per path (export/precision_compare.py): recall / false positives per image / NME against the teacher
 labels, and box / landmark drift against FP32 (max, p99). Writes OUT/<path>.{json,md,_drift_cdf.png}
 and OUT/summary.{json,md}. FP32 outputs are computed once and reused for every path.
@@ -23,11 +26,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 from export.precision_compare import compare_paths, load_val_records, write_report
 
-PATHS = ("fp16", "int8", "int8-openvino", "bf16", "bf16-torch")
+PATHS = ("fp16", "int8", "int8-openvino", "bf16", "bf16-torch", "fp32-dither")
 #: Drift bounds per path: INT8's are issue #15's; FP16 / BF16 are held to the same 1 px (reported, not gated).
 GOALS = {"p99_box_drift_px": 1.0, "p99_landmark_drift_px": 1.0, "max_recall_loss": 0.0}
 
@@ -45,6 +51,26 @@ class ReusedOutputs:
         if key not in self.cache:
             self.cache[key] = self.pipeline(image)
         return self.cache[key]
+
+
+class DitheredInput:
+    """`pipeline` on a copy of each image with uniform integer noise in [-levels, levels] per pixel and
+    channel, clipped to 0..255. The noise is seeded by `seed` and the image's bytes, so every run and
+    every path sees the same noisy copy."""
+
+    def __init__(self, pipeline, levels: int = 1, seed: int = 0):
+        if levels < 1:
+            raise ValueError(f"dither levels must be >= 1, got {levels}")
+        self.pipeline, self.levels, self.seed = pipeline, levels, seed
+        self.inference = pipeline.inference
+
+    def noisy(self, image: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, zlib.crc32(image.tobytes())])
+        noise = rng.integers(-self.levels, self.levels + 1, size=image.shape, dtype=np.int16)
+        return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+    def __call__(self, image: np.ndarray):
+        return self.pipeline(self.noisy(image))
 
 
 def fp16_storage_predictor(model, work_dir: Path, max_side: int):
@@ -131,7 +157,8 @@ WHAT = {"fp16": "FP16 graphs in ONNX Runtime CPU, activations stored FP16 (stand
         "int8": "static INT8 QDQ graphs in ONNX Runtime (export/quantize_int8.py)",
         "int8-openvino": "the same INT8 detector in OpenVINO, keypoint head in ONNX Runtime (the served int8)",
         "bf16": "FP32 detector in OpenVINO with its BF16 hint, FP32 keypoint head in ONNX Runtime (the served bf16)",
-        "bf16-torch": "PyTorch BF16 autocast (maskface.runtimes.bf16_runtime)"}
+        "bf16-torch": "PyTorch BF16 autocast (maskface.runtimes.bf16_runtime)",
+        "fp32-dither": "the FP32 reference on each image + seeded +-1 grey-level noise: FP32's own drift floor"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                     candidate = int8_predictor(model, Path(args.int8_dir), args.max_side)
                 elif path == "int8-openvino":
                     candidate = openvino_predictor(model, Path(args.int8_dir), "int8", args.max_side)
+                elif path == "fp32-dither":
+                    candidate = DitheredInput(Predictor(model, max_side=args.max_side))
                 elif path == "bf16":
                     candidate = openvino_predictor(model, export_fp32_graphs(model, Path(tmp)), "bf16", args.max_side)
                 else:

@@ -76,8 +76,17 @@ def test_tiny_run_writes_every_field(tiny_run):
             assert row["peak_fraction"]["detector"] == pytest.approx(
                 row["gflops_achieved"]["detector"] / peak["gflops"])
         assert 0 < row["nms_full_candidates"] <= row["num_candidates"] == 3840
+        # the per-run times behind each summary, kept for pairing rounds across backends
+        assert set(row["runs_ms"]) == {"detector", "e2e", "pipeline"}
+        for stage, runs in row["runs_ms"].items():
+            assert len(runs) == 2 and np.median(runs) == pytest.approx(row[f"{stage}_ms"]["median"])
     if expected == {"torch-fp32", "onnxruntime"}:
         assert len(report["ratios"]) == 1 and report["ratios"][0]["detector"] > 0
+        (torch_row,) = report["vs_onnxruntime_fp32"]
+        rows = {r["backend"]: r for r in report["rows"]}
+        by_round = np.divide(rows["torch-fp32"]["runs_ms"]["detector"], rows["onnxruntime"]["runs_ms"]["detector"])
+        assert torch_row["detector_paired"]["median"] == pytest.approx(np.median(by_round))
+        assert torch_row["detector_paired"]["rounds"] == 2
     assert set(report["preprocess_ms"]) == {"128x128"}
     assert [p["method"] for p in report["paper_table7"]].count("MaskFace") == 2
 
@@ -237,6 +246,40 @@ def test_ratios_to_onnxruntime_fp32_and_goals():
     assert out["torch-bf16"]["pipeline"] is None
     assert out["triton-cpu"]["pipeline"] == pytest.approx(1.05) and out["triton-cpu"]["goal"]["met"] is True
     assert out["onnxruntime-int8"]["detector_gflops_effective"] == pytest.approx(460.0)  # 4.6 GFLOP in 10 ms
+
+
+def test_paired_ratio_divides_round_by_round_and_brackets_its_median():
+    from benchmarks import latency_report
+
+    # a slow spell (rounds 3-4) hits both backends alike: every per-round ratio is exactly 0.5
+    reference = [40.0, 42.0, 80.0, 84.0, 41.0]
+    paired = latency_report.paired_ratio([20.0, 21.0, 40.0, 42.0, 20.5], reference)
+    assert paired["median"] == pytest.approx(0.5) and paired["low"] == paired["high"] == pytest.approx(0.5)
+    assert paired["rounds"] == 5 and paired["level"] == 0.9
+    # hand-computed ratios 0.4, 0.5, 0.6, 0.7, 0.8: median 0.6; the bootstrap interval holds it and stays
+    # inside the ratios' range; the same seed gives the same interval
+    runs = [r * 40.0 for r in (0.4, 0.5, 0.6, 0.7, 0.8)]
+    spread = latency_report.paired_ratio(runs, [40.0] * 5)
+    assert spread["median"] == pytest.approx(0.6)
+    assert 0.4 <= spread["low"] < 0.6 < spread["high"] <= 0.8
+    assert spread == latency_report.paired_ratio(runs, [40.0] * 5)
+    # nothing to pair
+    assert latency_report.paired_ratio(runs, [40.0] * 4) is None
+    assert latency_report.paired_ratio(None, [40.0]) is None and latency_report.paired_ratio([1.0], [2.0]) is None
+
+
+def test_goal_within_noise_when_the_interval_holds_the_bound():
+    from benchmarks import latency_report
+
+    clear = latency_report.goal_verdict(0.50, {"low": 0.47, "high": 0.53}, 0.55)
+    assert clear == {"at_most": 0.55, "met": True, "decided": True}
+    missed = latency_report.goal_verdict(0.66, {"low": 0.60, "high": 0.70}, 0.55)
+    assert missed["met"] is False and missed["decided"] is True
+    straddle = latency_report.goal_verdict(0.54, {"low": 0.50, "high": 0.60}, 0.55)
+    assert straddle["met"] is True and straddle["decided"] is False
+    assert latency_report.goal_verdict(0.54, None, 0.55)["decided"] is None
+    assert latency_report._verdict({"stage": "detector"} | straddle) == "detector <= 0.55x: met (within noise)"
+    assert latency_report._verdict({"stage": "detector"} | clear) == "detector <= 0.55x: met"
 
 
 def test_openvino_rows_run_or_say_why(tmp_path):

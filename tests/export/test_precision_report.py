@@ -44,3 +44,35 @@ def test_summary_lists_every_path_and_says_why_one_did_not_run():
     assert "| int8 | w | 0.9400 | 0.250 | 0.0410 | 0.900 / 0.500 | 1.500 / 0.800 | 1 / 0 | NO |" in md
     assert "| bf16 | w | not run: no native BF16 on this CPU |" in md
     assert "FP32 reference: recall 0.9500" in md
+
+
+def test_dithered_input_adds_bounded_seeded_noise_and_clips():
+    seen = []
+
+    class Pipeline:
+        inference = "cfg"
+
+        def __call__(self, image):
+            seen.append(image)
+            return {}
+
+    image = np.full((40, 50, 3), 128, np.uint8)
+    image[0, :, :] = 0      # the noise may not wrap below 0 ...
+    image[1, :, :] = 255    # ... nor above 255
+    dither = precision_report.DitheredInput(Pipeline(), levels=1, seed=0)
+    dither(image)
+    dither(image.copy())
+    first, again = seen
+    diff = first.astype(int) - image.astype(int)
+    assert first.dtype == np.uint8 and first.shape == image.shape
+    assert np.array_equal(first, again)                               # same image, same noise
+    assert set(np.unique(diff[2:])) == {-1, 0, 1}                     # every value of +-1 occurs
+    assert 0.5 < np.count_nonzero(diff[2:]) / diff[2:].size < 0.8     # 2 of 3 values move
+    assert set(np.unique(diff[0])) <= {0, 1} and set(np.unique(diff[1])) <= {-1, 0}
+    other = image.copy()
+    other[20, 20, 0] = 127
+    assert not np.array_equal(dither.noisy(other)[2:19], first[2:19])  # another image, other noise
+    assert not np.array_equal(precision_report.DitheredInput(Pipeline(), seed=1).noisy(image), first)
+    assert dither.inference == "cfg"
+    with pytest.raises(ValueError, match="levels must be >= 1"):
+        precision_report.DitheredInput(Pipeline(), levels=0)
