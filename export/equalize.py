@@ -82,21 +82,30 @@ def find_pairs(model: onnx.ModelProto) -> list[ConvPair]:
     return pairs
 
 
-def channel_ranges(model: onnx.ModelProto, tensors: Sequence[str], feeds: Sequence[dict]) -> dict[str, np.ndarray]:
-    """Per-channel max over every feed of the named [N, C, H, W] tensors (ONNX Runtime, CPU)."""
+def channel_statistics(model: onnx.ModelProto, tensors: Sequence[str], feeds: Sequence[dict],
+                       statistic: str) -> dict[str, np.ndarray]:
+    """Per-channel statistic of the named [N, C, H, W] tensors over `feeds` (ONNX Runtime, CPU):
+    "max", the largest value over every feed, or "mean", each feed's spatial mean averaged over the
+    feeds (images of different sizes weigh alike)."""
     import onnxruntime as ort
 
+    if statistic not in ("max", "mean"):
+        raise ValueError(f"statistic must be 'max' or 'mean', got {statistic!r}")
+    tensors = list(dict.fromkeys(tensors))  # convs that share an input ask for it more than once
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    ranges: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, value in zip(tensors, session.run(list(tensors), feed)):
-            peak = value.max(axis=(0, 2, 3))
-            ranges[name] = peak if name not in ranges else np.maximum(ranges[name], peak)
-    return ranges
+            if statistic == "max":
+                peak = value.max(axis=(0, 2, 3))
+                out[name] = peak if name not in out else np.maximum(out[name], peak)
+            else:
+                out[name] = out.get(name, 0.0) + value.mean(axis=(0, 2, 3), dtype=np.float64) / len(feeds)
+    return out
 
 
 def equalisation_scales(activation_range: np.ndarray, second_weight: np.ndarray, depthwise: bool,
@@ -134,7 +143,7 @@ def equalize_graph(in_path: str | Path, out_path: str | Path, feeds: Sequence[di
     pairs = find_pairs(model)
     nodes = {n.name: n for n in model.graph.node}
     initializers = {i.name: i for i in model.graph.initializer}
-    ranges = channel_ranges(model, [p.activation for p in pairs], feeds) if pairs and feeds else {}
+    ranges = channel_statistics(model, [p.activation for p in pairs], feeds, "max") if pairs and feeds else {}
     gains = []
     for pair in pairs:
         first, second = nodes[pair.first], nodes[pair.second]

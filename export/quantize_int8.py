@@ -129,6 +129,7 @@ class Int8Settings:
     keep_fp32: tuple[str, ...] = ()  # node-name prefixes kept FP32 inside the scopes
     equalize: bool = True  # export/equalize.py on the prepared graph before calibrating
     max_gain: float = 100.0  # equalisation's bound on one channel's gain
+    bias_correction: bool = True  # export/bias_correction.py on the quantised graph
 
     def quant_types(self):
         from onnxruntime.quantization import QuantType
@@ -265,10 +266,14 @@ def calibrate(graph_path: Path, feeds: Sequence[dict], cache_path: Path, setting
 
 
 def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settings: Int8Settings,
-                   fp32_path: Path | None = None) -> Path:
-    """QDQ graph of the settings' nodes from a calibration cache; its I/O contract is checked against
+                   fp32_path: Path | None = None, feeds: Sequence[dict] = ()) -> Path:
+    """QDQ graph of the settings' nodes from a calibration cache, its biases corrected on `feeds`
+    (settings.bias_correction; the calibration inputs); its I/O contract is checked against
     `fp32_path` (default: the prepared graph). Written atomically."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from export.bias_correction import correct_biases
 
     activation, weight = settings.quant_types()
     tmp = out_path.with_suffix(".onnx.tmp")
@@ -277,6 +282,12 @@ def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settin
                     activation_type=activation, weight_type=weight,
                     nodes_to_quantize=quantisable_nodes(prepared_path, settings),
                     calibrate_method=settings.calibration_method(), calibration_cache_path=str(cache_path))
+    if settings.bias_correction:
+        if not feeds:
+            raise ValueError("bias correction measures the conv inputs' means: pass the calibration feeds")
+        quantised = onnx.load(str(tmp))
+        correct_biases(quantised, onnx.load(str(prepared_path)), feeds)
+        onnx.save(quantised, str(tmp))
     check_contract(fp32_path or prepared_path, tmp)
     tmp.replace(out_path)
     return out_path
@@ -356,7 +367,7 @@ def build_int8(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibra
     prepared, equalisation = calibration_graph(fp32_detector, work, detector_feeds, settings)
     cache = calibrate(prepared, detector_feeds, out_dir / f"calibration_detector_{settings.method}.json",
                       settings, progress=progress)
-    detector_int8 = quantize_graph(prepared, out_dir / DETECTOR_INT8_FILE, cache, settings, fp32_detector)
+    detector_int8 = quantize_graph(prepared, out_dir / DETECTOR_INT8_FILE, cache, settings, fp32_detector, detector_feeds)
     keypoint_int8 = None
     info = {"images": len(images), "method": settings.method, "detector_cache": str(cache),
             "equalisation": equalisation}
@@ -366,7 +377,7 @@ def build_int8(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibra
         kp_cache = calibrate(kp_prepared, feeds, out_dir / f"calibration_keypoint_{keypoint_settings.method}.json",
                              keypoint_settings, chunk=8, progress=progress)
         keypoint_int8 = quantize_graph(kp_prepared, out_dir / KEYPOINT_INT8_FILE, kp_cache, keypoint_settings,
-                                       fp32_keypoints)
+                                       fp32_keypoints, feeds)
         info.update(keypoint_feeds=len(feeds), keypoint_cache=str(kp_cache))
     shutil.rmtree(work, ignore_errors=True)
     return Int8Build(fp32_detector, fp32_keypoints, detector_int8, keypoint_int8, info)
@@ -413,7 +424,8 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
     """The measurements behind the module doc's decision, on the given val images: each calibration
     method with the default node set; INT8 instead of UINT8 activations; then, with `chosen`, each
     SWEEP_GROUPS group left FP32, the depthwise convs left FP32, the detection head quantised too, and no
-    channel equalisation (export/equalize.py; every other row has it).
+    channel equalisation (export/equalize.py), and no bias correction (export/bias_correction.py; every
+    other row has both).
     Per row: drift / recall (precision_compare) and the detector time ratio (interleaved). Detector
     only; the keypoint head stays FP32. `caches` maps a method to a calibration cache already made
     from the same calibration images on the equalised graph (skips that calibration)."""
@@ -436,6 +448,7 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
     caches = {(method, True): path for method, path in (caches or {}).items()}
     variants = [(f"all, {m}", Int8Settings(method=m)) for m in methods]
     variants.append((f"all, {chosen}, no equalisation", Int8Settings(method=chosen, equalize=False)))
+    variants.append((f"all, {chosen}, no bias correction", Int8Settings(method=chosen, bias_correction=False)))
     variants.append((f"all, {chosen}, S8S8", Int8Settings(method=chosen, activation_type="int8")))
     variants += [(f"all but {g}, {chosen}", Int8Settings(method=chosen, keep_fp32=prefixes))
                  for g, prefixes in SWEEP_GROUPS.items()]
@@ -452,7 +465,7 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
                                     settings, progress=progress)
             print(f"quantize_int8: {settings.method} calibration on {len(images)} images took "
                   f"{time.perf_counter() - start:.0f} s")
-        path = quantize_graph(prepared, work / "variant.onnx", caches[key], settings, fp32_detector)
+        path = quantize_graph(prepared, work / "variant.onnx", caches[key], settings, fp32_detector, feeds)
         report = compare_paths(reference, pipeline(path), val_records, model_cfg.inference.score_threshold,
                                names=("fp32", "int8"), progress=progress, read=lambda r: val_images[str(r.image_path)])
         d, p = report["drift"], report["paths"]
@@ -495,6 +508,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keypoint-head-int8", action="store_true", help="also quantise the keypoint head's convs")
     p.add_argument("--no-equalize", dest="equalize", action="store_false",
                    help="calibrate the graph as exported, without channel equalisation (export/equalize.py)")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="keep the quantised biases as ORT writes them (export/bias_correction.py)")
     p.add_argument("--max-gain", type=float, default=Int8Settings.max_gain,
                    help="equalisation's bound on one channel's gain, >= 1 (default: %(default)s)")
     p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
@@ -543,8 +558,10 @@ def main(argv: list[str] | None = None) -> int:
                      load_val_records(args.data, "val", args.sweep), model.cfg, chosen=args.method, progress=progress)
         print(f"quantize_int8: sweep table {write_sweep(rows, out / 'report', args.sweep)}")
         return 0
-    settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain)
-    kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain)
+    settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain,
+                            bias_correction=args.bias_correction)
+    kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain,
+                                bias_correction=args.bias_correction)
                    if args.keypoint_head_int8 else None)
     build = build_int8(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
                        model.cfg, settings, kp_settings, progress)

@@ -98,6 +98,12 @@ def test_backbone_convs_are_quantised_per_channel(int8):
         data = producers(model)[conv.input[0]]
         assert data.op_type == "DequantizeLinear", conv.name
         assert inits[data.input[2]].dtype == np.uint8, conv.name
+        # bias correction (on by default) gave every quantised conv an INT32 bias with scale
+        # input scale x weight scale, the bias-free FPN / context convs too
+        bias = producers(model)[conv.input[2]]
+        assert bias.op_type == "DequantizeLinear" and inits[bias.input[0]].dtype == np.int32, conv.name
+        np.testing.assert_allclose(inits[bias.input[1]], inits[data.input[1]] * scale, rtol=1e-6, err_msg=conv.name)
+    assert any(c.input[2].endswith("_bias_correction") for c in quantised)
 
 
 def test_sensitive_nodes_stay_fp32(int8):
