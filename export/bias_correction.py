@@ -35,7 +35,7 @@ from export.equalize import channel_statistics
 @dataclass
 class BiasCorrectionSummary:
     convs: int  # convolutions whose bias was corrected
-    median_relative_offset: float  # median over output channels of |offset| / (|FP32 bias| + 1e-6)
+    median_relative_offset: float  # median of |offset| / (|FP32 bias| + 1e-6) over the channels of convs that had a bias
     max_offset: float  # largest |offset| taken out of one channel
     biases_added: int = 0  # of those, convs that had no bias
 
