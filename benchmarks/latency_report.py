@@ -95,8 +95,10 @@ def vs_onnxruntime_fp32(rows: list[dict[str, Any]], goals: dict[str, tuple[str, 
             for stage in ("detector", "e2e", "pipeline"):
                 a, b = row.get(f"{stage}_ms"), ref.get(f"{stage}_ms")
                 item[stage] = a["median"] / b["median"] if a and b else None
+                # rounds pair up only when the backends took turns (--no-interleave runs them one after another)
+                interleaved = row.get("interleaved", True) and ref.get("interleaved", True)
                 item[f"{stage}_paired"] = paired_ratio(row.get("runs_ms", {}).get(stage),
-                                                       ref.get("runs_ms", {}).get(stage))
+                                                       ref.get("runs_ms", {}).get(stage)) if interleaved else None
             item["detector_gflops_effective"] = row["gflops_achieved"]["detector"]
             if row["backend"] in goals:
                 stage, bound = goals[row["backend"]]

@@ -246,6 +246,18 @@ def test_ratios_to_onnxruntime_fp32_and_goals():
     assert out["torch-bf16"]["pipeline"] is None
     assert out["triton-cpu"]["pipeline"] == pytest.approx(1.05) and out["triton-cpu"]["goal"]["met"] is True
     assert out["onnxruntime-int8"]["detector_gflops_effective"] == pytest.approx(460.0)  # 4.6 GFLOP in 10 ms
+    assert out["onnxruntime-int8"]["detector_paired"] is None     # no per-run times: nothing to pair
+
+    # per-run times pair up round by round, unless the backends ran one after another
+    runs = {"onnxruntime": [40.0, 80.0, 40.0], "onnxruntime-int8": [10.0, 20.0, 10.0]}
+    for r in rows[:2]:
+        r["runs_ms"] = {"detector": runs[r["backend"]]}
+    paired = {q["backend"]: q for q in latency.vs_onnxruntime_fp32(rows, latency.CPU_GOALS)}
+    assert paired["onnxruntime-int8"]["detector_paired"]["median"] == pytest.approx(0.25)
+    assert paired["onnxruntime-int8"]["goal"]["decided"] is True
+    rows[1]["interleaved"] = False
+    apart = {q["backend"]: q for q in latency.vs_onnxruntime_fp32(rows, latency.CPU_GOALS)}
+    assert apart["onnxruntime-int8"]["detector_paired"] is None and apart["onnxruntime-int8"]["goal"]["decided"] is None
 
 
 def test_paired_ratio_divides_round_by_round_and_brackets_its_median():
