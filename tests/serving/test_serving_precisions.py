@@ -81,7 +81,7 @@ def int8_dir(onnx_dir, tmp_path_factory) -> Path:
     settings = Int8Settings()
     prepared = prepare_graph(out / "detector.onnx", out / "prepared.onnx")
     cache = calibrate(prepared, feeds, out / "calibration.json", settings, progress=False)
-    quantize_graph(prepared, out / DETECTOR_INT8_FILE, cache, settings, out / "detector.onnx")
+    quantize_graph(prepared, out / DETECTOR_INT8_FILE, cache, settings, out / "detector.onnx", feeds)
     return out
 
 
