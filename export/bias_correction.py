@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.equalize import channel_statistics
+from export.equalize import channel_statistics, conv_groups
 
 
 @dataclass
@@ -65,10 +65,6 @@ def dequantize(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | N
 
 def _axis(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "axis"), 1)
-
-
-def _group(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
 def _add_bias(model: onnx.ModelProto, conv: onnx.NodeProto, weight_dq: onnx.NodeProto,
@@ -128,7 +124,7 @@ def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Seq
             bias_dq = added[conv.name] = _add_bias(quantised, conv, weight_dq, producer)
         if bias_dq is not None:  # names only: the node list is rebuilt below
             twin = fp32_convs[conv.name]
-            work.append((_group(conv), list(twin.input), list(weight_dq.input), _axis(weight_dq), list(bias_dq.input)))
+            work.append((conv_groups(conv), list(twin.input), list(weight_dq.input), _axis(weight_dq), list(bias_dq.input)))
     if any(added.values()):
         nodes = []
         for node in graph.node:

@@ -41,7 +41,7 @@ class ConvPair:
     depthwise: bool
 
 
-def _group(node: onnx.NodeProto) -> int:
+def conv_groups(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
@@ -71,7 +71,7 @@ def find_pairs(model: onnx.ModelProto) -> list[ConvPair]:
         if not all(w in initializers and uses[w] == 1 for w in weights):
             continue  # shared or computed weights: scaling them would change another node
         channels = initializers[first.input[1]].dims[0]
-        group = _group(second)
+        group = conv_groups(second)
         if group == 1:
             depthwise = False
         elif group == channels and initializers[second.input[1]].dims[1] == 1:
