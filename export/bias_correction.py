@@ -31,6 +31,8 @@ from onnx import numpy_helper
 
 from export.equalize import channel_statistics, conv_groups
 
+INT32 = np.iinfo(np.int32)
+
 
 @dataclass
 class BiasCorrectionSummary:
@@ -63,16 +65,20 @@ def dequantize(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | N
     return (values.astype(np.float64) - np.asarray(zp, np.float64)) * scale
 
 
+def _optional(inputs, index: int) -> bool:
+    """Whether an ONNX node's optional input `index` is given (absent, or named "")."""
+    return len(inputs) > index and bool(inputs[index])
+
+
 def _axis(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "axis"), 1)
 
 
 def _add_bias(model: onnx.ModelProto, conv: onnx.NodeProto, weight_dq: onnx.NodeProto,
-              producer: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+              producer: dict[str, onnx.NodeProto], values: dict[str, onnx.TensorProto]) -> onnx.NodeProto | None:
     """A zero INT32 bias behind a new DequantizeLinear (returned; the caller puts it into the graph) for
     a quantised conv that has none; None when the conv's input is not dequantised with one scale (then
-    there is no INT32 scale to give it)."""
-    values = {i.name: i for i in model.graph.initializer}
+    there is no INT32 scale to give it). The new initializers go into the graph and into `values`."""
     input_dq = producer.get(conv.input[0])
     if input_dq is None or input_dq.op_type != "DequantizeLinear" or input_dq.input[1] not in values:
         return None
@@ -82,9 +88,10 @@ def _add_bias(model: onnx.ModelProto, conv: onnx.NodeProto, weight_dq: onnx.Node
     weight_scale = numpy_helper.to_array(values[weight_dq.input[1]]).astype(np.float32).reshape(-1)
     scale = (float(input_scale) * weight_scale).astype(np.float32)
     base = f"{conv.name}_bias_correction"
-    model.graph.initializer.extend([numpy_helper.from_array(np.zeros(scale.size, np.int32), f"{base}_quantized"),
-                                    numpy_helper.from_array(scale, f"{base}_scale"),
-                                    numpy_helper.from_array(np.zeros(scale.size, np.int32), f"{base}_zero_point")])
+    for value, name in ((np.zeros(scale.size, np.int32), f"{base}_quantized"), (scale, f"{base}_scale"),
+                        (np.zeros(scale.size, np.int32), f"{base}_zero_point")):
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+        values[name] = model.graph.initializer[-1]
     node = onnx.helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
                                  [base], name=f"{base}_DequantizeLinear", axis=0)
     while len(conv.input) < 3:
@@ -118,22 +125,23 @@ def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Seq
         weight_dq = dequantised_initializer(conv.input[1])
         if weight_dq is None:
             continue
-        if len(conv.input) > 2 and conv.input[2]:
+        if _optional(conv.input, 2):
             bias_dq = dequantised_initializer(conv.input[2])
         else:
-            bias_dq = added[conv.name] = _add_bias(quantised, conv, weight_dq, producer)
+            bias_dq = _add_bias(quantised, conv, weight_dq, producer, values)
+            if bias_dq is not None:
+                added[conv.name] = bias_dq
         if bias_dq is not None:  # names only: the node list is rebuilt below
             twin = fp32_convs[conv.name]
             work.append((conv_groups(conv), list(twin.input), list(weight_dq.input), _axis(weight_dq), list(bias_dq.input)))
-    if any(added.values()):
+    if added:
         nodes = []
         for node in graph.node:
-            if added.get(node.name) is not None:
+            if node.name in added:
                 nodes.append(added[node.name])
             nodes.append(node)
         del graph.node[:]
         graph.node.extend(nodes)
-        values = {i.name: i for i in graph.initializer}
     if not work:
         return BiasCorrectionSummary(0, 0.0, 0.0)
     means = channel_statistics(fp32, [twin[0] for _, twin, _, _, _ in work], feeds, "mean")
@@ -144,19 +152,18 @@ def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Seq
     relative, largest = [], 0.0
     for groups, twin, weight_in, axis, bias_in in work:
         w_float = numpy_helper.to_array(fp32_values[twin[1]])
-        w_zp = array(weight_in[2]) if len(weight_in) > 2 and weight_in[2] else None
+        w_zp = array(weight_in[2]) if _optional(weight_in, 2) else None
         w_quantised = dequantize(array(weight_in[0]), array(weight_in[1]), w_zp, axis)
         offset = rounding_offset(w_float, w_quantised, means[twin[0]], groups)
-        has_bias = len(twin) > 2 and twin[2]
+        has_bias = _optional(twin, 2)
         b_float = numpy_helper.to_array(fp32_values[twin[2]]).astype(np.float64) if has_bias else np.zeros(offset.shape)
         b_scale = array(bias_in[1]).astype(np.float64)
-        b_zp = array(bias_in[2]).astype(np.float64) if len(bias_in) > 2 and bias_in[2] else 0.0
+        b_zp = array(bias_in[2]).astype(np.float64) if _optional(bias_in, 2) else 0.0
         target = np.round((b_float - offset) / b_scale + b_zp)
-        info = np.iinfo(np.int32)
         stored = values[bias_in[0]]
-        stored.CopyFrom(numpy_helper.from_array(np.clip(target, info.min, info.max).astype(np.int32), stored.name))
+        stored.CopyFrom(numpy_helper.from_array(np.clip(target, INT32.min, INT32.max).astype(np.int32), stored.name))
         if has_bias:
             relative.append(np.abs(offset) / (np.abs(b_float) + 1e-6))
         largest = max(largest, float(np.abs(offset).max()))
     return BiasCorrectionSummary(len(work), float(np.median(np.concatenate(relative))) if relative else 0.0, largest,
-                                 sum(v is not None for v in added.values()))
+                                 len(added))
