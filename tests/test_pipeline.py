@@ -97,3 +97,18 @@ def onnx_predictor_input(pipeline, image) -> np.ndarray:
     from maskface.preprocess import prepare_image
 
     return prepare_image(image, pipeline.input_cfg, pipeline.max_side).image[None]
+
+
+def test_onnx_runtime_sessions_stop_spinning_when_a_run_returns(runners, tmp_path):
+    """ort_session's workers stop spin-waiting when a run returns (benchmarks/ort_spinning.py measures
+    why); stop_spinning=False leaves ONNX Runtime's default, the benchmark's baseline."""
+    from export.export_onnx import export_keypoint_head
+    from maskface.runtimes.ort_runtime import ort_session
+
+    model, ort, *_ = runners
+    for session in (ort.detector, ort.keypoint_head):
+        assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    export_keypoint_head(model, tmp_path / "keypoint_head_portable.onnx", portable=True)
+    default = ort_session(tmp_path / "keypoint_head_portable.onnx", 1, stop_spinning=False)
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_options().get_session_config_entry("session.force_spinning_stop")

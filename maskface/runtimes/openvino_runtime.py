@@ -145,7 +145,9 @@ class OpenVinoGraph:
             raise KeyError(f"{self.path.name}: missing inputs {sorted(missing)}")
         arrays = {name: np.ascontiguousarray(feeds[name], np.float32) for name in self.input_names}
         request = self._request(arrays)
-        request.infer(arrays)
+        # shared: no copy in (the arrays outlive this synchronous call) and none into infer's own result,
+        # which is not used; the one copy below is ours
+        request.infer(arrays, share_inputs=True, share_outputs=True)
         wanted = list(output_names) if output_names else self.output_names
         # copies: the request reuses its output memory on the next call
         return [np.array(request.get_tensor(name).data, np.float32) for name in wanted]
@@ -155,15 +157,16 @@ class OpenVinoRuntime(OrtRuntime):
     """The pipeline's detect / select / keypoints (maskface.pipeline.Runtime) with the detector in
     OpenVINO: `precision` bf16 (FP32 graph, BF16 inference hint), int8 (the QDQ graph of
     export/quantize_int8.py) or fp32; the keypoint head in ONNX Runtime (module docstring). `folder`
-    holds the graphs (ort_runtime.graph_paths names them)."""
+    holds the graphs (ort_runtime.graph_paths names them); stop_spinning as in ort_runtime.ort_session."""
 
-    def __init__(self, folder: str | Path, precision: str = "bf16", threads: int | None = None):
+    def __init__(self, folder: str | Path, precision: str = "bf16", threads: int | None = None,
+                 stop_spinning: bool = True):
         require_openvino_precision(precision)
         graphs, hint = PRECISIONS[precision]
         detector, keypoint_head = graph_paths(folder, graphs)
         self.precision = precision
         self.detector = OpenVinoGraph(detector, hint, threads, static_shapes=True)
-        self.keypoint_head = ort_session(keypoint_head, threads)
+        self.keypoint_head = ort_session(keypoint_head, threads, stop_spinning=stop_spinning)
 
 
 class OpenVinoPredictor(Pipeline):

@@ -36,10 +36,15 @@ def graph_paths(folder: str | Path, precision: str = "fp32") -> tuple[Path, Path
     return detector, keypoints
 
 
+#: ONNX Runtime session option: worker threads stop spin-waiting when a run returns.
+FORCE_SPINNING_STOP = "session.force_spinning_stop"
+
+
 def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                optimize: bool = True):
+                optimize: bool = True, stop_spinning: bool = True):
     """optimize=False: ONNX Runtime's graph optimisations off (keeps nodes such as fp16.py's storing
-    Identities that the optimiser would remove)."""
+    Identities that the optimiser would remove). stop_spinning=False: ONNX Runtime's default (the
+    benchmark's baseline)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -51,6 +56,11 @@ def ort_session(path: str | Path, threads: int | None = None, providers: Sequenc
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    # The workers spin-wait between the parallel sections of a run (fewer wake-ups), but by default go on
+    # spinning after it returns and take a core from what comes next: the NMS, the other graph, the next
+    # request, another runtime (benchmarks/ort_spinning.py measures it).
+    if stop_spinning:
+        options.add_session_config_entry(FORCE_SPINNING_STOP, "1")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
@@ -60,9 +70,9 @@ class OrtRuntime:
     """detector.onnx + a portable keypoint_head graph in ONNX Runtime (numpy in, numpy out)."""
 
     def __init__(self, detector: str | Path, keypoint_head: str | Path, threads: int | None = None,
-                 providers: Sequence[str] | None = None, optimize: bool = True):
-        self.detector = ort_session(detector, threads, providers, optimize)
-        self.keypoint_head = ort_session(keypoint_head, threads, providers, optimize)
+                 providers: Sequence[str] | None = None, optimize: bool = True, stop_spinning: bool = True):
+        self.detector = ort_session(detector, threads, providers, optimize, stop_spinning)
+        self.keypoint_head = ort_session(keypoint_head, threads, providers, optimize, stop_spinning)
 
     def detect(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         scores, boxes, *features = self.detector.run(None, {"images": np.ascontiguousarray(images, np.float32)})

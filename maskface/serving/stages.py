@@ -518,21 +518,12 @@ class BatchedRuns(abc.ABC):
 class OnnxModel(BatchedRuns):
     """One exported graph (FP32 or INT8) in ONNX Runtime, the `cpu` target's stand-in for a TensorRT plan."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, spin: bool = True):
-        # onnxruntime directly (no torch in the stubs that run graphs: seconds of start-up saved).
-        import onnxruntime as ort
+    def __init__(self, path: str | Path, threads: int | None = None):
+        # ort_runtime imports onnxruntime only (no torch in the stubs that run graphs: seconds of start-up saved)
+        from ..runtimes.ort_runtime import ort_session
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX graph {path} not found")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        if not spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, int(threads) if threads else None)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -557,11 +548,7 @@ def graph_model(args: Mapping[str, Any], model_config: Mapping[str, Any], part: 
         from .openvino_stage import OpenVinoModel
 
         return OpenVinoModel(path, precision, threads)
-    # ONNX Runtime's workers spin-wait between parallel sections: that saves the detector ~6 ms of
-    # wake-ups a run (44 vs 50 ms, demo model, 2 threads), but the keypoint stage's spinning after its
-    # short call takes a core from the next request's stages (Triton pipeline, demo model, 2 CPUs,
-    # concurrency 1: 88.7 ms spinning everywhere, 79.0 nowhere, 72.5 in the detector only).
-    return OnnxModel(path, threads, spin=part == "detector")
+    return OnnxModel(path, threads)
 
 
 # ----------------------------------------------------------------------------- Python-backend glue
