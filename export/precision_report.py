@@ -53,10 +53,19 @@ class ReusedOutputs:
         return self.cache[key]
 
 
+def dithered(image: np.ndarray, levels: int = 1, seed: int = 0) -> np.ndarray:
+    """A copy of a uint8 image with uniform integer noise in [-levels, levels] per pixel and channel,
+    clipped to 0..255. The noise is seeded by `seed` and the image's bytes, so every run and every path
+    sees the same noisy copy."""
+    if levels < 1:
+        raise ValueError(f"dither levels must be >= 1, got {levels}")
+    rng = np.random.default_rng([seed, zlib.crc32(image.tobytes())])
+    noise = rng.integers(-levels, levels + 1, size=image.shape, dtype=np.int16)
+    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
 class DitheredInput:
-    """`pipeline` on a copy of each image with uniform integer noise in [-levels, levels] per pixel and
-    channel, clipped to 0..255. The noise is seeded by `seed` and the image's bytes, so every run and
-    every path sees the same noisy copy."""
+    """`pipeline` on the dithered copy of each image (`dithered`)."""
 
     def __init__(self, pipeline, levels: int = 1, seed: int = 0):
         if levels < 1:
@@ -65,9 +74,7 @@ class DitheredInput:
         self.inference = pipeline.inference
 
     def noisy(self, image: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, zlib.crc32(image.tobytes())])
-        noise = rng.integers(-self.levels, self.levels + 1, size=image.shape, dtype=np.int16)
-        return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        return dithered(image, self.levels, self.seed)
 
     def __call__(self, image: np.ndarray):
         return self.pipeline(self.noisy(image))
