@@ -135,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="artifacts/anchor_drift", help="report folder (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    paths = [x.strip() for x in args.paths.split(",") if x.strip()]
-    unknown = sorted(set(paths) - set(PATHS))
-    if unknown:
-        p.error(f"unknown --paths {unknown}; choose from {', '.join(PATHS)}")
-    if not (Path(args.data) / "val" / "label.txt").is_file():
-        p.error(f"{args.data}/val/label.txt not found: build the demo data first (maskface demo-data --out {args.data})")
+    from export.precision_report import checked_paths
+
+    paths = checked_paths(p, args, PATHS)
     int8_dir = Path(args.int8_dir)
     if not (int8_dir / "detector.onnx").is_file():
         p.error(f"{int8_dir}/detector.onnx not found: run export/quantize_int8.py --out {int8_dir} first")

@@ -70,7 +70,8 @@ def _optional(inputs, index: int) -> bool:
     return len(inputs) > index and bool(inputs[index])
 
 
-def _axis(node: onnx.NodeProto) -> int:
+def quant_axis(node: onnx.NodeProto) -> int:
+    """The axis attribute of a QuantizeLinear / DequantizeLinear (ONNX's default 1)."""
     return next((a.i for a in node.attribute if a.name == "axis"), 1)
 
 
@@ -133,7 +134,7 @@ def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Seq
                 added[conv.name] = bias_dq
         if bias_dq is not None:  # names only: the node list is rebuilt below
             twin = fp32_convs[conv.name]
-            work.append((conv_groups(conv), list(twin.input), list(weight_dq.input), _axis(weight_dq), list(bias_dq.input)))
+            work.append((conv_groups(conv), list(twin.input), list(weight_dq.input), quant_axis(weight_dq), list(bias_dq.input)))
     if added:
         nodes = []
         for node in graph.node:

@@ -82,21 +82,27 @@ def find_pairs(model: onnx.ModelProto) -> list[ConvPair]:
     return pairs
 
 
+def probe_session(model: onnx.ModelProto, tensors: Sequence[str]):
+    """(ONNX Runtime CPU session of a copy of `model` that also outputs the named tensors, the names once
+    each: convs that share an input ask for it more than once)."""
+    import onnxruntime as ort
+
+    tensors = list(dict.fromkeys(tensors))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
+    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]), tensors
+
+
 def channel_statistics(model: onnx.ModelProto, tensors: Sequence[str], feeds: Sequence[dict],
                        statistic: str) -> dict[str, np.ndarray]:
     """Per-channel statistic of the named [N, C, H, W] tensors over `feeds` (ONNX Runtime, CPU):
     "max", the largest value over every feed, or "mean", each feed's spatial mean averaged over the
     feeds (images of different sizes weigh alike)."""
-    import onnxruntime as ort
-
     if statistic not in ("max", "mean"):
         raise ValueError(f"statistic must be 'max' or 'mean', got {statistic!r}")
-    tensors = list(dict.fromkeys(tensors))  # convs that share an input ask for it more than once
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session, tensors = probe_session(model, tensors)
     out: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, value in zip(tensors, session.run(list(tensors), feed)):

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -168,6 +169,18 @@ WHAT = {"fp16": "FP16 graphs in ONNX Runtime CPU, activations stored FP16 (stand
         "fp32-dither": "the FP32 reference on each image + seeded +-1 grey-level noise: FP32's own drift floor"}
 
 
+def checked_paths(parser: argparse.ArgumentParser, args: argparse.Namespace, choices: Sequence[str]) -> list[str]:
+    """args.paths as a list; an unknown path, or args.data without the demo validation split, is a
+    parser error saying what to do."""
+    paths = [x.strip() for x in args.paths.split(",") if x.strip()]
+    unknown = sorted(set(paths) - set(choices))
+    if unknown:
+        parser.error(f"unknown --paths {unknown}; choose from {', '.join(choices)}")
+    if not (Path(args.data) / "val" / "label.txt").is_file():
+        parser.error(f"{args.data}/val/label.txt not found: build the demo data first (maskface demo-data --out {args.data})")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", help="model (default: the shipped demo model)")
@@ -178,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-side", type=int, default=640, help="longer image side at inference (default %(default)s)")
     p.add_argument("--out", default="artifacts/precision", help="report folder (default %(default)s)")
     args = p.parse_args(argv)
-    paths = [x.strip() for x in args.paths.split(",") if x.strip()]
-    unknown = sorted(set(paths) - set(PATHS))
-    if unknown:
-        p.error(f"unknown --paths {unknown}; choose from {', '.join(PATHS)}")
-    if not (Path(args.data) / "val" / "label.txt").is_file():
-        p.error(f"{args.data}/val/label.txt not found: build the demo data first (maskface demo-data --out {args.data})")
+    paths = checked_paths(p, args, PATHS)
 
     from maskface.checkpoint import load_model
     from maskface.demo.weights import demo_checkpoint

@@ -100,12 +100,28 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
   The floor these compare with: the FP32 model itself, on each image plus +-1 grey level of seeded
   noise (precision_report's fp32-dither), moves boxes by 2.00 px p99 (median 0.10) and landmarks by
   0.82 px p99, and loses one face of 1,279 (recall 0.9742). So 1 px p99 with no face lost is below
-  what FP32 holds against an input change far smaller than JPEG's; INT8 is now 2.5x that floor.
+  what FP32 holds against an input change far smaller than JPEG's; INT8 was then 2.5x that floor.
   Tried and dropped (throw-away scripts, same images): the four convs whose FP32 weights cut the
   feature-map error most kept in FP32 (box p99 9.85, worse: their neighbours' ranges change); an
   all-at-once empirical correction of each conv's output mean, iterated (diverged); the GroupNorm
   rewritten into per-channel reductions so OpenVINO keeps its blocked layout (INT8 1.34x slower,
   BF16 0.96x, FP32 83 -> 49 ms, where the served FP32 path is ONNX Runtime anyway).
+
+* weight rounding (export/weight_rounding.py, on by default; --no-weight-rounding): after quantisation
+  and before the bias correction, each quantised conv's INT8 weights are rounded column by column,
+  each rounding error compensated on the weights not yet rounded through the inputs' measured second
+  moments (GPTQ's procedure; scales and zero points as the quantiser chose them). Same setting:
+
+  | INT8 detector (equalised, bias-corrected) | recall | FP / image | NME | box p99 | landmark p99 / max | lost / added |
+  |---|---|---|---|---|---|---|
+  | ONNX Runtime, rounded to nearest | 0.9750 | 0.130 | 0.0654 | 5.07 | 2.06 / 161 | 4 / 4 |
+  | ONNX Runtime, weight rounding (default) | 0.9758 | 0.125 | 0.0660 | 4.95 | 1.94 / 62.4 | 2 / 2 |
+  | OpenVINO, rounded to nearest | 0.9750 | 0.133 | 0.0655 | 4.89 | 1.94 / 61.9 | 3 / 4 |
+  | OpenVINO, weight rounding (the served int8) | 0.9750 | 0.122 | 0.0655 | 4.75 | 1.71 / 62.6 | 7 / 4 |
+
+  With the selection held fixed (export/anchor_drift.py: each path's box at FP32's own anchors) the
+  box p99 stays 2.96-3.17 px either way (FP32 + noise: 1.01) while the landmark p99 drops (OpenVINO
+  1.78 -> 1.48): what is left of the box drift is mostly the activations' 8-bit grid.
 
 Earlier default (no equalisation; interim demo model; Percentile, 32 calibration images), INT8 detector + FP32
 keypoint head vs the FP32 graphs, first 100 val images: recall 0.887 -> 0.884 (259 -> 258 of 292 faces), FP / image 0.100 -> 0.100,
@@ -153,6 +169,7 @@ class Int8Settings:
     keep_fp32: tuple[str, ...] = ()  # node-name prefixes kept FP32 inside the scopes
     equalize: bool = True  # export/equalize.py on the prepared graph before calibrating
     max_gain: float = 100.0  # equalisation's bound on one channel's gain
+    weight_rounding: bool = True  # export/weight_rounding.py on the quantised graph, before bias correction
     bias_correction: bool = True  # export/bias_correction.py on the quantised graph
 
     def quant_types(self):
@@ -291,13 +308,14 @@ def calibrate(graph_path: Path, feeds: Sequence[dict], cache_path: Path, setting
 
 def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settings: Int8Settings,
                    fp32_path: Path | None = None, feeds: Sequence[dict] = ()) -> Path:
-    """QDQ graph of the settings' nodes from a calibration cache, its biases corrected on `feeds`
-    (settings.bias_correction; the calibration inputs); its I/O contract is checked against
+    """QDQ graph of the settings' nodes from a calibration cache, its weights re-rounded and its biases
+    corrected on `feeds` (settings.weight_rounding, settings.bias_correction; the calibration inputs); its I/O contract is checked against
     `fp32_path` (default: the prepared graph). Written atomically."""
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     from export.bias_correction import correct_biases
+    from export.weight_rounding import round_weights
 
     activation, weight = settings.quant_types()
     tmp = out_path.with_suffix(".onnx.tmp")
@@ -306,11 +324,14 @@ def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settin
                     activation_type=activation, weight_type=weight,
                     nodes_to_quantize=quantisable_nodes(prepared_path, settings),
                     calibrate_method=settings.calibration_method(), calibration_cache_path=str(cache_path))
-    if settings.bias_correction:
+    if settings.weight_rounding or settings.bias_correction:
         if not feeds:
-            raise ValueError("bias correction measures the conv inputs' means: pass the calibration feeds")
-        quantised = onnx.load(str(tmp))
-        correct_biases(quantised, onnx.load(str(prepared_path)), feeds)
+            raise ValueError("weight rounding and bias correction measure the conv inputs: pass the calibration feeds")
+        quantised, fp32 = onnx.load(str(tmp)), onnx.load(str(prepared_path))
+        if settings.weight_rounding:
+            round_weights(quantised, fp32, feeds)
+        if settings.bias_correction:
+            correct_biases(quantised, fp32, feeds)
         onnx.save(quantised, str(tmp))
     check_contract(fp32_path or prepared_path, tmp)
     tmp.replace(out_path)
@@ -472,6 +493,7 @@ def sweep(fp32_detector: Path, fp32_keypoints: Path, out_dir: Path, calibration_
     caches = {(method, True): path for method, path in (caches or {}).items()}
     variants = [(f"all, {m}", Int8Settings(method=m)) for m in methods]
     variants.append((f"all, {chosen}, no equalisation", Int8Settings(method=chosen, equalize=False)))
+    variants.append((f"all, {chosen}, no weight rounding", Int8Settings(method=chosen, weight_rounding=False)))
     variants.append((f"all, {chosen}, no bias correction", Int8Settings(method=chosen, bias_correction=False)))
     variants.append((f"all, {chosen}, S8S8", Int8Settings(method=chosen, activation_type="int8")))
     variants += [(f"all but {g}, {chosen}", Int8Settings(method=chosen, keep_fp32=prefixes))
@@ -532,6 +554,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keypoint-head-int8", action="store_true", help="also quantise the keypoint head's convs")
     p.add_argument("--no-equalize", dest="equalize", action="store_false",
                    help="calibrate the graph as exported, without channel equalisation (export/equalize.py)")
+    p.add_argument("--no-weight-rounding", dest="weight_rounding", action="store_false",
+                   help="keep ORT's round-to-nearest INT8 weights (export/weight_rounding.py)")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the quantised biases as ORT writes them (export/bias_correction.py)")
     p.add_argument("--max-gain", type=float, default=Int8Settings.max_gain,
@@ -583,9 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quantize_int8: sweep table {write_sweep(rows, out / 'report', args.sweep)}")
         return 0
     settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain,
-                            bias_correction=args.bias_correction)
+                            weight_rounding=args.weight_rounding, bias_correction=args.bias_correction)
     kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain,
-                                bias_correction=args.bias_correction)
+                                weight_rounding=args.weight_rounding, bias_correction=args.bias_correction)
                    if args.keypoint_head_int8 else None)
     build = build_int8(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
                        model.cfg, settings, kp_settings, progress)

@@ -156,3 +156,12 @@ def test_missing_data_says_how_to_build_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nowhere/train/label.txt not found" in err
     assert "maskface demo-data --out" in err and "scripts/train_demo.sh" in err
+
+
+def test_each_step_after_quantisation_can_be_turned_off():
+    from export.quantize_int8 import parse_args
+
+    on = parse_args([])
+    assert on.weight_rounding and on.bias_correction and on.equalize
+    off = parse_args(["--no-weight-rounding", "--no-bias-correction", "--no-equalize"])
+    assert not (off.weight_rounding or off.bias_correction or off.equalize)
