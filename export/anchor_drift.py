@@ -77,8 +77,8 @@ def same_anchor_drift(reference: tuple, candidate: tuple, kept: np.ndarray, prep
     reference / candidate: (runtime, detect_with_anchors output); kept: slots of reference's top-k."""
     from maskface.pipeline import rois_of
 
-    (ref_runtime, (_, ref_boxes, ref_anchors, ref_features)), (cand_runtime, (_, cand_boxes, cand_anchors,
-                                                                               cand_features)) = reference, candidate
+    ref_runtime, (_, ref_boxes, ref_anchors, ref_features) = reference
+    cand_runtime, (_, cand_boxes, cand_anchors, cand_features) = candidate
     slot_of = {int(a): i for i, a in enumerate(cand_anchors)}
     found = [(k, slot_of[int(ref_anchors[k])]) for k in kept if int(ref_anchors[k]) in slot_of]
     result = {"anchors": len(kept), "missing": len(kept) - len(found), "box_px": [], "landmark_px": []}
@@ -161,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fp32_dir = graphs_with_anchors(int8_dir, "detector.onnx", "keypoint_head_portable.onnx", Path(tmp) / "fp32")
         fp32 = OrtRuntime(fp32_dir / "detector.onnx", fp32_dir / "keypoint_head_portable.onnx")
+        int8_graphs = Path(tmp) / "int8"
         for path in paths:
             try:
                 if path in ("int8", "int8-openvino"):
-                    folder = graphs_with_anchors(int8_dir, "detector_int8.onnx", "keypoint_head_portable.onnx",
-                                                 Path(tmp) / "int8")
+                    folder = int8_graphs if int8_graphs.is_dir() else graphs_with_anchors(
+                        int8_dir, "detector_int8.onnx", "keypoint_head_portable.onnx", int8_graphs)
                     if path == "int8":
                         runtimes[path] = OrtRuntime(folder / "detector_int8.onnx", folder / "keypoint_head_portable.onnx")
                     else:
