@@ -94,14 +94,6 @@ def same_anchor_drift(reference: tuple, candidate: tuple, kept: np.ndarray, prep
     return result
 
 
-def stats(values: list) -> dict:
-    v = np.asarray(values, np.float64)
-    if not v.size:
-        return {"count": 0, "median": None, "p90": None, "p99": None, "max": None}
-    return {"count": int(v.size), "median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
-            "p99": float(np.percentile(v, 99)), "max": float(v.max())}
-
-
 def to_markdown(report: dict) -> str:
     def f(v):
         return "-" if v is None else f"{v:.2f}"
@@ -144,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from export.precision_compare import load_val_records
+    from export.precision_compare import drift_stats, load_val_records
     from export.precision_report import dithered
     from maskface.checkpoint import load_model
     from maskface.data.dataset import read_image
@@ -202,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 samples[path]["box_px"] += got["box_px"]
                 samples[path]["landmark_px"] += got["landmark_px"]
     for path, s in samples.items():
-        rows.append({"path": path, "anchors": s["anchors"], "missing": s["missing"], "box_px": stats(s["box_px"]),
-                     "landmark_px": stats(s["landmark_px"])})
+        rows.append({"path": path, "anchors": s["anchors"], "missing": s["missing"],
+                     "box_px": drift_stats(s["box_px"]), "landmark_px": drift_stats(s["landmark_px"])})
     rows.sort(key=lambda r: paths.index(r["path"]))
     report = {"settings": {"checkpoint": args.checkpoint or str(demo_checkpoint()), "data": args.data,
                            "images": len(records), "score_threshold": inference.score_threshold,

@@ -92,6 +92,15 @@ def _cat(parts: list, dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
+def drift_stats(values: Sequence[float]) -> dict:
+    """count, max, p99, p90, median and mean of drift samples (None each when there are none)."""
+    v = np.asarray(values, np.float64)
+    if not v.size:
+        return {"count": 0, "max": None, "p99": None, "p90": None, "median": None, "mean": None}
+    return {"count": int(v.size), "max": float(v.max()), "p99": float(np.percentile(v, 99)),
+            "p90": float(np.percentile(v, 90)), "median": float(np.median(v)), "mean": float(v.mean())}
+
+
 @dataclass
 class DriftAccumulator:
     """Candidate detections paired with reference detections, image by image."""
@@ -122,15 +131,9 @@ class DriftAccumulator:
         self.added_scores.extend(cand["scores"][~pair].tolist())
 
     def metrics(self) -> dict:
-        def stats(values: list) -> dict:
-            v = np.asarray(values, np.float64)
-            if not v.size:
-                return {"count": 0, "max": None, "p99": None, "p90": None, "median": None, "mean": None}
-            return {"count": int(v.size), "max": float(v.max()), "p99": float(np.percentile(v, 99)),
-                    "p90": float(np.percentile(v, 90)), "median": float(np.median(v)), "mean": float(v.mean())}
-
         return {"pairs": len(self.box), "reference_detections": self.reference_detections,
-                "box_px": stats(self.box), "box_relative": stats(self.box_relative), "landmark_px": stats(self.landmark), "score": stats(self.score),
+                "box_px": drift_stats(self.box), "box_relative": drift_stats(self.box_relative),
+                "landmark_px": drift_stats(self.landmark), "score": drift_stats(self.score),
                 "lost": len(self.lost_scores), "added": len(self.added_scores),
                 "lost_max_score": max(self.lost_scores) if self.lost_scores else None,
                 "added_max_score": max(self.added_scores) if self.added_scores else None}
