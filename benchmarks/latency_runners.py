@@ -420,7 +420,10 @@ def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: st
     if backend == "onnxruntime-int8":
         return int8_runner(model, args, checkpoint), "INT8 (static QDQ; sensitive layers FP32)"
     if backend == "openvino-int8":
-        return int8_runner(model, args, checkpoint, openvino=True), "INT8 (static QDQ; sensitive layers FP32)"
+        from maskface.runtimes.openvino_runtime import inference_hint
+
+        rest = inference_hint("int8").upper()
+        return int8_runner(model, args, checkpoint, openvino=True), f"INT8 (static QDQ; other layers {rest})"
     if backend == "openvino-bf16":
         return openvino_bf16_runner(model, onnx_paths, args.threads), "BF16 (OpenVINO hint; keypoint head FP32)"
     if backend == "torch-bf16":

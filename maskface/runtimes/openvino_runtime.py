@@ -33,8 +33,8 @@ from ..pipeline import Pipeline
 from .cpu_features import NATIVE_BF16_FLAGS, cpuinfo_bf16_flags, read_cpuinfo
 from .ort_runtime import OrtRuntime, graph_paths, ort_session
 
-#: precision -> (graph files of ort_runtime.GRAPH_FILES, OpenVINO inference-precision hint of the detector)
-PRECISIONS = {"fp32": ("fp32", "f32"), "bf16": ("fp32", "bf16"), "int8": ("int8", "f32")}
+#: precision -> the graph files it runs (ort_runtime.GRAPH_FILES); the hint: inference_hint
+PRECISIONS = {"fp32": "fp32", "bf16": "fp32", "int8": "int8"}
 #: Compiled static-shape models an OpenVinoGraph keeps (each holds its own weights' layout).
 MAX_SHAPES = 8
 
@@ -84,6 +84,19 @@ def openvino_bf16_support(cpuinfo_text: str | None = None,
     if not ov_bf16:
         return OpenVinoBf16Support(False, flags, False, "OpenVINO's CPU plugin does not list BF16")
     return OpenVinoBf16Support(True, flags, True, f"the CPU reports {', '.join(flags)} and OpenVINO lists BF16")
+
+
+def inference_hint(precision: str, support: OpenVinoBf16Support | None = None) -> str:
+    """OpenVINO's inference-precision hint of the detector at `precision`: bf16 for bf16, and for int8
+    where the CPU has native BF16: the layers the INT8 graph keeps in floating point (GroupNorms,
+    detection head, decoding, element-wise) then run in BF16 beside the INT8 convolutions (demo model,
+    Zen 5: detector 0.49x of ONNX Runtime FP32 against 0.63x with them in FP32; box drift at FP32's own
+    anchors 2.90 px p99 against 3.17; docs/DEPLOYMENT.md 5.5). f32 otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "int8" and (support or openvino_bf16_support()).native):
+        return "bf16"
+    return "f32"
 
 
 def require_openvino_precision(precision: str, support: OpenVinoBf16Support | None = None) -> None:
@@ -156,16 +169,15 @@ class OpenVinoGraph:
 class OpenVinoRuntime(OrtRuntime):
     """The pipeline's detect / select / keypoints (maskface.pipeline.Runtime) with the detector in
     OpenVINO: `precision` bf16 (FP32 graph, BF16 inference hint), int8 (the QDQ graph of
-    export/quantize_int8.py) or fp32; the keypoint head in ONNX Runtime (module docstring). `folder`
+    export/quantize_int8.py; its floating-point layers in BF16 where the CPU has it: inference_hint) or fp32; the keypoint head in ONNX Runtime (module docstring). `folder`
     holds the graphs (ort_runtime.graph_paths names them); stop_spinning as in ort_runtime.ort_session."""
 
     def __init__(self, folder: str | Path, precision: str = "bf16", threads: int | None = None,
                  stop_spinning: bool = True):
         require_openvino_precision(precision)
-        graphs, hint = PRECISIONS[precision]
-        detector, keypoint_head = graph_paths(folder, graphs)
+        detector, keypoint_head = graph_paths(folder, PRECISIONS[precision])
         self.precision = precision
-        self.detector = OpenVinoGraph(detector, hint, threads, static_shapes=True)
+        self.detector = OpenVinoGraph(detector, inference_hint(precision), threads, static_shapes=True)
         self.keypoint_head = ort_session(keypoint_head, threads, stop_spinning=stop_spinning)
 
 

@@ -28,11 +28,11 @@ class OpenVinoModel(BatchedRuns):
     so few shapes occur)."""
 
     def __init__(self, path: str | Path, precision: str, threads: int | None = None):
-        from ..runtimes.openvino_runtime import PRECISIONS, OpenVinoGraph
+        from ..runtimes.openvino_runtime import OpenVinoGraph, inference_hint
 
         check_openvino_serving(precision)
         self.threads, self.precision = threads, precision
-        self.graph = OpenVinoGraph(path, PRECISIONS[precision][1], threads, static_shapes=True)
+        self.graph = OpenVinoGraph(path, inference_hint(precision), threads, static_shapes=True)
         self.input_names = list(self.graph.input_names)
         self.output_names = list(self.graph.output_names)
 
