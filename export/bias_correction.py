@@ -102,6 +102,15 @@ def _add_bias(model: onnx.ModelProto, conv: onnx.NodeProto, weight_dq: onnx.Node
     return node
 
 
+def dequantised_initializer(tensor: str, producer: dict[str, onnx.NodeProto],
+                            values: dict[str, onnx.TensorProto]) -> onnx.NodeProto | None:
+    """The DequantizeLinear that gives `tensor` from a stored (quantised) initializer, or None."""
+    node = producer.get(tensor)
+    if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in values:
+        return None
+    return node
+
+
 def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Sequence[dict]) -> BiasCorrectionSummary:
     """Correct, in place, the INT32 bias of every conv of `quantised` (a QDQ graph of `fp32`, same node
     names) whose weight is a dequantised initializer, giving one to a conv without (module doc); E[x]
@@ -112,22 +121,16 @@ def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Seq
     fp32_convs = {n.name: n for n in fp32.graph.node if n.op_type == "Conv"}
     fp32_values = {i.name: i for i in fp32.graph.initializer}
 
-    def dequantised_initializer(tensor: str):
-        node = producer.get(tensor)
-        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in values:
-            return None
-        return node
-
     work = []  # (groups, FP32 twin's inputs, weight DQ's inputs, its axis, bias DQ's inputs) per conv
     added: dict[str, onnx.NodeProto] = {}  # conv name -> the DequantizeLinear of the bias it was given
     for conv in graph.node:
         if conv.op_type != "Conv" or conv.name not in fp32_convs:
             continue
-        weight_dq = dequantised_initializer(conv.input[1])
+        weight_dq = dequantised_initializer(conv.input[1], producer, values)
         if weight_dq is None:
             continue
         if _optional(conv.input, 2):
-            bias_dq = dequantised_initializer(conv.input[2])
+            bias_dq = dequantised_initializer(conv.input[2], producer, values)
         else:
             bias_dq = _add_bias(quantised, conv, weight_dq, producer, values)
             if bias_dq is not None:

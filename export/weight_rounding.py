@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.bias_correction import dequantize, quant_axis
+from export.bias_correction import dequantised_initializer, dequantize, quant_axis
 from export.equalize import conv_groups, probe_session
 
 DAMP = 0.01  # of the mean diagonal, added to H's diagonal (keeps the inverse stable)
@@ -122,8 +122,10 @@ def round_weights(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Sequ
     fp32_values = {i.name: i for i in fp32.graph.initializer}
     work = []
     for conv in graph.node:
-        dq = producer.get(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
-        if conv.name not in fp32_convs or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in values:
+        if conv.op_type != "Conv" or conv.name not in fp32_convs:
+            continue
+        dq = dequantised_initializer(conv.input[1], producer, values)
+        if dq is None:
             continue
         if quant_axis(dq) != 0 or numpy_helper.to_array(values[dq.input[1]]).ndim != 1:
             continue  # one scale per output channel only
