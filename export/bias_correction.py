@@ -111,6 +111,19 @@ def dequantised_initializer(tensor: str, producer: dict[str, onnx.NodeProto],
     return node
 
 
+def quantised_convs(graph: onnx.GraphProto, fp32_convs: dict[str, onnx.NodeProto], producer: dict[str, onnx.NodeProto],
+                    values: dict[str, onnx.TensorProto]) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(conv, the DequantizeLinear of its weight) for every conv of `graph` that has an FP32 twin of the
+    same name and a dequantised initializer as its weight (the convs kept in FP32 have none)."""
+    out = []
+    for conv in graph.node:
+        if conv.op_type == "Conv" and conv.name in fp32_convs:
+            weight_dq = dequantised_initializer(conv.input[1], producer, values)
+            if weight_dq is not None:
+                out.append((conv, weight_dq))
+    return out
+
+
 def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Sequence[dict]) -> BiasCorrectionSummary:
     """Correct, in place, the INT32 bias of every conv of `quantised` (a QDQ graph of `fp32`, same node
     names) whose weight is a dequantised initializer, giving one to a conv without (module doc); E[x]
@@ -123,12 +136,7 @@ def correct_biases(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Seq
 
     work = []  # (groups, FP32 twin's inputs, weight DQ's inputs, its axis, bias DQ's inputs) per conv
     added: dict[str, onnx.NodeProto] = {}  # conv name -> the DequantizeLinear of the bias it was given
-    for conv in graph.node:
-        if conv.op_type != "Conv" or conv.name not in fp32_convs:
-            continue
-        weight_dq = dequantised_initializer(conv.input[1], producer, values)
-        if weight_dq is None:
-            continue
+    for conv, weight_dq in quantised_convs(graph, fp32_convs, producer, values):
         if _optional(conv.input, 2):
             bias_dq = dequantised_initializer(conv.input[2], producer, values)
         else:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.bias_correction import dequantised_initializer, dequantize, quant_axis
+from export.bias_correction import dequantize, quant_axis, quantised_convs
 from export.equalize import conv_groups, probe_session
 
 DAMP = 0.01  # of the mean diagonal, added to H's diagonal (keeps the inverse stable)
@@ -121,12 +121,7 @@ def round_weights(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Sequ
     fp32_convs = {n.name: n for n in fp32.graph.node if n.op_type == "Conv"}
     fp32_values = {i.name: i for i in fp32.graph.initializer}
     work = []
-    for conv in graph.node:
-        if conv.op_type != "Conv" or conv.name not in fp32_convs:
-            continue
-        dq = dequantised_initializer(conv.input[1], producer, values)
-        if dq is None:
-            continue
+    for conv, dq in quantised_convs(graph, fp32_convs, producer, values):
         if quant_axis(dq) != 0 or numpy_helper.to_array(values[dq.input[1]]).ndim != 1:
             continue  # one scale per output channel only
         work.append((conv, dq))
