@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export.groupnorm import remove_dead_nodes
+from maskface.runtimes.group_norm_graph import remove_dead_nodes
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

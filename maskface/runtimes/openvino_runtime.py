@@ -117,23 +117,40 @@ class OpenVinoGraph:
     run(output_names or None, {input name: array}) -> list of float32 arrays."""
 
     def __init__(self, path: str | Path, hint: str = "f32", threads: int | None = None,
-                 static_shapes: bool = False, max_shapes: int = MAX_SHAPES):
+                 static_shapes: bool = False, max_shapes: int = MAX_SHAPES, profile: bool = False,
+                 group_norm_moments: bool = True):
         ov = import_openvino()
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX graph {path} not found: run `python export/build_engines.py` first")
         self.path, self.hint, self.threads = path, hint, threads
-        self.static_shapes, self.max_shapes = static_shapes, max_shapes
+        self.static_shapes, self.max_shapes, self.profile = static_shapes, max_shapes, profile
+        self._last_request = None
         self._core = ov.Core()
-        self._model = self._core.read_model(str(path))
+        self._model = self._read(path, group_norm_moments)
         self.input_names = [p.get_any_name() for p in self._model.inputs]
         self.output_names = [p.get_any_name() for p in self._model.outputs]
         self._compiled: OrderedDict[tuple, object] = OrderedDict()
         if not static_shapes:
             self._compiled[()] = self._compile(self._model)
 
+    def _read(self, path: Path, group_norm_moments: bool):
+        """The graph as OpenVINO runs it: with group_norm_moments, the GroupNorms that stay inside it as
+        per-channel moments (group_norm_graph says why)."""
+        if group_norm_moments:
+            import onnx
+
+            from .group_norm_graph import group_norms_as_moments
+
+            model = onnx.load(str(path))
+            if group_norms_as_moments(model):
+                return self._core.read_model(model.SerializeToString())
+        return self._core.read_model(str(path))
+
     def _compile(self, model):
         config = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
+        if self.profile:
+            config["PERF_COUNT"] = True
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         return self._core.compile_model(model, "CPU", config).create_infer_request()
@@ -161,9 +178,20 @@ class OpenVinoGraph:
         # shared: no copy in (the arrays outlive this synchronous call) and none into infer's own result,
         # which is not used; the one copy below is ours
         request.infer(arrays, share_inputs=True, share_outputs=True)
+        self._last_request = request
         wanted = list(output_names) if output_names else self.output_names
         # copies: the request reuses its output memory on the next call
         return [np.array(request.get_tensor(name).data, np.float32) for name in wanted]
+
+
+    def operation_times(self) -> list[tuple[str, str, float]]:
+        """(node type, kernel, ms) of each operation OpenVINO executed in the last run; needs profile=True."""
+        if not self.profile:
+            raise RuntimeError("operation times need OpenVinoGraph(..., profile=True)")
+        if self._last_request is None:
+            raise RuntimeError("no run yet: call run() first")
+        return [(info.node_type, info.exec_type, info.real_time.total_seconds() * 1e3)
+                for info in self._last_request.profiling_info if info.status == info.Status.EXECUTED]
 
 
 class OpenVinoRuntime(OrtRuntime):

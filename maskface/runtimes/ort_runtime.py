@@ -41,10 +41,11 @@ FORCE_SPINNING_STOP = "session.force_spinning_stop"
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                optimize: bool = True, stop_spinning: bool = True):
+                optimize: bool = True, stop_spinning: bool = True, profile_prefix: str | Path | None = None):
     """optimize=False: ONNX Runtime's graph optimisations off (keeps nodes such as fp16.py's storing
     Identities that the optimiser would remove). stop_spinning=False: ONNX Runtime's default (the
-    benchmark's baseline)."""
+    benchmark's baseline). profile_prefix: ONNX Runtime's profiler on, its JSON written at
+    session.end_profiling() to a file named from this prefix (benchmarks/op_profile.py)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -63,6 +64,9 @@ def ort_session(path: str | Path, threads: int | None = None, providers: Sequenc
         options.add_session_config_entry(FORCE_SPINNING_STOP, "1")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
