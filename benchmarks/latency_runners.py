@@ -422,7 +422,7 @@ def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: st
     if backend == "openvino-int8":
         from maskface.runtimes.openvino_runtime import inference_hint
 
-        rest = inference_hint("int8").upper()
+        rest = {"f32": "FP32", "bf16": "BF16"}[inference_hint("int8")]
         return int8_runner(model, args, checkpoint, openvino=True), f"INT8 (static QDQ; other layers {rest})"
     if backend == "openvino-bf16":
         return openvino_bf16_runner(model, onnx_paths, args.threads), "BF16 (OpenVINO hint; keypoint head FP32)"

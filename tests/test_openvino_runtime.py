@@ -105,10 +105,8 @@ def test_fp32_pipeline_finds_what_onnx_runtime_finds(tiny_graphs):
     np.testing.assert_allclose(got["landmarks"], expected["landmarks"], atol=1e-2)
 
 
-def test_inference_hint_is_bf16_for_int8_only_where_bf16_is_native():
-    native = ovr.openvino_bf16_support(CPUINFO_AMX, capabilities=["FP32", "BF16", "INT8"])
-    emulated = ovr.openvino_bf16_support(CPUINFO_NO_BF16, capabilities=["FP32", "BF16", "INT8"])
-    assert [ovr.inference_hint(p, native) for p in ("fp32", "int8", "bf16")] == ["f32", "bf16", "bf16"]
-    assert [ovr.inference_hint(p, emulated) for p in ("fp32", "int8")] == ["f32", "f32"]
+def test_inference_hint_lowers_only_the_bf16_path():
+    # int8 keeps its floating-point layers in FP32 on every CPU (inference_hint's doc has the measurement)
+    assert [ovr.inference_hint(p) for p in ("fp32", "int8", "bf16")] == ["f32", "f32", "bf16"]
     with pytest.raises(ValueError, match="must be one of"):
-        ovr.inference_hint("fp8", native)
+        ovr.inference_hint("fp8")

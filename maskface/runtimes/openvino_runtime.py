@@ -86,17 +86,16 @@ def openvino_bf16_support(cpuinfo_text: str | None = None,
     return OpenVinoBf16Support(True, flags, True, f"the CPU reports {', '.join(flags)} and OpenVINO lists BF16")
 
 
-def inference_hint(precision: str, support: OpenVinoBf16Support | None = None) -> str:
-    """OpenVINO's inference-precision hint of the detector at `precision`: bf16 for bf16, and for int8
-    where the CPU has native BF16: the layers the INT8 graph keeps in floating point (GroupNorms,
-    detection head, decoding, element-wise) then run in BF16 beside the INT8 convolutions (demo model,
-    Zen 5: detector 0.49x of ONNX Runtime FP32 against 0.63x with them in FP32; box drift at FP32's own
-    anchors 2.90 px p99 against 3.17; docs/DEPLOYMENT.md 5.5). f32 otherwise."""
+def inference_hint(precision: str) -> str:
+    """OpenVINO's inference-precision hint of the detector at `precision`: bf16 for bf16, f32 otherwise.
+    The int8 graph's floating-point layers (GroupNorms, detection head, decoding, element-wise) stay FP32:
+    with the GroupNorms as moments (group_norm_graph) a bf16 hint there gained 3.5 % (demo model, Zen 5,
+    40 interleaved rounds: 0.430x against 0.446x of ONNX Runtime FP32) but rounds each GroupNorm's mean
+    to BF16: the FPN map m2 then deviates from ONNX Runtime INT8's by 3.6 % (mean relative, 16 val
+    images) against 3.2 % in FP32; docs/DEPLOYMENT.md 5.4."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} must be one of {', '.join(PRECISIONS)}")
-    if precision == "bf16" or (precision == "int8" and (support or openvino_bf16_support()).native):
-        return "bf16"
-    return "f32"
+    return "bf16" if precision == "bf16" else "f32"
 
 
 def require_openvino_precision(precision: str, support: OpenVinoBf16Support | None = None) -> None:
@@ -197,7 +196,7 @@ class OpenVinoGraph:
 class OpenVinoRuntime(OrtRuntime):
     """The pipeline's detect / select / keypoints (maskface.pipeline.Runtime) with the detector in
     OpenVINO: `precision` bf16 (FP32 graph, BF16 inference hint), int8 (the QDQ graph of
-    export/quantize_int8.py; its floating-point layers in BF16 where the CPU has it: inference_hint) or fp32; the keypoint head in ONNX Runtime (module docstring). `folder`
+    export/quantize_int8.py; its floating-point layers in FP32: inference_hint) or fp32; the keypoint head in ONNX Runtime (module docstring). `folder`
     holds the graphs (ort_runtime.graph_paths names them); stop_spinning as in ort_runtime.ort_session."""
 
     def __init__(self, folder: str | Path, precision: str = "bf16", threads: int | None = None,
