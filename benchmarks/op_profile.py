@@ -246,7 +246,7 @@ def markdown(result: dict) -> str:
                      f"{ratio(row['convolution_floor'])} | "
                      + " | ".join(f"{row['class_ms'][c]:.1f}" for c in CLASSES) + f" | {row['profiled_total_ms']:.1f} |")
     verdicts = [f"- {row['path']}: the goal {row['goal']:.2f}x is below the convolutions' own "
-                f"{row['convolution_floor']['low']:.2f}x (interval's low end): it cannot be met by work around them"
+                f"{row['convolution_floor']['low']:.3f}x (interval's low end): it cannot be met by work around them"
                 for row in result["rows"] if row.get("goal_below_floor")]
     if verdicts:
         lines += ["", *verdicts]
