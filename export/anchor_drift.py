@@ -72,24 +72,36 @@ def detect_with_anchors(runtime, image: np.ndarray):
     return scores[0], boxes[0], np.asarray(anchors[0]).astype(np.int64), features
 
 
-def same_anchor_drift(reference: tuple, candidate: tuple, kept: np.ndarray, prepared) -> dict:
-    """Box / landmark drift of `candidate` at the anchors of `reference`'s kept candidates (module doc).
-    reference / candidate: (runtime, detect_with_anchors output); kept: slots of reference's top-k."""
+def reference_landmarks(reference: tuple, kept: np.ndarray) -> np.ndarray:
+    """The reference's keypoint-head landmarks (input pixels) at its kept slots: computed once per image and
+    shared by every path's same_anchor_drift."""
     from maskface.pipeline import rois_of
 
-    ref_runtime, (_, ref_boxes, ref_anchors, ref_features) = reference
+    runtime, (_, boxes, _, features) = reference
+    return runtime.keypoints(features, rois_of(boxes[kept]))[0]
+
+
+def same_anchor_drift(reference: tuple, candidate: tuple, kept: np.ndarray, prepared,
+                      ref_landmarks: np.ndarray | None = None) -> dict:
+    """Box / landmark drift of `candidate` at the anchors of `reference`'s kept candidates (module doc).
+    reference / candidate: (runtime, detect_with_anchors output); kept: slots of reference's top-k;
+    ref_landmarks: reference_landmarks(reference, kept), computed here when not given."""
+    from maskface.pipeline import rois_of
+
+    _, (_, ref_boxes, ref_anchors, _) = reference
     cand_runtime, (_, cand_boxes, cand_anchors, cand_features) = candidate
     slot_of = {int(a): i for i, a in enumerate(cand_anchors)}
-    found = [(k, slot_of[int(ref_anchors[k])]) for k in kept if int(ref_anchors[k]) in slot_of]
+    found = [(i, k, slot_of[int(ref_anchors[k])]) for i, k in enumerate(kept) if int(ref_anchors[k]) in slot_of]
     result = {"anchors": len(kept), "missing": len(kept) - len(found), "box_px": [], "landmark_px": []}
     if not found:
         return result
-    ref_slots, cand_slots = (np.array(s) for s in zip(*found))
+    positions, ref_slots, cand_slots = (np.array(s) for s in zip(*found))
     ref_b, cand_b = prepared.boxes_to_original(ref_boxes[ref_slots]), prepared.boxes_to_original(cand_boxes[cand_slots])
     result["box_px"] = np.abs(cand_b - ref_b).max(axis=1).tolist()
-    ref_lm, _ = ref_runtime.keypoints(ref_features, rois_of(ref_boxes[ref_slots]))
+    if ref_landmarks is None:
+        ref_landmarks = reference_landmarks(reference, kept)
     cand_lm, _ = cand_runtime.keypoints(cand_features, rois_of(cand_boxes[cand_slots]))
-    ref_lm, cand_lm = prepared.to_original(ref_lm), prepared.to_original(cand_lm)
+    ref_lm, cand_lm = prepared.to_original(ref_landmarks[positions]), prepared.to_original(cand_lm)
     result["landmark_px"] = np.linalg.norm(cand_lm - ref_lm, axis=-1).ravel().tolist()
     return result
 
@@ -182,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             reference = detect_with_anchors(fp32, prepared.image)
             kept = np.asarray(select_candidates(reference[0], reference[1], inference)).reshape(-1)
             total += len(kept)
+            ref_landmarks = reference_landmarks((fp32, reference), kept) if len(kept) else None
             for path, runtime in runtimes.items():
                 if path == "fp32-dither":
                     # the same scale as the reference: the noisy copy keeps the image's size
                     x = prepare_image(dithered(image), input_cfg, args.max_side).image
                 else:
                     x = prepared.image
-                got = same_anchor_drift((fp32, reference), (runtime, detect_with_anchors(runtime, x)), kept, prepared)
+                got = same_anchor_drift((fp32, reference), (runtime, detect_with_anchors(runtime, x)), kept, prepared,
+                                        ref_landmarks)
                 for key in ("anchors", "missing"):
                     samples[path][key] += got[key]
                 samples[path]["box_px"] += got["box_px"]

@@ -84,3 +84,13 @@ def test_drift_at_the_same_anchors_by_hand():
     gone = (cand[0], (None, cand_boxes, np.array([1, 4, 7]), []))  # anchor 9 fell out of the top-k
     got = anchor_drift.same_anchor_drift(ref, gone, np.array([0, 2]), prepared)
     assert got["missing"] == 1 and got["box_px"] == pytest.approx([1.0])
+    assert got["landmark_px"] == pytest.approx([np.hypot(1.5, 1.5)])
+
+    # anchor 7 gone instead: the reference landmarks, computed once for both kept slots, are taken at the
+    # second position; given precomputed they give the same drift
+    gone = (cand[0], (None, cand_boxes, np.array([9, 4, 1]), []))
+    once = anchor_drift.reference_landmarks(ref, np.array([0, 2]))
+    for given in (None, once):
+        got = anchor_drift.same_anchor_drift(ref, gone, np.array([0, 2]), prepared, given)
+        assert got["missing"] == 1 and got["box_px"] == pytest.approx([4.0])
+        assert got["landmark_px"] == pytest.approx([np.hypot(2.5, 0.5)])
