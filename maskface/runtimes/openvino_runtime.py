@@ -113,7 +113,9 @@ def require_openvino_precision(precision: str, support: OpenVinoBf16Support | No
 
 class OpenVinoGraph:
     """One ONNX graph compiled by OpenVINO's CPU plugin, called like an onnxruntime session:
-    run(output_names or None, {input name: array}) -> list of float32 arrays."""
+    run(output_names or None, {input name: array}) -> list of float32 arrays. group_norm_moments (on by
+    default): the GroupNorms inside the graph are read as per-channel moments (group_norm_graph says why);
+    profile: OpenVINO's performance counters on, read per run with operation_times()."""
 
     def __init__(self, path: str | Path, hint: str = "f32", threads: int | None = None,
                  static_shapes: bool = False, max_shapes: int = MAX_SHAPES, profile: bool = False,

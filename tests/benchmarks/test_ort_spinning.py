@@ -6,25 +6,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime")
 
 from benchmarks import ort_spinning  # noqa: E402
 
 
-def test_tiny_run_reports_every_path_and_arrival(tmp_path):
-    from export.export_onnx import export_detector, export_keypoint_head
-    from maskface import build_model
-
-    torch.manual_seed(0)
-    model = build_model("tiny").eval()
-    graphs = tmp_path / "onnx"
-    graphs.mkdir()
-    export_detector(model, graphs / "detector.onnx")
-    export_keypoint_head(model, graphs / "keypoint_head_portable.onnx", portable=True)
+def test_tiny_run_reports_every_path_and_arrival(tiny_onnx_dir, tmp_path):
     out = tmp_path / "out"
-    assert ort_spinning.main(["--onnx-dir", str(graphs), "--rounds", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert ort_spinning.main(["--onnx-dir", str(tiny_onnx_dir), "--rounds", "2", "--threads", "1", "--out", str(out)]) == 0
 
     report = json.loads((out / "ort_spinning.json").read_text())
     paths = {row["path"] for row in report["rows"]}
