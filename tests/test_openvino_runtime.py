@@ -65,6 +65,20 @@ def test_fp32_graph_matches_onnx_runtime(tiny_graphs):
     assert len(scores_only) == 1 and np.array_equal(scores_only[0], got[0])
 
 
+def test_operation_times_of_the_last_run_need_profiling(tiny_graphs):
+    _, folder = tiny_graphs
+    x = np.zeros((1, 3, 128, 192), np.float32)
+    with pytest.raises(RuntimeError, match="profile=True"):
+        ovr.OpenVinoGraph(folder / "detector.onnx", "f32", threads=1).operation_times()
+    profiled = ovr.OpenVinoGraph(folder / "detector.onnx", "f32", threads=1, static_shapes=True, profile=True)
+    with pytest.raises(RuntimeError, match="no run yet"):
+        profiled.operation_times()
+    profiled.run(None, {"images": x})
+    times = profiled.operation_times()
+    assert {"Convolution", "TopK"} <= {node_type for node_type, _, _ in times}
+    assert all(ms >= 0 for _, _, ms in times) and sum(ms for _, _, ms in times) > 0
+
+
 def test_static_shapes_compile_once_per_shape_within_a_bound(tiny_graphs):
     _, folder = tiny_graphs
     ov = ovr.OpenVinoGraph(folder / "detector.onnx", "f32", threads=1, static_shapes=True, max_shapes=2)
