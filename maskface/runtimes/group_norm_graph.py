@@ -14,8 +14,9 @@ Why moments for OpenVINO: its CPU plugin runs the [N, G, C/G * H * W] Reshape + 
 blocked layout of the convolutions around it. As per-channel moments (two ReduceMeans over H, W, a
 [C, C] group-averaging MatMul on the [1, C] means, and a per-channel scale and shift) nothing is
 reshaped and most reorders go. Demo model, 2-core Zen 5, `benchmarks/op_profile.py --compare-group-norms`
-(25 interleaved rounds, time / ONNX Runtime FP32): OpenVINO INT8 0.43x against 0.48x as exported (layout
-reorders 1.5 against 4.8 ms), BF16 0.53x against 0.59x (2.3 against 5.9 ms), FP32 1.01x against 1.72x.
+(25 interleaved rounds, time / ONNX Runtime FP32): OpenVINO INT8 0.45x against 0.49x as exported (layout
+reorders 1.1 against 4.3 ms), BF16 0.56x against 0.59x (1.9 against 5.5 ms), FP32 1.07x against 1.77x
+(docs/DEPLOYMENT.md 5.4 has a second run).
 The chains whose result leaves the graph (the context modules' branches, concatenated into the FPN maps
 m2..m6 the keypoint head reads) keep the MVN form: rewritten too, OpenVINO handed those maps out through
 a reference reorder from its blocked layout (6.5 ms for m2 alone, INT8, a throw-away build). ONNX Runtime
