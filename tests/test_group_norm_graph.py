@@ -112,3 +112,18 @@ def test_openvino_reads_the_moments_form_with_the_same_outputs(model, tmp_path):
     assert mvn == [3, 2]  # what OpenVINO runs: one MVN (and its reorders) fewer
     for graph in (as_exported, moments):
         assert np.abs(graph.run(None, {"x": x})[0] - expected).max() <= 2e-4
+
+
+def test_unnamed_chains_get_names_of_their_own():
+    # nodes without names (a graph not from torch's exporter): two rewritten chains must not share theirs
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.GroupNorm(2, 16), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    graph = _export(net, 17)
+    for node in graph.graph.node:
+        node.name = ""
+    assert group_norms_as_moments(graph) == 2
+    onnx.checker.check_model(graph, full_check=True)  # SSA: every tensor made once
+    x = np.random.default_rng(2).normal(size=(1, 8, 12, 10)).astype(np.float32)
+    assert np.abs(_run_ort(graph, x) - _reference(net, x)).max() <= 1e-4

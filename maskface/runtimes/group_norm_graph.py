@@ -83,7 +83,8 @@ def _whole_shape(node) -> bool:
     return all(a.name == "start" and a.i == 0 for a in node.attribute)
 
 
-def _match_chain(reshape_in, producers, consumers, constants, graph_outputs) -> GroupNormChain | None:
+def _match_chain(reshape_in, producers, consumers, constants, graph_outputs, position) -> GroupNormChain | None:
+    """The chain that starts at `reshape_in`, or None; position: id(node) -> its index in graph.node."""
     def only_consumer(tensor, op_type):
         users = consumers.get(tensor, [])
         if len(users) != 1 or users[0].op_type != op_type or tensor in graph_outputs:
@@ -121,7 +122,8 @@ def _match_chain(reshape_in, producers, consumers, constants, graph_outputs) -> 
         return None
     epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
     nodes = (reshape_in, norm, reshape_out, mul, add)
-    return GroupNormChain(nodes, (), groups, epsilon, weight.reshape(-1), bias.reshape(-1))
+    return GroupNormChain(nodes, tuple(position[id(n)] for n in nodes), groups, epsilon, weight.reshape(-1),
+                          bias.reshape(-1))
 
 
 def _other_constant(node, data_input, constants):
@@ -141,9 +143,8 @@ def group_norm_chains(model: onnx.ModelProto) -> list[GroupNormChain]:
     chains = []
     for node in nodes:
         if node.op_type == "Reshape":
-            chain = _match_chain(node, producers, consumers, constants, graph_outputs)
+            chain = _match_chain(node, producers, consumers, constants, graph_outputs, position)
             if chain is not None:
-                chain.positions = tuple(position[id(n)] for n in chain.nodes)
                 chains.append(chain)
     return chains
 
@@ -183,12 +184,15 @@ def group_norms_as_moments(model: onnx.ModelProto) -> int:
     reduce_axes_input = default_opset(model) >= REDUCE_AXES_INPUT_OPSET
     consumers = consumer_map(graph)
     graph_outputs = {o.name for o in graph.output}
-    replacements, removed = {}, set()
-    for chain in group_norm_chains(model):
+    replacements, removed, prefixes = {}, set(), set()
+    for index, chain in enumerate(group_norm_chains(model)):
         if leaves_the_graph(chain.output, consumers, graph_outputs):
             continue
-        prefix = chain.nodes[1].name.rsplit("/", 1)[0] + "/moments" if "/" in chain.nodes[1].name \
-            else chain.nodes[1].name + "_moments"
+        # the GroupNorm module's scope names the new nodes; the chain's index keeps unnamed ones apart
+        prefix = f"{chain.nodes[1].name.rsplit('/', 1)[0]}/moments"
+        if prefix in prefixes:
+            prefix = f"{prefix}_{index}"
+        prefixes.add(prefix)
         replacements[chain.positions[0]] = _moment_nodes(graph, chain, prefix, reduce_axes_input)
         removed.update(chain.positions)
     if replacements:
@@ -207,7 +211,8 @@ def _moment_nodes(graph: onnx.GraphProto, chain: GroupNormChain, prefix: str, re
                  "weight": chain.weight.reshape(1, channels, 1, 1).astype(np.float32),
                  "bias": chain.bias.reshape(1, channels, 1, 1).astype(np.float32)}
     graph.initializer.extend(numpy_helper.from_array(v, f"{prefix}/{k}") for k, v in constants.items())
-    name = lambda short: f"{prefix}/{short}"  # noqa: E731 - the nodes' and their outputs' names
+    def name(short):  # of a new node and of its output
+        return f"{prefix}/{short}"
 
     def node(op_type, inputs, short, **attributes):
         return helper.make_node(op_type, inputs, [name(short)], name=name(short), **attributes)
