@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from maskface.runtimes.group_norm_graph import default_opset, group_norm_chains, replace_chains
+from maskface.runtimes.group_norm_graph import chain_scopes, default_opset, group_norm_chains, replace_chains
 
 MIN_OPSET = 18  # GroupNormalization first appears in opset 18
 PER_CHANNEL_OPSET = 21  # from here its scale / bias have one value per channel
@@ -29,9 +29,9 @@ def fuse_group_norms(model: onnx.ModelProto) -> int:
     graph = model.graph
     replacements: dict[int, list] = {}  # position of a chain's first node -> the new node
     removed: set[int] = set()
-    for chain in group_norm_chains(model):
+    chains = group_norm_chains(model)
+    for chain, prefix in zip(chains, chain_scopes(chains)):
         reshape_in, norm, reshape_out, mul, add = chain.nodes
-        prefix = norm.name.rsplit("/", 1)[0] if "/" in norm.name else norm.name
         if per_channel:
             scale, shift, output, swallowed = chain.weight, chain.bias, add.output[0], chain.positions
         else:  # per-group affine cannot express nn.GroupNorm's per-channel one: keep the Mul / Add

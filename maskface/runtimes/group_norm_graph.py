@@ -149,6 +149,19 @@ def group_norm_chains(model: onnx.ModelProto) -> list[GroupNormChain]:
     return chains
 
 
+def chain_scopes(chains: list[GroupNormChain]) -> list[str]:
+    """The name scope of each chain's new nodes: its InstanceNormalization's name up to the last "/" (the
+    GroupNorm module), with the chain's index appended where scopes repeat (nodes without names)."""
+    scopes, seen = [], set()
+    for index, chain in enumerate(chains):
+        scope = chain.nodes[1].name.rsplit("/", 1)[0]
+        if scope in seen:
+            scope = f"{scope}_{index}"
+        seen.add(scope)
+        scopes.append(scope)
+    return scopes
+
+
 def replace_chains(model: onnx.ModelProto, replacements: dict[int, list], removed: set[int]) -> None:
     """Put replacements[position] in place of the node at that position of graph.node, drop the nodes at
     the positions in `removed`, then the dead nodes and initializers."""
@@ -184,16 +197,12 @@ def group_norms_as_moments(model: onnx.ModelProto) -> int:
     reduce_axes_input = default_opset(model) >= REDUCE_AXES_INPUT_OPSET
     consumers = consumer_map(graph)
     graph_outputs = {o.name for o in graph.output}
-    replacements, removed, prefixes = {}, set(), set()
-    for index, chain in enumerate(group_norm_chains(model)):
+    replacements, removed = {}, set()
+    chains = group_norm_chains(model)
+    for chain, scope in zip(chains, chain_scopes(chains)):
         if leaves_the_graph(chain.output, consumers, graph_outputs):
             continue
-        # the GroupNorm module's scope names the new nodes; the chain's index keeps unnamed ones apart
-        prefix = f"{chain.nodes[1].name.rsplit('/', 1)[0]}/moments"
-        if prefix in prefixes:
-            prefix = f"{prefix}_{index}"
-        prefixes.add(prefix)
-        replacements[chain.positions[0]] = _moment_nodes(graph, chain, prefix, reduce_axes_input)
+        replacements[chain.positions[0]] = _moment_nodes(graph, chain, f"{scope}/moments", reduce_axes_input)
         removed.update(chain.positions)
     if replacements:
         replace_chains(model, replacements, removed)

@@ -140,3 +140,19 @@ def test_export_detector_option_writes_one_node_per_group_norm(tmp_path):
     assert np.abs(np.sort(scores, axis=1) - np.sort(t_scores.numpy(), axis=1)).max() <= 1e-5
     for a, b in zip(features, t_features):
         assert np.abs(a - b.numpy()).max() <= 1e-4
+
+
+def test_unnamed_chains_become_nodes_of_their_own_names():
+    # two GroupNorms whose nodes carry no names: their GroupNormalization nodes and constants must not collide
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.GroupNorm(2, 16)).eval()
+    model = _export(net, 21)
+    for node in model.graph.node:
+        node.name = ""
+    assert fuse_group_norms(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    x = torch.randn(3, 8, 10, 12)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert np.abs(_run(model, x) - expected).max() <= 1e-5
