@@ -1,4 +1,5 @@
-"""export/quantize_int8.py on the seeded tiny model and synthetic images (no runs/ needed).
+"""export/quantize_int8.py on the seeded tiny model and synthetic images (no runs/ needed; the build is
+conftest's tiny_int8).
 
 The INT8 graphs keep the FP32 graphs' I/O contract, quantise the convs of the backbone / FPN / context
 (and, when asked, the keypoint conv tower) with per-channel weights, leave the detection head and the
@@ -6,66 +7,20 @@ keypoint head's last layers in FP32, and stay close to FP32 on an image they wer
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
-import torch
 from onnx import numpy_helper
 
-from export.export_onnx import export_detector, export_keypoint_head
-from export.quantize_int8 import (
-    KEYPOINT_SCOPES,
-    Int8Settings,
-    build_int8,
-    io_contract,
-    main,
-)
-from maskface import build_model
-
-
-def synthetic_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth blobs + gradient, uint8 BGR: structured enough to give non-trivial activations."""
-    import cv2
-
-    coarse = rng.uniform(0, 255, (height // 16, width // 16, 3)).astype(np.float32)
-    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    image += np.linspace(-40, 40, width, dtype=np.float32)[None, :, None]
-    return image.clip(0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def int8(tmp_path_factory):
-    import cv2
-
-    torch.manual_seed(0)
-    model = build_model("tiny").eval()
-    out = tmp_path_factory.mktemp("int8")
-    detector = export_detector(model, out / "detector.onnx")
-    keypoints = export_keypoint_head(model, out / "keypoint_head_portable.onnx", portable=True)
-    rng = np.random.default_rng(0)
-    records = []
-    for i, (h, w) in enumerate([(192, 256), (256, 192), (200, 300)]):
-        path = out / f"img{i}.png"
-        cv2.imwrite(str(path), synthetic_image(rng, h, w))
-        records.append(SimpleNamespace(image_path=path, source=f"synthetic {i}"))
-    # Every detection passes the score threshold, so the keypoint head gets rois to calibrate on.
-    model.cfg.inference.score_threshold = 0.0
-    model.cfg.inference.max_detections = 8
-    # MinMax: fast, and its ranges hold every calibration value (the closeness test relies on that)
-    build = build_int8(detector, keypoints, out, records, model.cfg, Int8Settings(method="minmax"),
-                       Int8Settings(method="minmax", scopes=KEYPOINT_SCOPES), progress=False)
-    return SimpleNamespace(build=build, model=model, records=records, out=out)
+from export.quantize_int8 import io_contract, main
 
 
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output}
 
 
-def test_int8_graphs_keep_the_fp32_io_contract(int8):
-    b = int8.build
+def test_int8_graphs_keep_the_fp32_io_contract(tiny_int8):
+    b = tiny_int8.build
     assert b.keypoint_head_int8 is not None
     for fp32, q in ((b.detector, b.detector_int8), (b.keypoint_head, b.keypoint_head_int8)):
         onnx.checker.check_model(onnx.load(str(q)))
@@ -81,8 +36,8 @@ def _conv_weight_dq(model, conv):
     return node if node is not None and node.op_type == "DequantizeLinear" else None
 
 
-def test_backbone_convs_are_quantised_per_channel(int8):
-    model = onnx.load(str(int8.build.detector_int8))
+def test_backbone_convs_are_quantised_per_channel(tiny_int8):
+    model = onnx.load(str(tiny_int8.build.detector_int8))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     quantised = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith(("/backbone/", "/fpn/", "/context."))]
     assert len(quantised) > 20
@@ -106,8 +61,8 @@ def test_backbone_convs_are_quantised_per_channel(int8):
     assert any(c.input[2].endswith("_bias_correction") for c in quantised)
 
 
-def test_sensitive_nodes_stay_fp32(int8):
-    det = onnx.load(str(int8.build.detector_int8))
+def test_sensitive_nodes_stay_fp32(tiny_int8):
+    det = onnx.load(str(tiny_int8.build.detector_int8))
     head = [n for n in det.graph.node if n.name.startswith("/detection_head/") and n.op_type == "Conv"]
     assert len(head) == 10  # score + box convs of 5 levels
     made = producers(det)
@@ -120,7 +75,7 @@ def test_sensitive_nodes_stay_fp32(int8):
     for node in det.graph.node:
         if node.op_type == "DequantizeLinear" and node.output[0] in consumers:
             assert consumers[node.output[0]].name.startswith(("/backbone/", "/fpn/", "/context.")), node.name
-    kp = onnx.load(str(int8.build.keypoint_head_int8))
+    kp = onnx.load(str(tiny_int8.build.keypoint_head_int8))
     for node in kp.graph.node:
         if node.op_type == "ConvTranspose":  # the last layer: heatmap upsampling stays FP32
             assert _conv_weight_dq(kp, node) is None
@@ -129,14 +84,14 @@ def test_sensitive_nodes_stay_fp32(int8):
     assert kp_convs and all(_conv_weight_dq(kp, n) is not None for n in kp_convs)
 
 
-def test_int8_detector_is_close_to_fp32(int8):
+def test_int8_detector_is_close_to_fp32(tiny_int8):
     from maskface.preprocess import prepare_image
     import cv2
 
-    image = prepare_image(cv2.imread(str(int8.records[0].image_path)), int8.model.cfg.input, 640).image[None]
-    fp32 = ort.InferenceSession(str(int8.build.detector)).run(None, {"images": image})
-    q = ort.InferenceSession(str(int8.build.detector_int8)).run(None, {"images": image})
-    names = [o.name for o in onnx.load(str(int8.build.detector)).graph.output]
+    image = prepare_image(cv2.imread(str(tiny_int8.records[0].image_path)), tiny_int8.model.cfg.input, 640).image[None]
+    fp32 = ort.InferenceSession(str(tiny_int8.build.detector)).run(None, {"images": image})
+    q = ort.InferenceSession(str(tiny_int8.build.detector_int8)).run(None, {"images": image})
+    names = [o.name for o in onnx.load(str(tiny_int8.build.detector)).graph.output]
     # Each quantised tensor is rounded to 1/255 of its calibrated range (this image is in the
     # calibration set, so nothing clips), but a seeded network's GroupNorms rescale low-variance groups
     # and amplify that rounding: measured here, the mean error of a map is 8-15 % of its mean |value|

@@ -1,0 +1,334 @@
+"""Quantisation-aware fine-tuning of the INT8 detector's weights, distilled from the FP32 graph (issue 15).
+
+    python export/int8_finetune.py --int8-dir artifacts/onnx_int8 --data runs/demo-data-consensus \
+        [--out DIR] [--steps 2000] [--images 512] [--lr 0.01]
+
+The post-training steps of export/quantize_int8.py (equalisation, calibrated ranges, compensated weight
+rounding, bias correction) fit each conv on its own; what they leave is how the 8-bit grids of all the
+activations add up through the network. Here the INT8 graph itself (export/qdq_torch.QdqGraph: the
+runtime's rounding in the forward pass, straight-through gradients in the backward pass) is trained to
+reproduce the FP32 graph's outputs on images of the TRAIN split:
+
+* student: detector_int8.onnx; trained: the INT8 weights and INT32 biases of its quantised convs, in
+  units of their quantisation step. Scales, zero points, the FP32 layers (detection head, GroupNorms)
+  and the graph's structure stay, so the result drops in where detector_int8.onnx was.
+* teacher: detector.onnx (FP32) in ONNX Runtime, on the same input.
+* loss, per pyramid level (strides 4..64), each term divided by its value on the first images so that
+  they start equal:
+  - scores: the KL divergence between the student's and the teacher's per-anchor face probability;
+  - boxes: the squared box-delta difference times (4 x stride)^2 (a delta times the anchor size is
+    pixels), weighted by the teacher's face probability;
+  - features: the squared difference of m2..m6 (the keypoint head's inputs) relative to the teacher's
+    mean square.
+  Each term is summed over the levels and divided by the teacher's total face probability (at least 1,
+  so that an image without faces is not blown up).
+* Adam, cosine-decayed learning rate, one image per step (each train image, longer side 640 as the
+  pipeline prepares it, mirrored at random); the state is saved every --checkpoint-every steps to
+  OUT/finetune_state.pt and a rerun with the same arguments resumes from it.
+
+The held-out loss (16 train images not stepped on) is reported at the start and the end; accuracy on
+the VAL split comes from export/anchor_drift.py and export/precision_report.py on the written folder.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DETECTOR_FILE, DETECTOR_INT8_FILE = "detector.onnx", "detector_int8.onnx"
+STATE_FILE = "finetune_state.pt"
+LOG_FILE = "finetune_log.jsonl"
+SUMMARY_FILE = "finetune_summary.json"
+LEVEL_SUFFIXES = ("", "_1", "_2", "_3", "_4")  # the detection head's conv names per level, strides 4..64
+STRIDES = (4, 8, 16, 32, 64)
+FEATURES = ("m2", "m3", "m4", "m5", "m6")
+TERMS = ("score", "box", "feature")
+HELD_OUT_IMAGES = 16
+BALANCE_IMAGES = 8
+
+
+def head_outputs() -> list[str]:
+    """The tensors the loss reads: per level the score and box-delta conv outputs, then m2..m6."""
+    return ([f"/detection_head/cls{s}/Conv_output_0" for s in LEVEL_SUFFIXES]
+            + [f"/detection_head/box{s}/Conv_output_0" for s in LEVEL_SUFFIXES] + list(FEATURES))
+
+
+@dataclass
+class FinetuneSettings:
+    steps: int = 2000
+    images: int = 512  # train images stepped on (the held-out ones come after them)
+    lr: float = 0.01  # Adam's step, in quantisation steps of a weight
+    train_weights: bool = True  # False: only the INT32 biases move (the integers of the weights stay)
+    checkpoint_every: int = 100
+    eval_every: int = 250  # held-out loss logged to OUT/finetune_log.jsonl
+    seed: int = 0
+    max_side: int = 640
+
+
+@dataclass
+class FinetuneSummary:
+    steps: int
+    seconds: float
+    weights_changed: float  # fraction of the INT8 weights whose integer changed
+    held_out_before: dict = field(default_factory=dict)  # loss terms (balanced units) on the held-out images
+    held_out_after: dict = field(default_factory=dict)
+
+
+def distillation_terms(student: dict, teacher: dict) -> dict:
+    """The three loss terms of the module doc (unbalanced), as torch scalars."""
+    import torch
+    import torch.nn.functional as F
+
+    score = box = feature = 0.0
+    mass = 0.0
+    for suffix, stride, m in zip(LEVEL_SUFFIXES, STRIDES, FEATURES):
+        s_logit, t_logit = student[f"/detection_head/cls{suffix}/Conv_output_0"], teacher[f"/detection_head/cls{suffix}/Conv_output_0"]
+        p = torch.sigmoid(t_logit)
+        entropy = F.binary_cross_entropy(p, p, reduction="sum")
+        score = score + F.binary_cross_entropy_with_logits(s_logit, p, reduction="sum") - entropy
+        s_box, t_box = student[f"/detection_head/box{suffix}/Conv_output_0"], teacher[f"/detection_head/box{suffix}/Conv_output_0"]
+        n, a4, h, w = t_box.shape
+        error = ((s_box - t_box).reshape(n, a4 // 4, 4, h, w) ** 2).sum(dim=2)  # [N, A, H, W]
+        box = box + (p * error).sum() * (4.0 * stride) ** 2
+        feature = feature + ((student[m] - teacher[m]) ** 2).mean() / (teacher[m] ** 2).mean().clamp(min=1e-12)
+        mass = mass + p.sum()
+    mass = torch.clamp(mass, min=1.0)
+    return {"score": score / mass, "box": box / mass, "feature": feature / len(FEATURES)}
+
+
+class Teacher:
+    """detector.onnx in ONNX Runtime, answering the tensors of head_outputs()."""
+
+    def __init__(self, fp32_path: Path, threads: int = 0):
+        import onnx
+        import onnxruntime as ort
+
+        model = onnx.load(str(fp32_path))
+        del model.graph.output[:]
+        for name in head_outputs():
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, image: np.ndarray) -> dict:
+        import torch
+
+        values = self.session.run(None, {"images": image})
+        return {name: torch.from_numpy(v) for name, v in zip(head_outputs(), values)}
+
+
+def _fingerprint(path: Path, settings: FinetuneSettings, records: Sequence) -> str:
+    digest = hashlib.sha256(Path(path).read_bytes())
+    digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    digest.update("\n".join(str(r.image_path) for r in records).encode())
+    return digest.hexdigest()
+
+
+def _cosine(step: int, steps: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+
+
+def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence, held_out: Sequence, input_cfg,
+             settings: FinetuneSettings, state_path: Path | None = None, progress: bool = True,
+             log_path: Path | None = None) -> FinetuneSummary:
+    """Fine-tune int8_path's INT8 weights and biases on `records` (module doc) and write the graph to out_path; the
+    held-out loss every settings.eval_every steps goes to log_path (JSON lines)."""
+    import onnx
+    import torch
+    from tqdm import tqdm
+
+    from export.qdq_torch import QdqGraph
+    from maskface.data.dataset import read_image
+    from maskface.preprocess import prepare_image
+
+    if not records:
+        raise ValueError("fine-tuning needs train images: none were given")
+    model = onnx.load(str(int8_path))
+    student = QdqGraph(model, head_outputs())
+    if not len(student.weights):
+        raise ValueError(f"{int8_path} has no quantised conv weights to fine-tune")
+    teacher = Teacher(fp32_path)
+    start_weights = {k: v.detach().round().clone() for k, v in student.weights.items()}
+
+    def prepared(record, mirror: bool = False) -> np.ndarray:
+        image = read_image(record.image_path, record.source)
+        if mirror:
+            image = np.ascontiguousarray(image[:, ::-1])
+        return prepare_image(image, input_cfg, settings.max_side).image[None].astype(np.float32)
+
+    def terms_on(image: np.ndarray) -> dict:
+        targets = teacher(image)
+        return distillation_terms(student(torch.from_numpy(image)), targets)
+
+    def held_out_loss(balance: dict) -> dict:
+        sums = dict.fromkeys(TERMS, 0.0)
+        with torch.no_grad():
+            for record in held_out:
+                for k, v in terms_on(prepared(record)).items():
+                    sums[k] += float(v) / balance[k] / max(len(held_out), 1)
+        return sums
+
+    with torch.no_grad():
+        first = [terms_on(prepared(r)) for r in records[:BALANCE_IMAGES]]
+    balance = {k: max(float(np.mean([float(t[k]) for t in first])), 1e-12) for k in TERMS}
+    if not settings.train_weights:
+        student.weights.requires_grad_(False)
+    trained = (list(student.weights.values()) if settings.train_weights else []) + list(student.biases.values())
+    optimizer = torch.optim.Adam(trained, lr=settings.lr)
+    fingerprint = _fingerprint(int8_path, settings, records)
+    step, seconds, running = 0, 0.0, None  # running: the train loss's moving average
+    before = None
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            student.load_state_dict(state["student"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, seconds, balance = int(state["step"]), float(state["seconds"]), dict(state["balance"])
+            before = dict(state["held_out_before"])
+            running = float(state["running"]) if step else None
+            print(f"int8_finetune: resuming at step {step} from {state_path}")
+        else:
+            print(f"int8_finetune: {state_path} is from other inputs or settings; starting over")
+    if before is None:
+        before = held_out_loss(balance)
+    if log_path is not None and log_path.is_file():  # drop what was logged after the state resumed from
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+    def save_state() -> None:
+        if state_path is None:
+            return
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"fingerprint": fingerprint, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "seconds": seconds, "balance": balance, "held_out_before": before, "running": running or 0.0}, tmp)
+        tmp.replace(state_path)
+
+    rng = np.random.default_rng(settings.seed)
+    order = [rng.permutation(len(records)) for _ in range(math.ceil(settings.steps / len(records)))]
+    mirrors = rng.random(settings.steps) < 0.5
+    bar = tqdm(total=settings.steps, initial=step, desc="int8 fine-tune", dynamic_ncols=True, disable=not progress)
+    while step < settings.steps:
+        began = time.perf_counter()
+        record = records[order[step // len(records)][step % len(records)]]
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * _cosine(step, settings.steps)
+        terms = terms_on(prepared(record, bool(mirrors[step])))
+        loss = sum(terms[k] / balance[k] for k in TERMS)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        seconds += time.perf_counter() - began
+        running = float(loss.detach()) if running is None else 0.98 * running + 0.02 * float(loss.detach())
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}")
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            save_state()
+        if log_path is not None and held_out and step % settings.eval_every == 0:
+            with open(log_path, "a") as log:
+                log.write(json.dumps({"step": step, "lr": settings.lr * _cosine(step, settings.steps),
+                                      "train_loss": running, "held_out": held_out_loss(balance)}) + "\n")
+    bar.close()
+    after = held_out_loss(balance)
+    changed = sum(int((student.weights[k].detach().round().clamp(-127, 127) != start_weights[k].clamp(-127, 127)).sum())
+                  for k in start_weights)
+    total = sum(v.numel() for v in start_weights.values())
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".onnx.tmp")
+    onnx.save(student.to_onnx(model), str(tmp))
+    tmp.replace(out_path)
+    return FinetuneSummary(step, seconds, changed / total, before, after)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--int8-dir", required=True, help="folder with detector_int8.onnx and detector.onnx "
+                                                     "(export/quantize_int8.py's --out)")
+    p.add_argument("--data", default="runs/demo-data", help="demo data folder (its TRAIN split is used)")
+    p.add_argument("--out", default=None, help="folder to write (default: INT8_DIR/finetuned); the other graphs "
+                                              "of INT8_DIR are copied beside the fine-tuned detector_int8.onnx")
+    p.add_argument("--config", default="demo", help="model config whose input preprocessing to use")
+    defaults = FinetuneSettings()
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--images", type=int, default=defaults.images)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--biases-only", action="store_true", help="train only the INT32 biases of the quantised convs")
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                   help="log the held-out loss every N steps to OUT/finetune_log.jsonl")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    for name in ("steps", "images", "checkpoint_every", "eval_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.lr > 0:
+        p.error("--lr must be positive")
+    return args
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from export.quantize_int8 import MissingDataError, sample_records
+    from maskface.config import get_config
+
+    args = parse_args(argv)
+    source = Path(args.int8_dir)
+    for name in (DETECTOR_FILE, DETECTOR_INT8_FILE):
+        if not (source / name).is_file():
+            print(f"int8_finetune: {source / name} not found: write the INT8 folder first with "
+                  f"`python export/quantize_int8.py --out {source}`", file=sys.stderr)
+            return 2
+    out = Path(args.out) if args.out else source / "finetuned"
+    if out.resolve() == source.resolve():
+        print("int8_finetune: --out must differ from --int8-dir (the FP32 teacher's INT8 graph is read from there)",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = FinetuneSettings(steps=args.steps, images=args.images, lr=args.lr, train_weights=not args.biases_only,
+                                checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed)
+    try:
+        records = sample_records(args.data, "train", settings.images + HELD_OUT_IMAGES)
+    except MissingDataError as e:
+        print(f"int8_finetune: {e}", file=sys.stderr)
+        return 2
+    train, held_out = records[:-HELD_OUT_IMAGES], records[-HELD_OUT_IMAGES:]
+    if len(records) <= HELD_OUT_IMAGES:
+        train, held_out = records, []
+    out.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file() and item.suffix in (".onnx", ".json") and item.name != SUMMARY_FILE:
+            shutil.copy2(item, out / item.name)
+    summary = finetune(source / DETECTOR_INT8_FILE, source / DETECTOR_FILE, out / DETECTOR_INT8_FILE, train, held_out,
+                       get_config(args.config).input, settings, out / STATE_FILE, progress=not args.no_progress,
+                       log_path=out / LOG_FILE)
+    report = {"settings": asdict(settings), "train_images": len(train), "held_out_images": len(held_out),
+              **asdict(summary)}
+    (out / SUMMARY_FILE).write_text(json.dumps(report, indent=2))
+    print(f"int8_finetune: {summary.steps} steps in {summary.seconds:.0f} s; "
+          f"{100 * summary.weights_changed:.1f} % of the INT8 weights changed; held-out loss "
+          + ", ".join(f"{k} {summary.held_out_before[k]:.3f} -> {summary.held_out_after[k]:.3f}" for k in TERMS)
+          + f"; wrote {out / DETECTOR_INT8_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
