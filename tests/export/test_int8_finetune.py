@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from export import int8_finetune
 from export.int8_finetune import FinetuneSettings, distillation_terms, finetune, head_outputs
+from export.qdq_torch import QdqGraph
 from export.quantize_int8 import Int8Settings, calibrate, calibration_graph, io_contract, network_inputs, quantize_graph
 from tests.export.conftest import synthetic_image
 
@@ -142,20 +143,44 @@ def test_finetuning_takes_out_a_planted_bias_error(small, tmp_path):
     onnx.save(model, str(corrupted))
     out = tmp_path / "finetuned.onnx"
     summary = finetune(corrupted, small.detector, out, small.records, small.records, small.input_cfg,
-                       _settings(steps=40, lr=1.0, train_weights=False, checkpoint_every=100), progress=False)
+                       _settings(steps=40, lr=1.0, train_weights=False, checkpoint_every=100, eval_every=40), progress=False)
     left = _initializers(out)[bias_name] - bias
     assert np.abs(left).mean() < 0.6 * np.abs(planted).mean(), np.abs(left).mean() / np.abs(planted).mean()
     assert np.mean(np.sign(left) == np.sign(planted)) >= 0.5  # moved back, not past
     before, after = sum(summary.held_out_before.values()), sum(summary.held_out_after.values())
     assert after < 0.8 * before, (summary.held_out_before, summary.held_out_after)
     assert summary.weights_changed == 0  # biases only
+    assert summary.best_step > 0
+
+
+def test_a_run_that_only_hurts_writes_the_input_graph(small, tmp_path):
+    # steps of 5 quantisation steps per iteration throw the integers about: every evaluated step is worse
+    out = tmp_path / "finetuned.onnx"
+    summary = finetune(small.detector_int8, small.detector, out, small.records, small.records, small.input_cfg,
+                       _settings(steps=4, lr=5.0, eval_every=2), progress=False)
+    assert summary.best_step == 0
+    assert summary.held_out_after == pytest.approx(summary.held_out_before)
+    before = _initializers(small.detector_int8)
+    for name, values in _initializers(out).items():
+        np.testing.assert_array_equal(values, before[name], err_msg=name)
+
+
+def test_the_held_out_loss_is_logged_and_plotted(small, tmp_path):
+    log = tmp_path / "log.jsonl"
+    finetune(small.detector_int8, small.detector, tmp_path / "out.onnx", small.records, small.records[:1],
+             small.input_cfg, _settings(steps=5, eval_every=2), progress=False, log_path=log)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4, 5] and rows[0]["train_loss"] is None
+    pytest.importorskip("matplotlib")
+    assert int8_finetune.plot_log(log, tmp_path / "loss.png").stat().st_size > 1000
 
 
 def test_the_finetuned_graph_keeps_the_int8_graphs_contract(small, tmp_path):
     out = tmp_path / "detector_int8.onnx"
-    summary = finetune(small.detector_int8, small.detector, out, small.records, small.records, small.input_cfg,
-                       _settings(lr=0.5), progress=False, log_path=tmp_path / "log.jsonl")
-    assert 0 < summary.weights_changed < 1
+    # no held-out images: the last step's parameters are written, whatever they do
+    summary = finetune(small.detector_int8, small.detector, out, small.records, [], small.input_cfg,
+                       _settings(lr=0.5), progress=False)
+    assert summary.best_step == 8 and 0 < summary.weights_changed < 1
     onnx.checker.check_model(onnx.load(str(out)))
     assert io_contract(out) == io_contract(small.detector_int8)
     old, new = onnx.load(str(small.detector_int8)), onnx.load(str(out))
@@ -164,7 +189,6 @@ def test_the_finetuned_graph_keeps_the_int8_graphs_contract(small, tmp_path):
     for init in new.graph.initializer:  # scales, zero points and FP32 layers stay; integers may move
         if init.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.INT32):
             np.testing.assert_array_equal(numpy_helper.to_array(init), old_values[init.name], err_msg=init.name)
-    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2  # steps 4 and 8
 
 
 def test_a_crashed_run_resumes_as_if_uninterrupted(small, tmp_path, monkeypatch):
@@ -194,12 +218,17 @@ def test_a_crashed_run_resumes_as_if_uninterrupted(small, tmp_path, monkeypatch)
              log_path=tmp_path / "resumed.jsonl")
     # the step-6 line logged before the crash was dropped on resuming from step 4, then logged again
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed.jsonl").read_text().splitlines()]
-    assert steps == [3, 6]
+    assert steps == [0, 3, 6, 8]
     assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
     a, b = _initializers(whole), _initializers(resumed)
-    assert any(not np.array_equal(a[k], v) for k, v in _initializers(small.detector_int8).items())  # it did train
     for name, values in a.items():
         np.testing.assert_array_equal(values, b[name], err_msg=name)
+    states = [torch.load(tmp_path / f"{n}.pt", weights_only=True)["student"] for n in ("whole", "resumed")]
+    assert states[0].keys() == states[1].keys()
+    for name, values in states[0].items():  # the last step's parameters too, not only the best step's
+        assert torch.equal(values, states[1][name]), name
+    start = QdqGraph(onnx.load(str(small.detector_int8)), head_outputs()).state_dict()
+    assert any(not torch.equal(values, start[name]) for name, values in states[0].items())  # it did train
 
 
 def test_a_state_from_other_settings_is_not_resumed(small, tmp_path, capsys):
