@@ -169,8 +169,8 @@ class QdqGraph(torch.nn.Module):
 
     Parameters (`trainable=True`): for every DequantizeLinear that reads an INT8 weight of a Conv, the
     weight in units of its step (init: the graph's integers); for every one that reads an INT32 Conv
-    bias, the bias in units of bias step x sqrt(fan-in) (a step of the same order as the weights',
-    so one learning rate suits both). Everything else is a fixed buffer."""
+    bias, the bias's change in units of bias step x sqrt(fan-in) (init 0; a step of the same order as
+    the weights', so one learning rate suits both). Everything else is a constant."""
 
     def __init__(self, model: onnx.ModelProto, outputs: Sequence[str], trainable: bool = True):
         super().__init__()
@@ -222,6 +222,9 @@ class QdqGraph(torch.nn.Module):
             if conv is None:
                 continue
             key = node.input[0].replace(".", "_")
+            if key in self.weights or key in self.biases:
+                raise ValueError(f"{node.input[0]}: a parameter named {key!r} exists already (a shared or "
+                                 f"clashing initializer)")
             if values.dtype == np.int8 and conv.input[1] == node.output[0]:
                 self.weights[key] = torch.nn.Parameter(torch.from_numpy(values.astype(np.float32)))
                 self._param_of[node.output[0]] = ("weight", key, 1.0)
@@ -229,8 +232,10 @@ class QdqGraph(torch.nn.Module):
                 weight_dq = producer[conv.input[1]]
                 shape = self._initializers.get(weight_dq.input[0], np.zeros((1, 1, 1, 1))).shape
                 unit = math.sqrt(float(np.prod(shape[1:])))
-                self.biases[key] = torch.nn.Parameter(torch.from_numpy(values.astype(np.float32) / unit))
+                # the change, not the bias: INT32 biases exceed float32's 2^24 exact integers
+                self.biases[key] = torch.nn.Parameter(torch.zeros(values.shape, dtype=torch.float32))
                 self._param_of[node.output[0]] = ("bias", key, unit)
+
 
     # -- evaluation -------------------------------------------------------------------------------
     def _dequantize(self, node, values: dict) -> torch.Tensor:
@@ -243,7 +248,7 @@ class QdqGraph(torch.nn.Module):
             if kind == "weight":
                 q = torch.clamp(round_ste(self.weights[key]), *WEIGHT_RANGE)
             else:
-                q = torch.clamp(round_ste(self.biases[key] * unit), float(INT32.min), float(INT32.max))
+                q = values[node.input[0]] + round_ste(self.biases[key] * unit)
         else:
             q = values[node.input[0]]
         axis = attrs.get("axis", 1) % max(q.ndim, 1)
@@ -289,8 +294,9 @@ class QdqGraph(torch.nn.Module):
                 if kind == "weight":
                     out[name] = torch.clamp(torch.round(self.weights[key]), *WEIGHT_RANGE).numpy().astype(np.int8)
                 else:
-                    out[name] = torch.clamp(torch.round(self.biases[key] * unit),
-                                            float(INT32.min), float(INT32.max)).numpy().astype(np.int32)
+                    change = torch.round(self.biases[key].double() * unit).numpy().astype(np.int64)
+                    out[name] = np.clip(self._initializers[name].astype(np.int64) + change,
+                                        INT32.min, INT32.max).astype(np.int32)
         return out
 
     def to_onnx(self, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -142,13 +142,16 @@ def test_finetuning_takes_out_a_planted_bias_error(small, tmp_path):
     corrupted = tmp_path / "corrupted.onnx"
     onnx.save(model, str(corrupted))
     out = tmp_path / "finetuned.onnx"
+    # Steps of up to 1 unit: even this small network's loss jumps by a fifth between evaluations once
+    # the biases are near their old values, so the best evaluated step is what is checked.
     summary = finetune(corrupted, small.detector, out, small.records, small.records, small.input_cfg,
-                       _settings(steps=40, lr=1.0, train_weights=False, checkpoint_every=100, eval_every=40), progress=False)
+                       _settings(steps=40, lr=1.0, train_weights=False, checkpoint_every=100, eval_every=5),
+                       progress=False)
     left = _initializers(out)[bias_name] - bias
-    assert np.abs(left).mean() < 0.6 * np.abs(planted).mean(), np.abs(left).mean() / np.abs(planted).mean()
-    assert np.mean(np.sign(left) == np.sign(planted)) >= 0.5  # moved back, not past
+    assert np.abs(left).mean() < 0.75 * np.abs(planted).mean(), np.abs(left).mean() / np.abs(planted).mean()
+    assert np.all(np.sign(left) == np.sign(planted))  # moved back, not past
     before, after = sum(summary.held_out_before.values()), sum(summary.held_out_after.values())
-    assert after < 0.8 * before, (summary.held_out_before, summary.held_out_after)
+    assert after < 0.85 * before, (summary.held_out_before, summary.held_out_after)
     assert summary.weights_changed == 0  # biases only
     assert summary.best_step > 0
 
