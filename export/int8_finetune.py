@@ -16,8 +16,8 @@ reproduce the FP32 graph's outputs on images of the TRAIN split:
 * loss, per pyramid level (strides 4..64), each term divided by its value on the first images so that
   they start equal:
   - scores: the KL divergence between the student's and the teacher's per-anchor face probability;
-  - boxes: the squared box-delta difference times (4 x stride)^2 (a delta times the anchor size is
-    pixels), weighted by the teacher's face probability;
+  - boxes: the squared box-delta difference times the level's base anchor size squared (a delta times
+    the anchor size is pixels), weighted by the teacher's face probability;
   - features: the squared difference of m2..m6 (the keypoint head's inputs) relative to the teacher's
     mean square.
   Each term is summed over the levels and divided by the teacher's total face probability (at least 1,
@@ -42,24 +42,24 @@ detections; ONNX Runtime INT8, OpenVINO INT8 in brackets):
 | graph | steps, lr | held-out loss written | box median / p90 / p99 (px) | landmark p99 (px) |
 |---|---|---|---|---|
 | as quantised (post-training only) | - | - | 0.29 / 0.99 / 2.96 (0.29 / 0.95 / 3.27) | 1.68 (1.48) |
-| biases only (`--biases-only`) | 600, 0.01 | 0.65 / 0.34 / 0.82 | 0.30 / 0.90 / 2.86 (0.29 / 0.92 / 3.04) | 1.52 (1.60) |
+| biases only (`--biases-only`), last step | 600, 0.01 | 0.65 / 0.34 / 0.82 | 0.30 / 0.90 / 2.86 (0.29 / 0.92 / 3.04) | 1.52 (1.60) |
 | weights + biases, last step | 1200, 0.003 | 1.30 / 0.59 / 1.52 | 0.31 / 0.98 / 2.88 | 1.98 |
 | weights + biases, best held-out step (the defaults) | 800, 0.003 | 0.63 / 0.34 / 0.81 (step 800) | 0.28 / 0.91 / 3.12 (0.28 / 0.93 / 2.87) | 1.65 (1.57) |
 
 (benchmarks/results/anchor_drift_demo_int8_finetuned_{bias,w3b}.md, int8_finetune_demo_{summary.json,
-log.jsonl}.) The p90 falls by about a tenth; the p99 stays within 2.86-3.27 px, the spread that variants of
-the same post-training graph already show (5.5 of docs/DEPLOYMENT.md). The loss is too rugged for
+log.jsonl}.) The p90 falls by about a tenth; the p99 stays within 2.86-3.27 px, the spread that variants
+of the same post-training graph already show (5.5 of docs/DEPLOYMENT.md). The loss is too rugged for
 straight-through steps to descend far: in the default run the held-out loss went 0.67 / 0.36 / 0.88 at
 step 600, 1.19 / 0.55 / 1.52 at step 700 and 0.63 / 0.34 / 0.81 at step 800, with the learning rate at
 4e-4 to 0 steps per iteration by then (0.09 % of the weights differ from the input's at the end); the
-1200-step run ended where such a jump left it. Why: the INT8 drift is mostly the network's sensitivity to where its activations fall on the 8-bit
-grid, not an offset that parameters can absorb. The same INT8 graph run by ONNX Runtime with and without
-its graph optimisations (the same integers and scales, sums in another order, so a few values round the
-other way) differs at FP32's face anchors (3,907 with score >= 0.5 on 60 val images; max coordinate,
-original pixels) by median 0.22 / p90 0.89 / p99 2.11 px, half of INT8 against FP32 (0.41 / 1.44 / 4.18;
-throw-away script). Descending along the loss's gradient in the biases alone, on 4 held-out images,
-gained 3 % at best (a step of 0.3 units), and larger steps lost. Not used by default: the graph
-export/quantize_int8.py writes is the served one.
+1200-step run ended where such a jump left it. Why: the INT8 drift is mostly the network's sensitivity to
+where its activations fall on the 8-bit grid, not an offset that parameters can absorb. The same INT8
+graph run by ONNX Runtime with and without its graph optimisations (the same integers and scales, sums in
+another order, so a few values round the other way) differs at FP32's face anchors (3,907 with score >=
+0.5 on 60 val images; max coordinate, original pixels) by median 0.22 / p90 0.89 / p99 2.11 px, half of
+INT8 against FP32 (0.41 / 1.44 / 4.18; throw-away script). Descending along the loss's gradient in the
+biases alone, on 4 held-out images, gained 3 % at best (a step of 0.3 units), and larger steps lost. Not
+used by default: the graph export/quantize_int8.py writes is the served one.
 """
 from __future__ import annotations
 
@@ -81,7 +81,6 @@ STATE_FILE = "finetune_state.pt"
 LOG_FILE = "finetune_log.jsonl"
 SUMMARY_FILE = "finetune_summary.json"
 LEVEL_SUFFIXES = ("", "_1", "_2", "_3", "_4")  # the detection head's conv names per level, strides 4..64
-STRIDES = (4, 8, 16, 32, 64)
 FEATURES = ("m2", "m3", "m4", "m5", "m6")
 TERMS = ("score", "box", "feature")
 HELD_OUT_IMAGES = 16
@@ -121,17 +120,19 @@ def distillation_terms(student: dict, teacher: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from maskface.config import AnchorConfig
+
     score = box = feature = 0.0
     mass = 0.0
-    for suffix, stride, m in zip(LEVEL_SUFFIXES, STRIDES, FEATURES):
-        s_logit, t_logit = student[f"/detection_head/cls{suffix}/Conv_output_0"], teacher[f"/detection_head/cls{suffix}/Conv_output_0"]
-        p = torch.sigmoid(t_logit)
+    for suffix, anchor_size, m in zip(LEVEL_SUFFIXES, AnchorConfig().sizes, FEATURES):
+        cls, box_deltas = f"/detection_head/cls{suffix}/Conv_output_0", f"/detection_head/box{suffix}/Conv_output_0"
+        p = torch.sigmoid(teacher[cls])
         entropy = F.binary_cross_entropy(p, p, reduction="sum")
-        score = score + F.binary_cross_entropy_with_logits(s_logit, p, reduction="sum") - entropy
-        s_box, t_box = student[f"/detection_head/box{suffix}/Conv_output_0"], teacher[f"/detection_head/box{suffix}/Conv_output_0"]
-        n, a4, h, w = t_box.shape
-        error = ((s_box - t_box).reshape(n, a4 // 4, 4, h, w) ** 2).sum(dim=2)  # [N, A, H, W]
-        box = box + (p * error).sum() * (4.0 * stride) ** 2
+        score = score + F.binary_cross_entropy_with_logits(student[cls], p, reduction="sum") - entropy
+        n, a4, h, w = teacher[box_deltas].shape
+        difference = (student[box_deltas] - teacher[box_deltas]).reshape(n, a4 // 4, 4, h, w)
+        error = (difference ** 2).sum(dim=2)  # [N, A, H, W]
+        box = box + (p * error).sum() * anchor_size ** 2
         feature = feature + ((student[m] - teacher[m]) ** 2).mean() / (teacher[m] ** 2).mean().clamp(min=1e-12)
         mass = mass + p.sum()
     mass = torch.clamp(mass, min=1.0)
@@ -255,7 +256,8 @@ def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence
             return
         tmp = state_path.with_suffix(".tmp")
         torch.save({"fingerprint": fingerprint, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "seconds": seconds, "balance": balance, "held_out_before": before, "running": running or 0.0,
+                    "step": step, "seconds": seconds, "balance": balance, "held_out_before": before,
+                    "running": running or 0.0,
                     "best_step": best_step, "best_total": best_total, "best_params": best_params}, tmp)
         tmp.replace(state_path)
 

@@ -13,13 +13,14 @@ computes the requested tensors, node by node, with torch ops of the same semanti
   scales and zero points, the FP32 layers and the graph's structure do not change, so the fine-tuned
   graph has the inputs, outputs and runtime behaviour of the one it came from.
 
-Only the ops the detector's trunk and heads use are implemented; any other raises
-`UnsupportedOpError` naming it. tests/export/test_qdq_torch.py checks every node, given ONNX Runtime's
-own inputs, against ONNX Runtime on a QDQ graph that ONNX Runtime's quantiser wrote. Run end to end, the
-two differ where a value falls within float32 noise of a rounding boundary (they sum a conv's products
-in different orders) and by what such a flip moves downstream; on the demo detector (three train images) that is as large as
-the difference between ONNX Runtime's own optimised and unoptimised runs of the graph (first image: mean |difference|
-of the score logits 0.019 against 0.019, of m2 0.009 against 0.009; INT8 against FP32: 0.029 and 0.014).
+Only the ops the detector's trunk and heads use are implemented; any other raises `UnsupportedOpError`
+naming it. tests/export/test_qdq_torch.py checks every node, given ONNX Runtime's own inputs, against
+ONNX Runtime on a QDQ graph that ONNX Runtime's quantiser wrote. Run end to end, the two differ where a
+value falls within float32 noise of a rounding boundary (they sum a conv's products in different orders)
+and by what such a flip moves downstream; on the demo detector (three train images) that is as large as
+the difference between ONNX Runtime's own optimised and unoptimised runs of the graph (first image: mean
+|difference| of the score logits 0.019 against 0.019, of m2 0.009 against 0.009; INT8 against FP32:
+0.029 and 0.014).
 """
 from __future__ import annotations
 

@@ -17,6 +17,19 @@ def synthetic_image(rng: np.random.Generator, height: int, width: int) -> np.nda
     return image.clip(0, 255).astype(np.uint8)
 
 
+def synthetic_records(folder) -> list[SimpleNamespace]:
+    """Three synthetic images of different sizes written into `folder`, as records (image_path, source)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (h, w) in enumerate([(192, 256), (256, 192), (200, 300)]):
+        path = folder / f"img{i}.png"
+        cv2.imwrite(str(path), synthetic_image(rng, h, w))
+        records.append(SimpleNamespace(image_path=path, source=f"synthetic {i}"))
+    return records
+
+
 @pytest.fixture(scope="session")
 def export_model():
     """The small preset, seeded: what the export tests export and compare against."""
@@ -51,8 +64,6 @@ def detector_k5000(tmp_path_factory, export_model):
 def tiny_int8(tmp_path_factory):
     """export/quantize_int8.py's build of the seeded tiny model, calibrated on three synthetic images
     (MinMax: fast, and its ranges hold every calibration value); detector and keypoint head in INT8."""
-    import cv2
-
     from export.export_onnx import export_detector, export_keypoint_head
     from export.quantize_int8 import KEYPOINT_SCOPES, Int8Settings, build_int8
 
@@ -61,12 +72,7 @@ def tiny_int8(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8")
     detector = export_detector(model, out / "detector.onnx")
     keypoints = export_keypoint_head(model, out / "keypoint_head_portable.onnx", portable=True)
-    rng = np.random.default_rng(0)
-    records = []
-    for i, (h, w) in enumerate([(192, 256), (256, 192), (200, 300)]):
-        path = out / f"img{i}.png"
-        cv2.imwrite(str(path), synthetic_image(rng, h, w))
-        records.append(SimpleNamespace(image_path=path, source=f"synthetic {i}"))
+    records = synthetic_records(out)
     # Every detection passes the score threshold, so the keypoint head gets rois to calibrate on.
     model.cfg.inference.score_threshold = 0.0
     model.cfg.inference.max_detections = 8

@@ -23,7 +23,7 @@ from export import int8_finetune
 from export.int8_finetune import FinetuneSettings, distillation_terms, finetune, head_outputs
 from export.qdq_torch import QdqGraph
 from export.quantize_int8 import Int8Settings, calibrate, calibration_graph, io_contract, network_inputs, quantize_graph
-from tests.export.conftest import synthetic_image
+from tests.export.conftest import synthetic_records
 
 
 class _Head(torch.nn.Module):
@@ -65,8 +65,6 @@ class SmallDetector(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    import cv2
-
     from maskface.config import get_config
 
     torch.manual_seed(0)
@@ -75,12 +73,7 @@ def small(tmp_path_factory):
     torch.onnx.export(SmallDetector().eval(), torch.zeros(1, 3, 128, 128), str(detector), input_names=["images"],
                       output_names=["scores", "boxes", *int8_finetune.FEATURES],
                       dynamic_axes={"images": {2: "height", 3: "width"}}, opset_version=17, dynamo=False)
-    rng = np.random.default_rng(0)
-    records = []
-    for i, (h, w) in enumerate([(192, 256), (256, 192), (200, 300)]):
-        path = out / f"img{i}.png"
-        cv2.imwrite(str(path), synthetic_image(rng, h, w))
-        records.append(SimpleNamespace(image_path=path, source=f"synthetic {i}"))
+    records = synthetic_records(out)
     input_cfg = get_config("tiny").input
     feeds = [{"images": x} for x in network_inputs(records, input_cfg, max_side=128, progress=False)]
     settings = Int8Settings(method="minmax")
