@@ -181,10 +181,11 @@ class QdqGraph(torch.nn.Module):
         producer = {o: n for n in graph.node for o in n.output}
         self._initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         self.nodes = self._needed_nodes(graph, producer)
+        self._attrs = {node.output[0]: _attributes(node) for node in self.nodes}  # read once, not per run
         self._constants: dict[str, torch.Tensor] = {n: _tensor(a) for n, a in self._initializers.items()}
         for node in self.nodes:
             if node.op_type == "Constant":
-                self._constants[node.output[0]] = _tensor(numpy_helper.to_array(_attributes(node)["value"]))
+                self._constants[node.output[0]] = _tensor(numpy_helper.to_array(self._attrs[node.output[0]]["value"]))
         self.weights = torch.nn.ParameterDict()
         self.biases = torch.nn.ParameterDict()
         self._param_of: dict[str, tuple[str, str, float]] = {}  # DQ output -> (kind, key, unit)
@@ -240,7 +241,7 @@ class QdqGraph(torch.nn.Module):
 
     # -- evaluation -------------------------------------------------------------------------------
     def _dequantize(self, node, values: dict) -> torch.Tensor:
-        attrs = _attributes(node)
+        attrs = self._attrs[node.output[0]]
         scale = values[node.input[1]]
         zero = values[node.input[2]] if len(node.input) > 2 and node.input[2] else torch.zeros(())
         param = self._param_of.get(node.output[0])
@@ -256,7 +257,7 @@ class QdqGraph(torch.nn.Module):
         return (q - _along(zero, axis, q.ndim)) * _along(scale, axis, q.ndim)
 
     def _quantize(self, node, values: dict) -> torch.Tensor:
-        attrs = _attributes(node)
+        attrs = self._attrs[node.output[0]]
         x, scale = values[node.input[0]], values[node.input[1]]
         zero_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         low, high = _integer_range(self._initializers.get(zero_name) if zero_name else None)
@@ -276,7 +277,7 @@ class QdqGraph(torch.nn.Module):
         args = [values[i] if i else None for i in node.input]
         while args and args[-1] is None:
             args.pop()
-        return OPS[node.op_type](*args, **_attributes(node))
+        return OPS[node.op_type](*args, **self._attrs[node.output[0]])
 
     def forward(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         values = dict(self._constants)

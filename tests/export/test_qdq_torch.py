@@ -20,11 +20,13 @@ from maskface.preprocess import prepare_image
 
 
 def reference_session(model: onnx.ModelProto, outputs, elem_type=TensorProto.FLOAT) -> ort.InferenceSession:
-    """ONNX Runtime on `model` answering `outputs`, every graph optimisation off."""
+    """ONNX Runtime on `model` answering `outputs`, every graph optimisation off; `outputs` is a list of
+    names of type `elem_type`, or a {name: element type} dict."""
+    types = outputs if isinstance(outputs, dict) else dict.fromkeys(outputs, elem_type)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     del model.graph.output[:]
-    for name in outputs:
-        model.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+    for name, element in types.items():
+        model.graph.output.append(helper.make_tensor_value_info(name, element, None))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
@@ -43,14 +45,7 @@ def all_values(model: onnx.ModelProto, names, image: np.ndarray) -> dict[str, np
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(model.graph.output)}
     names = [n for n in names if types.get(n)]
-    spec = onnx.ModelProto.FromString(model.SerializeToString())
-    del spec.graph.output[:]
-    for name in names:
-        spec.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(spec.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = reference_session(model, {name: types[name] for name in names})
     return dict(zip(names, session.run(None, {"images": image})))
 
 
