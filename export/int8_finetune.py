@@ -80,6 +80,7 @@ import numpy as np
 
 DETECTOR_FILE, DETECTOR_INT8_FILE = "detector.onnx", "detector_int8.onnx"
 STATE_FILE = "finetune_state.pt"
+STATE_FORMAT = "2"  # in the fingerprint: a state written in another layout is not resumed
 LOG_FILE = "finetune_log.jsonl"
 SUMMARY_FILE = "finetune_summary.json"
 LEVEL_SUFFIXES = ("", "_1", "_2", "_3", "_4")  # the detection head's conv names per level, strides 4..64
@@ -166,6 +167,7 @@ class Teacher:
 
 def _fingerprint(path: Path, settings: FinetuneSettings, records: Sequence) -> str:
     digest = hashlib.sha256(Path(path).read_bytes())
+    digest.update(STATE_FORMAT.encode())
     digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
     digest.update("\n".join(str(r.image_path) for r in records).encode())
     return digest.hexdigest()
@@ -229,7 +231,7 @@ def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence
     fingerprint = _fingerprint(int8_path, settings, records)
     step, seconds, running = 0, 0.0, None  # running: the train loss's moving average
     before = None
-    best_step, best_total, best_params = 0, math.inf, {}  # the evaluated step with the lowest held-out loss
+    best_step, best_held_out, best_params = 0, {}, {}  # the evaluated step with the lowest held-out loss
     if state_path is not None and state_path.is_file():
         state = torch.load(state_path, weights_only=True)
         if state.get("fingerprint") == fingerprint:
@@ -238,14 +240,14 @@ def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence
             step, seconds, balance = int(state["step"]), float(state["seconds"]), dict(state["balance"])
             before = dict(state["held_out_before"])
             running = float(state["running"]) if step else None
-            best_step, best_total = int(state["best_step"]), float(state["best_total"])
+            best_step, best_held_out = int(state["best_step"]), dict(state["best_held_out"])
             best_params = dict(state["best_params"])
             print(f"int8_finetune: resuming at step {step} from {state_path}")
         else:
             print(f"int8_finetune: {state_path} is from other inputs or settings; starting over")
     if before is None:
         before = held_out_loss(balance)
-        best_total, best_params = sum(before.values()), _copy(student)
+        best_held_out, best_params = before, _copy(student)
     if log_path is not None and held_out:  # drop what was logged after the state resumed from
         kept = [line for line in (log_path.read_text().splitlines() if log_path.is_file() else [])
                 if json.loads(line)["step"] <= step]
@@ -260,7 +262,7 @@ def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence
         torch.save({"fingerprint": fingerprint, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                     "step": step, "seconds": seconds, "balance": balance, "held_out_before": before,
                     "running": running or 0.0,
-                    "best_step": best_step, "best_total": best_total, "best_params": best_params}, tmp)
+                    "best_step": best_step, "best_held_out": best_held_out, "best_params": best_params}, tmp)
         tmp.replace(state_path)
 
     rng = np.random.default_rng(settings.seed)
@@ -284,8 +286,8 @@ def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence
         bar.set_postfix(loss=f"{running:.3f}")
         if held_out and (step % settings.eval_every == 0 or step == settings.steps):
             now = held_out_loss(balance)
-            if sum(now.values()) < best_total:
-                best_step, best_total, best_params = step, sum(now.values()), _copy(student)
+            if sum(now.values()) < sum(best_held_out.values()):
+                best_step, best_held_out, best_params = step, now, _copy(student)
             if log_path is not None:
                 with open(log_path, "a") as log:
                     log.write(json.dumps({"step": step, "lr": settings.lr * _cosine(step, settings.steps),
@@ -295,9 +297,9 @@ def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence
     bar.close()
     if held_out:  # write the best evaluated step's parameters (the input's when no step beat it)
         student.load_state_dict(best_params)
+        after = best_held_out
     else:
-        best_step = step
-    after = held_out_loss(balance)
+        best_step, after = step, held_out_loss(balance)
     changed = sum(int((student.weights[k].detach().round().clamp(-127, 127) != start_weights[k].clamp(-127, 127)).sum())
                   for k in start_weights)
     total = sum(v.numel() for v in start_weights.values())

@@ -188,7 +188,7 @@ class QdqGraph(torch.nn.Module):
                 self._constants[node.output[0]] = _tensor(numpy_helper.to_array(self._attrs[node.output[0]]["value"]))
         self.weights = torch.nn.ParameterDict()
         self.biases = torch.nn.ParameterDict()
-        self._param_of: dict[str, tuple[str, str, float]] = {}  # DQ output -> (kind, key, unit)
+        self._param_of: dict[str, tuple[str, str, float, str]] = {}  # DQ output -> (kind, key, unit, initializer)
         if trainable:
             self._make_parameters(producer)
 
@@ -229,14 +229,14 @@ class QdqGraph(torch.nn.Module):
                                  f"clashing initializer)")
             if values.dtype == np.int8 and conv.input[1] == node.output[0]:
                 self.weights[key] = torch.nn.Parameter(torch.from_numpy(values.astype(np.float32)))
-                self._param_of[node.output[0]] = ("weight", key, 1.0)
+                self._param_of[node.output[0]] = ("weight", key, 1.0, node.input[0])
             elif values.dtype == np.int32 and len(conv.input) > 2 and conv.input[2] == node.output[0]:
                 weight_dq = producer[conv.input[1]]
                 shape = self._initializers.get(weight_dq.input[0], np.zeros((1, 1, 1, 1))).shape
                 unit = math.sqrt(float(np.prod(shape[1:])))
                 # the change, not the bias: INT32 biases exceed float32's 2^24 exact integers
                 self.biases[key] = torch.nn.Parameter(torch.zeros(values.shape, dtype=torch.float32))
-                self._param_of[node.output[0]] = ("bias", key, unit)
+                self._param_of[node.output[0]] = ("bias", key, unit, node.input[0])
 
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ class QdqGraph(torch.nn.Module):
         zero = values[node.input[2]] if len(node.input) > 2 and node.input[2] else torch.zeros(())
         param = self._param_of.get(node.output[0])
         if param is not None:
-            kind, key, unit = param
+            kind, key, unit, _ = param
             if kind == "weight":
                 q = torch.clamp(round_ste(self.weights[key]), *WEIGHT_RANGE)
             else:
@@ -290,8 +290,7 @@ class QdqGraph(torch.nn.Module):
     def integer_values(self) -> dict[str, np.ndarray]:
         """The graph's weight / bias initializers as the parameters now round them: {initializer name: array}."""
         out = {}
-        for dq_output, (kind, key, unit) in self._param_of.items():
-            name = next(n.input[0] for n in self.nodes if n.op_type == "DequantizeLinear" and n.output[0] == dq_output)
+        for kind, key, unit, name in self._param_of.values():
             with torch.no_grad():
                 if kind == "weight":
                     out[name] = torch.clamp(torch.round(self.weights[key]), *WEIGHT_RANGE).numpy().astype(np.int8)
