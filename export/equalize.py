@@ -85,14 +85,14 @@ def find_pairs(model: onnx.ModelProto) -> list[ConvPair]:
 def probe_session(model: onnx.ModelProto, tensors: Sequence[str]):
     """(ONNX Runtime CPU session of a copy of `model` that also outputs the named tensors, the names once
     each: convs that share an input ask for it more than once)."""
-    import onnxruntime as ort
+    from maskface.runtimes.ort_runtime import ort_session
 
     tensors = list(dict.fromkeys(tensors))
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
-    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]), tensors
+    return ort_session(probe.SerializeToString()), tensors
 
 
 def channel_statistics(model: onnx.ModelProto, tensors: Sequence[str], feeds: Sequence[dict],

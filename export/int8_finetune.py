@@ -147,16 +147,14 @@ class Teacher:
 
     def __init__(self, fp32_path: Path, threads: int = 0):
         import onnx
-        import onnxruntime as ort
+
+        from maskface.runtimes.ort_runtime import ort_session
 
         model = onnx.load(str(fp32_path))
         del model.graph.output[:]
         for name in head_outputs():
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(model.SerializeToString(), threads or None, quiet=True)
 
     def __call__(self, image: np.ndarray) -> dict:
         import torch

@@ -112,3 +112,26 @@ def test_onnx_runtime_sessions_stop_spinning_when_a_run_returns(runners, tmp_pat
     default = ort_session(tmp_path / "keypoint_head_portable.onnx", 1, stop_spinning=False)
     with pytest.raises(RuntimeError, match="does not have configuration"):
         default.get_session_options().get_session_config_entry("session.force_spinning_stop")
+
+
+def test_onnx_runtime_session_from_a_serialised_graph(runners, tmp_path):
+    """ort_session takes a graph edited in memory (bytes) as it takes a file: same outputs; quiet logs
+    only errors; a missing file says which command writes it."""
+    import onnx
+
+    from export.export_onnx import export_keypoint_head
+    from maskface.pipeline import keypoint_feeds
+    from maskface.runtimes.ort_runtime import ort_session
+
+    model, ort, _, onnx_pipeline, image = runners
+    path = export_keypoint_head(model, tmp_path / "keypoint_head_portable.onnx", portable=True)
+    from_bytes = ort_session(onnx.load(str(path)).SerializeToString(), 1, quiet=True)
+    from_file = ort_session(path, 1)
+    assert from_bytes.get_session_options().log_severity_level == 3
+    assert from_file.get_session_options().log_severity_level != 3
+    _, _, features = ort.detect(onnx_predictor_input(onnx_pipeline, image))
+    feeds = keypoint_feeds(features, np.array([[0, 2.0, 3.0, 40.0, 50.0]], np.float32))
+    for a, b in zip(from_bytes.run(None, feeds), from_file.run(None, feeds)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="build_engines"):
+        ort_session(tmp_path / "missing.onnx")

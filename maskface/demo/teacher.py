@@ -65,13 +65,9 @@ def dynamic_shape_model(onnx_path: str | Path) -> bytes:
 
 def teacher_session(model: str | bytes, threads: int = 1):
     """A quiet CPU ONNX Runtime session for a teacher graph (a path or the serialised model)."""
-    import onnxruntime as ort
+    from ..runtimes.ort_runtime import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort_session(model, threads, quiet=True)
 
 
 class CenterFaceTeacher:

@@ -40,19 +40,22 @@ def graph_paths(folder: str | Path, precision: str = "fp32") -> tuple[Path, Path
 FORCE_SPINNING_STOP = "session.force_spinning_stop"
 
 
-def ort_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                optimize: bool = True, stop_spinning: bool = True, profile_prefix: str | Path | None = None):
-    """optimize=False: ONNX Runtime's graph optimisations off (keeps nodes such as fp16.py's storing
+def ort_session(path: str | Path | bytes, threads: int | None = None, providers: Sequence[str] | None = None,
+                optimize: bool = True, stop_spinning: bool = True, profile_prefix: str | Path | None = None,
+                quiet: bool = False):
+    """path: a graph file, or a serialised ModelProto (bytes: a graph edited in memory). optimize=False: ONNX Runtime's graph optimisations off (keeps nodes such as fp16.py's storing
     Identities that the optimiser would remove). stop_spinning=False: ONNX Runtime's default (the
     benchmark's baseline). profile_prefix: ONNX Runtime's profiler on, its JSON written at
-    session.end_profiling() to a file named from this prefix (benchmarks/op_profile.py)."""
+    session.end_profiling() to a file named from this prefix (benchmarks/op_profile.py). quiet: only
+    ONNX Runtime's errors are logged (an edited graph's unused initialisers are warned of otherwise)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("onnxruntime is needed to run the ONNX graphs: pip install 'maskface[export]'") from exc
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX graph {path} not found: run `python export/build_engines.py` first")
+    if not isinstance(path, bytes):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX graph {path} not found: run `python export/build_engines.py` first")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -67,13 +70,17 @@ def ort_session(path: str | Path, threads: int | None = None, providers: Sequenc
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
-    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    if quiet:
+        options.log_severity_level = 3
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
 class OrtRuntime:
-    """detector.onnx + a portable keypoint_head graph in ONNX Runtime (numpy in, numpy out)."""
+    """detector.onnx + a portable keypoint_head graph in ONNX Runtime (numpy in, numpy out); each a file or a
+    serialised graph (ort_session)."""
 
-    def __init__(self, detector: str | Path, keypoint_head: str | Path, threads: int | None = None,
+    def __init__(self, detector: str | Path | bytes, keypoint_head: str | Path | bytes, threads: int | None = None,
                  providers: Sequence[str] | None = None, optimize: bool = True, stop_spinning: bool = True):
         self.detector = ort_session(detector, threads, providers, optimize, stop_spinning)
         self.keypoint_head = ort_session(keypoint_head, threads, providers, optimize, stop_spinning)
