@@ -6,8 +6,10 @@
 
 An activation of the QDQ graph (export/quantize_int8.py) is one QuantizeLinear -> DequantizeLinear pair on a
 tensor that is not a constant: the graph input, each quantised conv's output, the residual sums. Keeping one
-in FP32 removes that pair; its consumers then read the FP32 tensor, so in OpenVINO the convs that read it
-run in floating point (their weights stay the rounded INT8 ones) and its producer keeps INT8 inputs.
+in FP32 replaces that pair with a Clip to the range it could represent: the quantiser folded the Relu / Clip
+before it into that range, so only the rounding goes. Its readers then get an FP32 tensor: in OpenVINO the
+convs that read it run in floating point (their weights stay the rounded INT8 ones), its producer keeps
+INT8 inputs.
 
 1. Sensitivity, on the first --sensitivity-images VAL images: the graph with every activation in FP32
    (weights INT8) is the base; then each activation alone is quantised, and its sensitivity is how much
@@ -16,8 +18,8 @@ run in floating point (their weights stay the rounded INT8 ones) and its produce
    Mean squares of independent rounding errors add, so the ranking is of each activation's own share.
    Saved after every activation (OUT/sensitivity.json): a stopped run goes on where it stopped.
 2. Order: by sensitivity per GFLOP that FP32 costs (the convs reading the activation, at 640x480), the
-   most drift removed per unit of work first; activations whose sensitivity is not above the base's
-   noise are never kept.
+   most drift removed per unit of work first; activations whose sensitivity is not above chance (the largest fall measured:
+   quantising one more activation cannot lower the drift but by chance) are never kept.
 3. Curve: for each K of --keep, the graph with the first K activations in FP32, on the first --images
    VAL images at FP32's anchors (box / landmark median, p90, p99, max; ONNX Runtime) and its OpenVINO
    detector time against ONNX Runtime FP32's, interleaved (ratio of paired rounds).
@@ -42,7 +44,7 @@ import numpy as np
 
 #: The size the FP32 cost of an activation is counted at (issue 15's timing size).
 COST_SIZE = (480, 640)
-SENSITIVITY_FORMAT = "1"
+SENSITIVITY_FORMAT = "2"
 
 
 @dataclass
@@ -115,11 +117,29 @@ def activations(model, hw: tuple[int, int] | None = COST_SIZE) -> list[Activatio
     return found
 
 
+def quantiser_range(model, quantize: str) -> tuple[float, float]:
+    """(lowest, highest) value the QuantizeLinear node `quantize` can give back through its Dequantize:
+    (qmin - zero) x scale, (qmax - zero) x scale, qmin / qmax of the zero point's integer type."""
+    from onnx import numpy_helper
+
+    node = next(n for n in model.graph.node if n.name == quantize)
+    inits = {i.name: i for i in model.graph.initializer if i.name in node.input[1:3]}
+    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+    zero = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 else np.uint8(0)
+    if scale.size != 1:
+        raise ValueError(f"{quantize}: a per-channel activation scale has no single range")
+    info = np.iinfo(zero.dtype)
+    z = float(zero.reshape(-1)[0])
+    return (info.min - z) * float(scale.reshape(-1)[0]), (info.max - z) * float(scale.reshape(-1)[0])
+
+
 def keep_fp32(model, tensors: Sequence[str]):
-    """A copy of QDQ `model` with the activation pairs on `tensors` removed: whatever read a pair's
-    dequantised output reads the FP32 tensor itself. Raises KeyError for a tensor that is not a quantised
-    activation."""
+    """A copy of QDQ `model` with the activation pairs on `tensors` unrounded: each Quantize -> Dequantize
+    pair becomes a Clip to the range the pair could represent, so what it did besides rounding stays (the
+    quantiser folded the Relu / Clip before it into that range, and saturated at the calibrated limits).
+    Raises KeyError for a tensor that is not a quantised activation."""
     import onnx
+    from onnx import helper, numpy_helper
 
     known = {a.tensor: a for a in activations(model, hw=None)} if tensors else {}
     missing = [t for t in tensors if t not in known]
@@ -128,29 +148,32 @@ def keep_fp32(model, tensors: Sequence[str]):
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    drop, rename = set(), {}
     by_name = {n.name: n for n in graph.node}
+    replace, drop, rename = {}, set(), {}
     for tensor in tensors:
         act = known[tensor]
-        drop.add(act.quantize)
-        for name in act.dequantize:
-            drop.add(name)
-            rename[by_name[name].output[0]] = tensor
-    kept = [n for n in graph.node if n.name not in drop]
-    for node in kept:
+        lo, hi = quantiser_range(out, act.quantize)
+        clamped = by_name[act.dequantize[0]].output[0]  # the name its readers (and graph outputs) know
+        bounds = [f"int8_mixed/{tensor}/min", f"int8_mixed/{tensor}/max"]
+        graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in zip(bounds, (lo, hi)))
+        # in the Quantize node's place: graph order stays topological
+        replace[act.quantize] = helper.make_node("Clip", [tensor, *bounds], [clamped], name=f"int8_mixed/{tensor}")
+        drop.update(act.dequantize)
+        rename.update({by_name[d].output[0]: clamped for d in act.dequantize[1:]})
+    nodes = [replace.get(n.name, n) for n in graph.node if n.name not in drop]
+    for node in nodes:
         for i, name in enumerate(node.input):
             if name in rename:
                 node.input[i] = rename[name]
-    for output in graph.output:  # a graph output keeps its name: an Identity from the FP32 tensor
+    for output in graph.output:
         if output.name in rename:
-            kept.append(onnx.helper.make_node("Identity", [rename[output.name]], [output.name],
-                                              name=f"int8_mixed/{output.name}"))
+            nodes.append(helper.make_node("Identity", [rename[output.name]], [output.name],
+                                          name=f"int8_mixed/{output.name}"))
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(nodes)
     # the removed pairs' scales and zero points: unused initializers make runtimes warn
     used = {name for n in graph.node for name in n.input}
-    unused = [i for i in graph.initializer if i.name not in used]
-    for init in unused:
+    for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
     return out
 
@@ -224,8 +247,9 @@ def _fingerprint(int8_path: Path, records: Sequence) -> str:
 
 def measure_sensitivity(int8_model, keypoint_path: Path, fp32, refs, state_path: Path, fingerprint: str,
                         progress: bool = True) -> dict:
-    """{"base": base mean square, "per_activation": {tensor: growth over base}}, resumed from and saved to
-    state_path after every activation (module doc, step 1)."""
+    """{"base": mean square with every activation in FP32, "full": with all quantised, "per_activation":
+    {tensor: growth over base with it alone quantised}}, resumed from and saved to state_path after every
+    measurement (module doc, step 1)."""
     from tqdm import tqdm
 
     from maskface.io_utils import atomic_write_json
@@ -246,9 +270,10 @@ def measure_sensitivity(int8_model, keypoint_path: Path, fp32, refs, state_path:
         runtime = OrtRuntime(graph.SerializeToString(), keypoint_path, threads=None)
         return mean_square(drift_at_anchors(runtime, fp32, refs))
 
-    if "base" not in state:
-        state["base"] = drift_with([])
-        atomic_write_json(state_path, state)
+    for key, quantised in (("base", []), ("full", tensors)):
+        if key not in state:
+            state[key] = drift_with(quantised)
+            atomic_write_json(state_path, state)
     todo = [t for t in tensors if t not in state["per_activation"]]
     for tensor in tqdm(todo, desc="sensitivity", dynamic_ncols=True, disable=not progress):
         state["per_activation"][tensor] = drift_with([tensor]) - state["base"]
@@ -291,8 +316,10 @@ def markdown(report: dict) -> str:
                      f"{row['openvino_ms']:.1f} | {row['ratio']:.2f} |")
     lines += ["", f"ONNX Runtime FP32 detector: {report['fp32_ms']:.1f} ms. Total conv work: "
               f"{report['total_conv_gflop']:.2f} GFLOP.", "",
-              f"Most sensitive activations (growth of box + landmark mean square over the base "
-              f"{report['base_mean_square']:.4f} px^2, all activations in FP32):", "",
+              f"Box + landmark mean square drift on the sensitivity images: {report['base_mean_square']:.4f} px^2 "
+              f"with every activation in FP32 (weights INT8), {report['full_mean_square']:.4f} with all quantised; "
+              f"the {len(report['activations'])} activations' own growths sum to "
+              f"{report['sum_of_sensitivities']:.4f} (noise {report['noise']:.4f}). The most sensitive:", "",
               "| activation | sensitivity (px^2) | FP32 cost (GFLOP) |", "|---|---|---|"]
     for row in report["top"]:
         lines.append(f"| `{row['tensor']}` | {row['sensitivity']:.4f} | {row['conv_gflop']:.3f} |")
@@ -393,9 +420,9 @@ def main(argv=None) -> int:
     refs = references(fp32, records, cfg.input, cfg.inference, progress=progress)
     state = measure_sensitivity(int8_model, keypoint_path, fp32, refs[:args.sensitivity_images],
                                 out / "sensitivity.json", _fingerprint(int8_path, sens_records), progress)
-    # noise: the spread of the smallest half of the growths around zero (most activations matter little)
-    growth = np.asarray(sorted(state["per_activation"].values()))
-    noise = float(np.abs(growth[:max(1, len(growth) // 2)]).max()) if len(growth) else 0.0
+    # noise: quantising one more activation cannot lower the drift but by chance, so the largest fall
+    # measured is how far chance moves a growth
+    noise = max(0.0, -min(state["per_activation"].values(), default=0.0))
     order = ranked(state["per_activation"], acts, noise)
     cost = {a.tensor: a.conv_gflop for a in acts}
 
@@ -422,7 +449,9 @@ def main(argv=None) -> int:
                            "sensitivity_images": len(sens_records), "rounds": args.rounds,
                            "timing_size": list(timing_image.shape[2:]),
                            "anchors": int(sum(len(r.kept) for r in refs[:args.images]))},
-              "base_mean_square": state["base"], "noise": noise, "fp32_ms": timing["fp32"]["ms"],
+              "base_mean_square": state["base"], "full_mean_square": state["full"],
+              "sum_of_sensitivities": sum(state["per_activation"].values()), "noise": noise,
+              "fp32_ms": timing["fp32"]["ms"],
               "total_conv_gflop": sum(conv_gflops(int8_model).values()),
               "activations": [asdict(a) | {"sensitivity": sens.get(a.tensor)} for a in acts],
               "order": order, "curve": curve,

@@ -29,19 +29,37 @@ def int8_model(tiny_int8):
     return onnx.load(str(tiny_int8.build.detector_int8))
 
 
-def _identity_pairs(model, tensors):
-    """Reference construction: the pairs on `tensors` turned into Identity nodes in place (no rewiring)."""
+def _uint8_range(model, quantize_node) -> tuple[float, float]:
+    """By hand: a UINT8 quantiser with scale s and zero point z gives back (0 - z) s .. (255 - z) s."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    scale, zero = float(inits[quantize_node.input[1]]), int(inits[quantize_node.input[2]])
+    assert inits[quantize_node.input[2]].dtype == np.uint8
+    return -zero * scale, (255 - zero) * scale
+
+
+def _clipped_pairs(model, tensors):
+    """Reference construction: the pairs on `tensors` edited in place (no rewiring): each Quantize becomes
+    an Identity, each Dequantize a Clip to the quantiser's range computed by hand."""
     import onnx
+    from onnx import numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    quantised = {n.output[0] for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in tensors}
+    quantised = {n.output[0]: n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in tensors}
     for node in out.graph.node:
-        if (node.op_type == "QuantizeLinear" and node.input[0] in tensors) or \
-                (node.op_type == "DequantizeLinear" and node.input[0] in quantised):
-            node.op_type, node.domain = "Identity", ""
-            del node.input[1:]
+        if node.op_type == "DequantizeLinear" and node.input[0] in quantised:
+            lo, hi = _uint8_range(model, quantised[node.input[0]])
+            names = [f"ref/{node.name}/lo", f"ref/{node.name}/hi"]
+            out.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in zip(names, (lo, hi)))
+            node.op_type, node.domain = "Clip", ""
+            node.input[1:] = names
             del node.attribute[:]
+    for node in quantised.values():
+        node.op_type, node.domain = "Identity", ""
+        del node.input[1:]
+        del node.attribute[:]
     return out
 
 
@@ -54,12 +72,12 @@ def test_activations_are_the_quantize_nodes_on_non_constant_tensors(int8_model):
 
 
 @pytest.mark.parametrize("which", ["all", "some"])
-def test_kept_activations_compute_what_identity_pairs_compute(int8_model, which):
+def test_kept_activations_compute_what_clipped_pairs_compute(int8_model, which):
     tensors = [a.tensor for a in int8_mixed.activations(int8_model, hw=None)]
     if which == "some":
         tensors = tensors[::7]
     mixed = int8_mixed.keep_fp32(int8_model, tensors)
-    reference = _identity_pairs(int8_model, set(tensors))
+    reference = _clipped_pairs(int8_model, set(tensors))
     x = _image()
     for a, b in zip(_session(mixed, optimize=False).run(None, {"images": x}),
                     _session(reference, optimize=False).run(None, {"images": x})):
@@ -74,31 +92,29 @@ def test_kept_activations_compute_what_identity_pairs_compute(int8_model, which)
         assert np.abs(full[2] - got[2]).max() > 1e-3
 
 
-def test_a_kept_activation_reaches_its_readers_unrounded(int8_model):
-    """The reader of one kept pair gets the FP32 tensor; in the INT8 graph it gets round(t / s) + z, clipped to
-    uint8, times s (ONNX's QuantizeLinear / DequantizeLinear, computed here by hand)."""
-    from onnx import numpy_helper
-
-    act = int8_mixed.activations(int8_model, hw=None)[3]
-    q = next(n for n in int8_model.graph.node if n.name == act.quantize)
-    dq_out = next(n.output[0] for n in int8_model.graph.node if n.name == act.dequantize[0])
-    inits = {i.name: numpy_helper.to_array(i) for i in int8_model.graph.initializer}
-    scale, zero = float(inits[q.input[1]]), int(inits[q.input[2]])
-
-    def probe(model, names):
-        model.graph.output.extend(type(model.graph.output[0])(name=n) for n in names)
-        return dict(zip(names, _session(model, optimize=False).run(names, {"images": _image()})))
-
+def test_a_kept_activation_reaches_its_readers_clamped_not_rounded(int8_model):
+    """In the INT8 graph the reader of a pair gets (clip(round(t / s) + z, 0, 255) - z) s; kept in FP32 it
+    gets clip(t, -z s, (255 - z) s): ONNX's QuantizeLinear / DequantizeLinear and the range, by hand."""
     import onnx
 
-    full = onnx.ModelProto()
-    full.CopyFrom(int8_model)
-    got = probe(full, [act.tensor, dq_out])
-    by_hand = (np.clip(np.round(got[act.tensor] / scale) + zero, 0, 255) - zero) * scale
-    np.testing.assert_allclose(got[dq_out], by_hand, rtol=0, atol=1e-6)
-    mixed = int8_mixed.keep_fp32(int8_model, [act.tensor])
-    reader = next(n for n in mixed.graph.node if n.name == act.readers[0])
-    assert act.tensor in reader.input and dq_out not in {i for n in mixed.graph.node for i in n.input}
+    act = next(a for a in int8_mixed.activations(int8_model, hw=None)[1:] if "Add" in a.tensor)  # signed: z > 0
+    q = next(n for n in int8_model.graph.node if n.name == act.quantize)
+    dq_out = next(n.output[0] for n in int8_model.graph.node if n.name == act.dequantize[0])
+    lo, hi = _uint8_range(int8_model, q)
+    scale = (hi - lo) / 255
+
+    def probe(model, names):
+        model = onnx.load_from_string(model.SerializeToString())
+        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+        return dict(zip(names, _session(model, optimize=False).run(names, {"images": _image()})))
+
+    full = probe(int8_model, [act.tensor, dq_out])
+    t = full[act.tensor]
+    assert t.min() < lo + scale or t.max() > hi - scale  # the range is reached: the clamp is exercised
+    np.testing.assert_allclose(full[dq_out], (np.clip(np.round((t - lo) / scale), 0, 255)) * scale + lo, atol=1e-5)
+    mixed = probe(int8_mixed.keep_fp32(int8_model, [act.tensor]), [act.tensor, dq_out])
+    np.testing.assert_allclose(mixed[dq_out], np.clip(mixed[act.tensor], lo, hi), rtol=0, atol=1e-6)
+    assert np.abs(mixed[dq_out] - full[dq_out]).max() > 1e-4  # unrounded
 
 
 def test_unknown_tensors_are_refused(int8_model):
@@ -191,13 +207,14 @@ def test_sensitivity_is_each_activations_own_growth_and_resumes(int8_model, tmp_
     state_path.write_text(json.dumps({"fingerprint": "f", "per_activation": {tensors[0]: 123.0}}))
     state = int8_mixed.measure_sensitivity(int8_model, None, None, [], state_path, "f", progress=False)
     assert state["base"] == pytest.approx(2.0) and calls[0] == set()
-    assert state["per_activation"][tensors[0]] == 123.0 and len(calls) == len(tensors)
+    assert state["full"] == pytest.approx(2.0 + sum(weight.values())) and calls[1] == set(tensors)
+    assert state["per_activation"][tensors[0]] == 123.0 and len(calls) == len(tensors) + 1
     for t in tensors[1:]:
         assert state["per_activation"][t] == pytest.approx(weight[t])
     assert json.loads(state_path.read_text()) == state
     calls.clear()
     again = int8_mixed.measure_sensitivity(int8_model, None, None, [], state_path, "other", progress=False)
-    assert len(calls) == len(tensors) + 1 and again["per_activation"][tensors[0]] == pytest.approx(weight[tensors[0]])
+    assert len(calls) == len(tensors) + 2 and again["per_activation"][tensors[0]] == pytest.approx(weight[tensors[0]])
 
 
 def test_cli_refuses_bad_settings(tmp_path):
