@@ -147,6 +147,8 @@ def test_ranges_are_balanced(graphs):
 def test_int8_error_drops_on_an_unbalanced_graph(graphs):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    from maskface.runtimes.ort_runtime import ort_session
+
     tmp, original, equalized, calibration, _ = graphs
 
     class Reader(CalibrationDataReader):
@@ -164,7 +166,11 @@ def test_int8_error_drops_on_an_unbalanced_graph(graphs):
         q = tmp / f"{name}_int8.onnx"
         quantize_static(str(path), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Relu"])
-        errors[name] = np.mean([np.abs(run(q, f, ["y"])[0] - run(path, f, ["y"])[0]).max() for f in test])
+        # The QDQ graph's own semantics (ONNX Runtime's Quantize / Dequantize / Conv, no fusion): ONNX Runtime
+        # 1.32's fused INT8 conv for A (per-channel weight scales down to 3e-5) was 0.158 off for both
+        # graphs, 10x the rounding measured here (0.015 / 0.010), so it said nothing about equalisation.
+        int8 = ort_session(q, optimize=False)
+        errors[name] = np.mean([np.abs(int8.run(["y"], f)[0] - run(path, f, ["y"])[0]).max() for f in test])
     assert errors["equalized"] < 0.8 * errors["original"], errors
 
 
