@@ -15,8 +15,8 @@ CORE = [
 # openvino: the CPU BF16 and INT8 paths (maskface.runtimes.openvino_runtime); ~180 MB, chosen by
 # measurement on an AMX CPU: demo detector BF16 at 0.28x ONNX Runtime FP32's time, where PyTorch BF16
 # eager took 1.8x and ONNX Runtime has no BF16 convolutions (docs/DEPLOYMENT.md 5.5).
-# onnx / onnxruntime: the INT8 graphs' numbers depend on the release (its quantiser and fused INT8 kernels:
-# tests/export/test_equalize.py saw ONNX Runtime 1.32's fused conv differ from its own QDQ semantics 10x).
+# onnx / onnxruntime: the INT8 graphs (ONNX Runtime's quantiser) and their measured drift depend on the
+# release; 1.32.0 is the one benchmarks/results record, onnx 1.23.2 the one installed with it and tested.
 EXPORT = ["onnx==1.23.2", "onnxruntime==1.32.0", "openvino==2026.4.1"]
 SERVING = ["nvidia-pytriton==0.7.0", "tritonclient[http,grpc]>=2.40"]
 # scikit-image ships real test photos. tensorrt-lean (TensorRT 11 runtime without builder, ~105 MB, installs

@@ -173,6 +173,9 @@ class Int8Settings:
     max_gain: float = 100.0  # equalisation's bound on one channel's gain
     weight_rounding: bool = True  # export/weight_rounding.py on the quantised graph, before bias correction
     bias_correction: bool = True  # export/bias_correction.py on the quantised graph
+    # 7-bit weights (-64..64): a CPU without VNNI adds pairs of U8 x S8 products in int16 and saturates
+    # beyond 32,767; with |w| <= 64 a pair stays within 255 x 64 x 2 = 32,640 (reduced_weight_range)
+    reduce_range: bool = False
 
     def quant_types(self):
         from onnxruntime.quantization import QuantType
@@ -308,6 +311,24 @@ def calibrate(graph_path: Path, feeds: Sequence[dict], cache_path: Path, setting
     return cache_path
 
 
+#: --weight-range choices.
+WEIGHT_RANGES = ("auto", "full", "reduced")
+
+
+def reduced_weight_range(choice: str, cpuinfo_text: str | None = None) -> bool:
+    """Whether the weights take the reduced range: `choice` reduced / full, or auto: reduced where this CPU
+    (cpuinfo_text, default /proc/cpuinfo) has no VNNI (maskface.runtimes.cpu_features.VNNI_FLAGS), full
+    where it has or where there is no /proc/cpuinfo to tell."""
+    from maskface.runtimes.cpu_features import VNNI_FLAGS, cpuinfo_flags, read_cpuinfo
+
+    if choice not in WEIGHT_RANGES:
+        raise ValueError(f"weight range {choice!r} must be one of {', '.join(WEIGHT_RANGES)}")
+    if choice != "auto":
+        return choice == "reduced"
+    text = read_cpuinfo() if cpuinfo_text is None else cpuinfo_text
+    return text is not None and not cpuinfo_flags(text, VNNI_FLAGS)
+
+
 def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settings: Int8Settings,
                    fp32_path: Path | None = None, feeds: Sequence[dict] = ()) -> Path:
     """QDQ graph of the settings' nodes from a calibration cache, its weights re-rounded and its biases
@@ -325,13 +346,14 @@ def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settin
                     op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
                     activation_type=activation, weight_type=weight,
                     nodes_to_quantize=quantisable_nodes(prepared_path, settings),
-                    calibrate_method=settings.calibration_method(), calibration_cache_path=str(cache_path))
+                    calibrate_method=settings.calibration_method(), calibration_cache_path=str(cache_path),
+                    reduce_range=settings.reduce_range)
     if settings.weight_rounding or settings.bias_correction:
         if not feeds:
             raise ValueError("weight rounding and bias correction measure the conv inputs: pass the calibration feeds")
         quantised, fp32 = onnx.load(str(tmp)), onnx.load(str(prepared_path))
         if settings.weight_rounding:
-            rounding = round_weights(quantised, fp32, feeds)
+            rounding = round_weights(quantised, fp32, feeds, settings.reduce_range)
             print(f"quantize_int8: {out_path.name}: weights of {rounding.convs} convs re-rounded, output error "
                   f"{rounding.error_ratio:.2f}x round-to-nearest's (median over the convs, calibration inputs)")
         if settings.bias_correction:
@@ -564,6 +586,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep the quantised biases as ORT writes them (export/bias_correction.py)")
     p.add_argument("--max-gain", type=float, default=Int8Settings.max_gain,
                    help="equalisation's bound on one channel's gain, >= 1 (default: %(default)s)")
+    p.add_argument("--weight-range", choices=WEIGHT_RANGES, default="auto",
+                   help="INT8 weights in full (-127..127) or reduced (-64..64, 7 bits) range; auto: reduced on a CPU "
+                        "without VNNI, whose U8S8 kernels saturate int16 sums (default: %(default)s)")
     p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the timing (default: %(default)s)")
     p.add_argument("--sweep", type=int, default=0, metavar="N",
@@ -610,10 +635,15 @@ def main(argv: list[str] | None = None) -> int:
                      load_val_records(args.data, "val", args.sweep), model.cfg, chosen=args.method, progress=progress)
         print(f"quantize_int8: sweep table {write_sweep(rows, out / 'report', args.sweep)}")
         return 0
+    reduce_range = reduced_weight_range(args.weight_range)
+    print(f"quantize_int8: weights in {'reduced (-64..64)' if reduce_range else 'full (-127..127)'} range "
+          f"(--weight-range {args.weight_range})")
     settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain,
-                            weight_rounding=args.weight_rounding, bias_correction=args.bias_correction)
+                            weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
+                            reduce_range=reduce_range)
     kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain,
-                                weight_rounding=args.weight_rounding, bias_correction=args.bias_correction)
+                                weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
+                                reduce_range=reduce_range)
                    if args.keypoint_head_int8 else None)
     build = build_int8(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
                        model.cfg, settings, kp_settings, progress)

@@ -104,17 +104,22 @@ def output_error(w_float: np.ndarray, w_quantised: np.ndarray, h: np.ndarray) ->
     return float(np.einsum("gri,gij,grj->", e, h, e))
 
 
-def weight_range(dtype: np.dtype, zero_point: np.ndarray) -> tuple[int, int]:
-    """The integer range the quantiser used: symmetric INT8 (zero point 0) keeps -127..127."""
+def weight_range(dtype: np.dtype, zero_point: np.ndarray, reduce_range: bool = False) -> tuple[int, int]:
+    """The integer range the quantiser used: symmetric INT8 (zero point 0) keeps -127..127, or -64..64 with
+    reduce_range (ONNX Runtime's reduced INT8 range)."""
     info = np.iinfo(dtype)
     if info.min < 0 and not np.any(zero_point):
-        return -info.max, info.max
+        return (-64, 64) if reduce_range else (-info.max, info.max)
+    if reduce_range:
+        raise ValueError("the reduced weight range is defined here for symmetric INT8 weights only")
     return int(info.min), int(info.max)
 
 
-def round_weights(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Sequence[dict]) -> RoundingSummary:
+def round_weights(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Sequence[dict],
+                  reduce_range: bool = False) -> RoundingSummary:
     """Re-round, in place, the INT8 weights of every conv of `quantised` (a QDQ graph of `fp32`, same
-    node names) whose weight is a per-output-channel dequantised initializer (module doc)."""
+    node names) whose weight is a per-output-channel dequantised initializer (module doc); reduce_range:
+    the graph's weights were quantised to -64..64 and stay there."""
     graph = quantised.graph
     values = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
@@ -140,7 +145,7 @@ def round_weights(quantised: onnx.ModelProto, fp32: onnx.ModelProto, feeds: Sequ
         c_out = w.shape[0]
         shape = (groups, c_out // groups, -1)
         h = moments[conv.name]
-        qmin, qmax = weight_range(q_old.dtype, zp)
+        qmin, qmax = weight_range(q_old.dtype, zp, reduce_range)
         q = compensated_rounding(w.reshape(shape), h, scale.reshape(shape[:2]), zp.reshape(shape[:2]), qmin, qmax)
         new = dequantize(q.reshape(w.shape), scale, zp, 0).reshape(shape)
         before = output_error(w.reshape(shape), dequantize(q_old, scale, zp, 0).reshape(shape), h)
