@@ -431,6 +431,8 @@ def main(argv=None) -> int:
     curve, graphs = [], {"fp32": ort_session(int8_dir / "detector.onnx")}
     for k in args.keep:
         names = order[:k]
+        if curve and len(names) == curve[-1]["keep"]:
+            continue  # fewer activations above chance than K: the same graph as the row before
         folder = work / f"keep{k}"
         folder.mkdir(parents=True, exist_ok=True)
         onnx.save(keep_fp32(served, names), str(folder / "detector_int8.onnx"))

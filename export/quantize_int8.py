@@ -173,9 +173,9 @@ class Int8Settings:
     max_gain: float = 100.0  # equalisation's bound on one channel's gain
     weight_rounding: bool = True  # export/weight_rounding.py on the quantised graph, before bias correction
     bias_correction: bool = True  # export/bias_correction.py on the quantised graph
-    # 7-bit weights (-64..64): a CPU without VNNI adds pairs of U8 x S8 products in int16 and saturates
-    # beyond 32,767; with |w| <= 64 a pair stays within 255 x 64 x 2 = 32,640 (reduced_weight_range)
-    reduce_range: bool = False
+    # full (-127..127) or reduced (-64..64) weights; auto: reduced on a CPU without VNNI, which adds pairs
+    # of U8 x S8 products in int16 and saturates beyond 32,767 (|w| <= 64: 255 x 64 x 2 = 32,640)
+    weight_range: str = "auto"
 
     def quant_types(self):
         from onnxruntime.quantization import QuantType
@@ -341,19 +341,20 @@ def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settin
     from export.weight_rounding import round_weights
 
     activation, weight = settings.quant_types()
+    reduce_range = reduced_weight_range(settings.weight_range)
     tmp = out_path.with_suffix(".onnx.tmp")
     quantize_static(str(prepared_path), str(tmp), None, quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
                     activation_type=activation, weight_type=weight,
                     nodes_to_quantize=quantisable_nodes(prepared_path, settings),
                     calibrate_method=settings.calibration_method(), calibration_cache_path=str(cache_path),
-                    reduce_range=settings.reduce_range)
+                    reduce_range=reduce_range)
     if settings.weight_rounding or settings.bias_correction:
         if not feeds:
             raise ValueError("weight rounding and bias correction measure the conv inputs: pass the calibration feeds")
         quantised, fp32 = onnx.load(str(tmp)), onnx.load(str(prepared_path))
         if settings.weight_rounding:
-            rounding = round_weights(quantised, fp32, feeds, settings.reduce_range)
+            rounding = round_weights(quantised, fp32, feeds, reduce_range)
             print(f"quantize_int8: {out_path.name}: weights of {rounding.convs} convs re-rounded, output error "
                   f"{rounding.error_ratio:.2f}x round-to-nearest's (median over the convs, calibration inputs)")
         if settings.bias_correction:
@@ -635,15 +636,15 @@ def main(argv: list[str] | None = None) -> int:
                      load_val_records(args.data, "val", args.sweep), model.cfg, chosen=args.method, progress=progress)
         print(f"quantize_int8: sweep table {write_sweep(rows, out / 'report', args.sweep)}")
         return 0
-    reduce_range = reduced_weight_range(args.weight_range)
-    print(f"quantize_int8: weights in {'reduced (-64..64)' if reduce_range else 'full (-127..127)'} range "
+    reduced = reduced_weight_range(args.weight_range)
+    print(f"quantize_int8: weights in {'reduced (-64..64)' if reduced else 'full (-127..127)'} range "
           f"(--weight-range {args.weight_range})")
     settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain,
                             weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
-                            reduce_range=reduce_range)
+                            weight_range=args.weight_range)
     kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain,
                                 weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
-                                reduce_range=reduce_range)
+                                weight_range=args.weight_range)
                    if args.keypoint_head_int8 else None)
     build = build_int8(detector, keypoints, out, sample_records(args.data, "train", args.calibration_images),
                        model.cfg, settings, kp_settings, progress)
@@ -655,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = int8_report(build, model.cfg, args.data, args.report_images, args.timing_rounds, args.threads, progress)
     report["extra"] = {"checkpoint": str(checkpoint), "calibration": build.calibration,
-                       "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}}
+                       "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
+                       "reduced_weight_range": reduced}
     from export.precision_compare import to_markdown, write_report
 
     json_path, md_path, _ = write_report(report, out / "report")

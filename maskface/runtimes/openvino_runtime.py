@@ -21,6 +21,7 @@ BF16 is asked for with OpenVINO's inference-precision hint and only on a CPU tha
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,12 @@ class OpenVinoRuntime(OrtRuntime):
                  stop_spinning: bool = True):
         require_openvino_precision(precision)
         detector, keypoint_head = graph_paths(folder, PRECISIONS[precision])
+        if precision == "int8":
+            from .cpu_features import int8_saturation_warning
+
+            warning = int8_saturation_warning(detector)
+            if warning:
+                warnings.warn(warning, stacklevel=2)
         self.precision = precision
         self.detector = OpenVinoGraph(detector, inference_hint(precision), threads, static_shapes=True)
         self.keypoint_head = ort_session(keypoint_head, threads, stop_spinning=stop_spinning)

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -324,6 +325,12 @@ def render_repository(
 
             check_openvino_serving(params.precision)
         detector, keypoints = graph_paths(onnx_dir, PRECISION_GRAPHS[params.precision])
+        if params.precision == "int8":
+            from ..runtimes.cpu_features import int8_saturation_warning
+
+            warning = int8_saturation_warning(detector)
+            if warning:
+                print(f"maskface serve: warning: {warning}", file=sys.stderr)
         sources = {"maskface_detector": detector, "maskface_keypoints": keypoints}
         graph_files = {model: (path.name, path.name) for model, path in sources.items()}
         facts = _graph_facts_from_onnx(sources["maskface_detector"], sources["maskface_keypoints"])

@@ -108,3 +108,13 @@ def test_auto_weight_range_follows_vnni(flags, expected):
     assert reduced_weight_range("reduced", cpuinfo) is True and reduced_weight_range("full", cpuinfo) is False
     with pytest.raises(ValueError, match="weight range"):
         reduced_weight_range("7bit", cpuinfo)
+
+
+def test_serving_warns_of_full_range_weights_on_a_cpu_without_vnni(quantised):
+    from maskface.runtimes.cpu_features import int8_saturation_warning
+
+    _, graphs, _ = quantised
+    avx2, vnni = "flags\t\t: avx2 fma\n", "flags\t\t: avx2 avx512f avx512_vnni\n"
+    assert "--weight-range reduced" in int8_saturation_warning(graphs["full"], avx2)
+    assert int8_saturation_warning(graphs["reduced"], avx2) is None
+    assert int8_saturation_warning(graphs["full"], vnni) is None
