@@ -22,6 +22,9 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
 * U8S8: UINT8 asymmetric activations, INT8 symmetric per-channel weights. ONNX Runtime's x86 QLinearConv
   takes U8S8 directly; S8S8 ran at 1.80x FP32 time (convs only, random 640x448 input) and 1.64x (the
   default node set, sweep below), U8S8 at 0.91x / 0.59x.
+* Weight range (--weight-range, default auto): on a CPU without VNNI the U8S8 kernels add pairs of products
+  in int16 and saturate, so auto quantises the weights to -64..64 there (reduced_weight_range; demo model on
+  an AVX2 EPYC, box p99 at FP32's anchors in OpenVINO 8.74 px full range, 2.89 reduced; docs/DEPLOYMENT.md 5.2).
 * Conv, Relu and Clip nodes of the backbone, FPN and context modules: the Relu / Clip fold into the
   quantised conv's output range, so no Dequantize/Quantize pair is left between conv and activation.
   Detector time / FP32 at 640x448: convs only 0.80x, convs + activations 0.70x, also the Add / Mul /
