@@ -110,8 +110,11 @@ def test_openvino_reads_the_moments_form_with_the_same_outputs(model, tmp_path):
     moments = OpenVinoGraph(path, "f32")
     mvn = [sum(op.get_type_name() == "MVN" for op in g._model.get_ordered_ops()) for g in (as_exported, moments)]
     assert mvn == [3, 2]  # what OpenVINO runs: one MVN (and its reorders) fewer
+    # OpenVINO picks its FP32 kernels (and their summation order) by the CPU's ISA: CI's machine measured
+    # 2.07e-4 against float64 here, torch's own FP32 1.8e-4. A one-pass variance for the inner GroupNorm
+    # costs 0.077 on this input (measured in torch), so 5e-4 still tells the two apart.
     for graph in (as_exported, moments):
-        assert np.abs(graph.run(None, {"x": x})[0] - expected).max() <= 2e-4
+        assert np.abs(graph.run(None, {"x": x})[0] - expected).max() <= 5e-4
 
 
 def test_unnamed_chains_get_names_of_their_own():
