@@ -180,6 +180,15 @@ def test_drift_at_anchors_is_zero_for_fp32_itself_and_not_for_int8(tiny_int8, in
     assert len(drift["box_px"]) + drift["missing"] == kept and int8_mixed.mean_square(drift) > 0
 
 
+def test_mean_square_leaves_out_each_kinds_samples_above_its_99th_percentile():
+    """By hand: 100 box drifts of 1 px and one of 30 px keep ceil(0.99 x 101) = 100 samples, the 1 px ones
+    (mean square 1); landmarks 3 x 2 px keep ceil(2.97) = 3 (mean square 4); a single sample is kept."""
+    drift = {"box_px": [1.0] * 50 + [30.0] + [1.0] * 50, "landmark_px": [2.0, 2.0, 2.0], "missing": 0}
+    assert int8_mixed.mean_square(drift) == pytest.approx(1.0 + 4.0)
+    assert int8_mixed.mean_square(drift, share=1.0) == pytest.approx((100 + 900) / 101 + 4.0)
+    assert int8_mixed.mean_square({"box_px": [3.0], "landmark_px": [], "missing": 0}) == pytest.approx(9.0)
+
+
 def test_sensitivity_is_each_activations_own_growth_and_resumes(int8_model, tmp_path, monkeypatch):
     """With a drift whose mean square is the sum of planted weights of the activations still quantised, each
     activation's sensitivity is exactly its weight. A stopped run goes on from its saved state (a value
