@@ -13,6 +13,8 @@ graph output). Each path then runs its own detector graph on the same image; for
 anchors found among its top-k candidates it gives:
 
 * box drift: max |coordinate difference| of the anchor's decoded box against FP32's, original pixels;
+  also over FP32's box's longer side (box_relative), and in pixels per face size (FP32's box's longer
+  side: SIZE_BUCKETS, the demo evaluation's), since a decoded box's error grows with its anchor's size;
 * landmark drift: the path's keypoint head on the path's own features and that box, against FP32's
   keypoint head on FP32's features and box, point distances in original pixels;
 * missing: FP32 anchors the path's top-k did not keep (its score fell below the top-k cut).
@@ -92,18 +94,39 @@ def same_anchor_drift(reference: tuple, candidate: tuple, kept: np.ndarray, prep
     cand_runtime, (_, cand_boxes, cand_anchors, cand_features) = candidate
     slot_of = {int(a): i for i, a in enumerate(cand_anchors)}
     found = [(i, k, slot_of[int(ref_anchors[k])]) for i, k in enumerate(kept) if int(ref_anchors[k]) in slot_of]
-    result = {"anchors": len(kept), "missing": len(kept) - len(found), "box_px": [], "landmark_px": []}
+    result = {"anchors": len(kept), "missing": len(kept) - len(found), "box_px": [], "box_side_px": [],
+              "landmark_px": []}
     if not found:
         return result
     positions, ref_slots, cand_slots = (np.array(s) for s in zip(*found))
     ref_b, cand_b = prepared.boxes_to_original(ref_boxes[ref_slots]), prepared.boxes_to_original(cand_boxes[cand_slots])
     result["box_px"] = np.abs(cand_b - ref_b).max(axis=1).tolist()
+    result["box_side_px"] = (ref_b[:, 2:] - ref_b[:, :2]).max(axis=1).tolist()
     if ref_landmarks is None:
         ref_landmarks = reference_landmarks(reference, kept)
     cand_lm, _ = cand_runtime.keypoints(cand_features, rois_of(cand_boxes[cand_slots]))
     ref_lm, cand_lm = prepared.to_original(ref_landmarks[positions]), prepared.to_original(cand_lm)
     result["landmark_px"] = np.linalg.norm(cand_lm - ref_lm, axis=-1).ravel().tolist()
     return result
+
+
+def size_buckets() -> list[tuple[float, float]]:
+    """The demo evaluation's face-size buckets, the smallest open downwards (a kept box may be < 20 px)."""
+    from maskface.demo.evaluate import SIZE_BUCKETS
+
+    return [(0.0 if i == 0 else lo, hi) for i, (lo, hi) in enumerate(SIZE_BUCKETS)]
+
+
+def box_drift_by_size(box_px, side_px) -> list[dict]:
+    """drift_stats of the box drift of the anchors whose FP32 box's longer side is in each size bucket."""
+    from export.precision_compare import drift_stats
+
+    box, side = np.asarray(box_px, np.float64), np.asarray(side_px, np.float64)
+    return [{"side_px": [lo, hi], **drift_stats(box[(side >= lo) & (side < hi)])} for lo, hi in size_buckets()]
+
+
+def bucket_label(lo: float, hi: float) -> str:
+    return f"< {hi:g}" if lo == 0 else (f">= {lo:g}" if hi >= 1e9 else f"{lo:g}-{hi:g}")
 
 
 def to_markdown(report: dict) -> str:
@@ -124,6 +147,18 @@ def to_markdown(report: dict) -> str:
         b, lm = row["box_px"], row["landmark_px"]
         lines.append(f"| {row['path']} | {row['missing']} | {f(b['median'])} | {f(b['p90'])} | {f(b['p99'])} | "
                      f"{f(b['max'])} | {f(lm['median'])} | {f(lm['p99'])} | {f(lm['max'])} |")
+    sized = [r for r in report["rows"] if "box_px_by_size" in r]
+    if sized:
+        buckets = [bucket_label(*b["side_px"]) for b in sized[0]["box_px_by_size"]]
+        lines += ["", "Box drift by face size (FP32's box's longer side, original px): anchors, median / p99 px; "
+                  "and over the whole set, drift / that side (median / p99 / max, %).", "",
+                  "| path | " + " | ".join(f"{b} px" for b in buckets) + " | drift / side (%) |",
+                  "|---|" + "---|" * (len(buckets) + 1)]
+        for row in sized:
+            cells = [f"{b['count']}: {f(b['median'])} / {f(b['p99'])}" for b in row["box_px_by_size"]]
+            r = row["box_relative"]
+            rel = "-" if r["p99"] is None else f"{100 * r['median']:.2f} / {100 * r['p99']:.2f} / {100 * r['max']:.2f}"
+            lines.append(f"| {row['path']} | " + " | ".join(cells) + f" | {rel} |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             except (FileNotFoundError, RuntimeError, ImportError) as exc:
                 print(f"anchor_drift: {path} not run: {exc}", file=sys.stderr)
                 rows.append({"path": path, "error": str(exc)})
-        samples = {path: {"anchors": 0, "missing": 0, "box_px": [], "landmark_px": []} for path in runtimes}
+        samples = {path: {"anchors": 0, "missing": 0, "box_px": [], "box_side_px": [], "landmark_px": []}
+                   for path in runtimes}
         total = 0
         for record in tqdm(records, desc="anchor drift", dynamic_ncols=True, disable=args.no_progress):
             image = read_image(record.image_path, getattr(record, "source", ""))
@@ -205,11 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                                         ref_landmarks)
                 for key in ("anchors", "missing"):
                     samples[path][key] += got[key]
-                samples[path]["box_px"] += got["box_px"]
+                for key in ("box_px", "box_side_px"):
+                    samples[path][key] += got[key]
                 samples[path]["landmark_px"] += got["landmark_px"]
     for path, s in samples.items():
         rows.append({"path": path, "anchors": s["anchors"], "missing": s["missing"],
-                     "box_px": drift_stats(s["box_px"]), "landmark_px": drift_stats(s["landmark_px"])})
+                     "box_px": drift_stats(s["box_px"]), "landmark_px": drift_stats(s["landmark_px"]),
+                     "box_relative": drift_stats(np.asarray(s["box_px"]) / np.maximum(s["box_side_px"], 1.0)),
+                     "box_px_by_size": box_drift_by_size(s["box_px"], s["box_side_px"])})
     rows.sort(key=lambda r: paths.index(r["path"]))
     report = {"settings": {"checkpoint": args.checkpoint or str(demo_checkpoint()), "data": args.data,
                            "images": len(records), "score_threshold": inference.score_threshold,

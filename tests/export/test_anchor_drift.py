@@ -78,6 +78,8 @@ def test_drift_at_the_same_anchors_by_hand():
     assert got["anchors"] == 2 and got["missing"] == 0
     # original pixels = input pixels / 0.5: anchor 7 moved 0.5 -> 1.0; anchor 9 max(1, 2) -> 4.0
     assert got["box_px"] == pytest.approx([1.0, 4.0])
+    # FP32's boxes in original pixels: (20, 20, 100, 100) and (200, 200, 280, 300): longer sides 80, 100
+    assert got["box_side_px"] == pytest.approx([80.0, 100.0])
     # landmark: corner shift (0.5, 0.5) and head shift 0.25 -> (0.75, 0.75) input px; anchor 9: (1.25, 0.25)
     assert got["landmark_px"] == pytest.approx([np.hypot(1.5, 1.5), np.hypot(2.5, 0.5)])
 
@@ -94,3 +96,29 @@ def test_drift_at_the_same_anchors_by_hand():
         got = anchor_drift.same_anchor_drift(ref, gone, np.array([0, 2]), prepared, given)
         assert got["missing"] == 1 and got["box_px"] == pytest.approx([4.0])
         assert got["landmark_px"] == pytest.approx([np.hypot(2.5, 0.5)])
+
+
+def test_box_drift_by_face_size_by_hand():
+    """The demo evaluation's buckets 20-64 / 64-224 / >= 224 px, the smallest also taking faces < 20 px."""
+    got = anchor_drift.box_drift_by_size([1.0, 0.5, 4.0, 2.0, 10.0], [30.0, 12.0, 100.0, 224.0, 500.0])
+    assert [b["side_px"] for b in got] == [[0.0, 64], [64, 224], [224, 1e9]]
+    assert [b["count"] for b in got] == [2, 1, 2]
+    assert got[0]["max"] == 1.0 and got[0]["median"] == pytest.approx(0.75)
+    assert got[1]["median"] == 4.0
+    assert got[2]["median"] == pytest.approx(6.0) and got[2]["max"] == 10.0
+    empty = anchor_drift.box_drift_by_size([1.0], [30.0])
+    assert empty[2]["count"] == 0 and empty[2]["p99"] is None
+    assert [anchor_drift.bucket_label(*b["side_px"]) for b in got] == ["< 64", "64-224", ">= 224"]
+
+
+def test_the_report_shows_drift_by_face_size():
+    stats = {"count": 3, "median": 0.25, "p90": 1.0, "p99": 2.0, "max": 3.0, "mean": 0.5}
+    by_size = [{"side_px": [0.0, 64], **stats}, {"side_px": [64, 224], **stats},
+               {"side_px": [224, 1e9], "count": 0, "median": None, "p90": None, "p99": None, "max": None, "mean": None}]
+    relative = {"count": 3, "median": 0.006, "p90": 0.02, "p99": 0.045, "max": 0.1, "mean": 0.01}
+    report = {"settings": {"images": 2, "score_threshold": 0.5, "anchors": 3},
+              "rows": [{"path": "int8", "missing": 0, "box_px": stats, "landmark_px": stats, "box_relative": relative,
+                        "box_px_by_size": by_size}]}
+    text = anchor_drift.to_markdown(report)
+    assert "| path | < 64 px | 64-224 px | >= 224 px | drift / side (%) |" in text
+    assert "| int8 | 3: 0.25 / 2.00 | 3: 0.25 / 2.00 | 0: - / - | 0.60 / 4.50 / 10.00 |" in text
