@@ -1,0 +1,88 @@
+"""export/int8_error_sources.py: each variant of a hand-built QDQ graph computes what numpy says it should,
+and on quantize_int8's own graph the variants leave no activation rounded."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("onnxruntime")
+
+from export.int8_error_sources import VARIANTS, variant_graph  # noqa: E402
+
+SIGNED = (0.1, 128)  # scale, uint8 zero point: the input's range -12.8 .. 12.7
+UNSIGNED = (0.05, 0)  # the conv output's range 0 .. 12.75: the quantiser folded a Relu into it
+W_SCALE = 0.02
+
+
+def qdq_graph() -> tuple[onnx.ModelProto, np.ndarray]:
+    """x [1, 2, 3, 3] -> Q/DQ (signed) -> 1x1 Conv, INT8 weights -> Q/DQ (from 0) -> y; and the weights."""
+    w_int = np.array([[[[50]], [[-30]]], [[[-100]], [[20]]], [[[7]], [[64]]]], np.int8)  # [3, 2, 1, 1]
+    inits = [numpy_helper.from_array(w_int, "w_q"), numpy_helper.from_array(np.float32(W_SCALE), "w_scale"),
+             numpy_helper.from_array(np.int8(0), "w_zero")]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], name="w_dq")]
+    for name, (scale, zero), src, dst in (("x", SIGNED, "x", "x_dq"), ("c", UNSIGNED, "c", "y")):
+        inits += [numpy_helper.from_array(np.float32(scale), f"{name}_scale"),
+                  numpy_helper.from_array(np.uint8(zero), f"{name}_zero")]
+        nodes.append(helper.make_node("QuantizeLinear", [src, f"{name}_scale", f"{name}_zero"], [f"{name}_q"],
+                                      name=f"{name}_quantize"))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"], [dst],
+                                      name=f"{name}_dequantize"))
+        if name == "x":
+            nodes.append(helper.make_node("Conv", ["x_dq", "w"], ["c"], name="conv"))
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, w_int.astype(np.float32) * W_SCALE
+
+
+def run(model, x):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_each_variant_computes_what_numpy_says():
+    model, w = qdq_graph()
+    # values beyond both ranges: x up to +-20 (clipped at -12.8 / 12.7), the conv's output up to ~20 (at 12.75)
+    x = np.random.default_rng(0).uniform(-20, 20, (1, 2, 3, 3)).astype(np.float32)
+
+    def conv(v):
+        return np.einsum("oc,nchw->nohw", w[:, :, 0, 0], v)
+
+    x_lo, x_hi = -128 * SIGNED[0], 127 * SIGNED[0]
+    c_hi = 255 * UNSIGNED[0]
+    expected = {
+        "weights": np.maximum(conv(x), 0),
+        "weights+clip-unsigned": np.clip(conv(x), 0, c_hi),
+        "weights+clip-signed": np.maximum(conv(np.clip(x, x_lo, x_hi)), 0),
+        "weights+clip": np.clip(conv(np.clip(x, x_lo, x_hi)), 0, c_hi),
+    }
+    assert np.abs(conv(x)).max() > c_hi and np.abs(x).max() > x_hi  # both clips bite
+    for variant, want in expected.items():
+        got = run(variant_graph(model, variant), x)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=variant)
+        assert not any(n.op_type == "QuantizeLinear" for n in variant_graph(model, variant).graph.node)
+    # the graph itself still rounds: off the unrounded one by up to half a step of each grid
+    assert not np.allclose(run(variant_graph(model, "int8"), x), expected["weights+clip"], atol=1e-6)
+    with pytest.raises(ValueError, match="variant"):
+        variant_graph(model, "fp16")
+
+
+def test_no_activation_of_the_real_int8_graph_stays_rounded(tiny_int8):
+    from export.int8_mixed import activations
+
+    model = onnx.load(str(tiny_int8.build.detector_int8))
+    acts = activations(model, hw=None)
+    for variant in VARIANTS[:-1]:
+        out = variant_graph(model, variant)
+        assert activations(out, hw=None) == []
+        weight_dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
+        assert weight_dq and len(weight_dq) == sum(n.op_type == "DequantizeLinear" for n in model.graph.node) - sum(
+            len(a.dequantize) for a in acts)
+    assert len(activations(variant_graph(model, "int8"), hw=None)) == len(acts)
