@@ -163,6 +163,17 @@ class Teacher:
         return {name: torch.from_numpy(v) for name, v in zip(head_outputs(), values)}
 
 
+def split_train_records(data, images: int, held_out: int) -> tuple[list, list]:
+    """`images` TRAIN records to step on and `held_out` more after them, evenly spaced over the split (all of
+    them stepped on, none held out, when the split is that small). Raises quantize_int8.MissingDataError."""
+    from export.quantize_int8 import sample_records
+
+    records = sample_records(data, "train", images + held_out)
+    if held_out <= 0 or len(records) <= held_out:
+        return records, []
+    return records[:-held_out], records[-held_out:]
+
+
 def _fingerprint(path: Path, settings: FinetuneSettings, records: Sequence) -> str:
     digest = hashlib.sha256(Path(path).read_bytes())
     digest.update(STATE_FORMAT.encode())
@@ -366,7 +377,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     import torch
 
-    from export.quantize_int8 import MissingDataError, sample_records
+    from export.quantize_int8 import MissingDataError
     from maskface.config import get_config
 
     args = parse_args(argv)
@@ -386,13 +397,10 @@ def main(argv=None) -> int:
     settings = FinetuneSettings(steps=args.steps, images=args.images, lr=args.lr, train_weights=not args.biases_only,
                                 checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, seed=args.seed)
     try:
-        records = sample_records(args.data, "train", settings.images + HELD_OUT_IMAGES)
+        train, held_out = split_train_records(args.data, settings.images, HELD_OUT_IMAGES)
     except MissingDataError as e:
         print(f"int8_finetune: {e}", file=sys.stderr)
         return 2
-    train, held_out = records[:-HELD_OUT_IMAGES], records[-HELD_OUT_IMAGES:]
-    if len(records) <= HELD_OUT_IMAGES:
-        train, held_out = records, []
     out.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.is_file() and item.suffix in (".onnx", ".json") and item.name != SUMMARY_FILE:

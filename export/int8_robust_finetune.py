@@ -348,7 +348,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     import torch
 
-    from export.quantize_int8 import MissingDataError, sample_records
+    from export.int8_finetune import split_train_records
+    from export.quantize_int8 import MissingDataError
     from maskface.demo.weights import demo_checkpoint
 
     args = parse_args(argv)
@@ -361,13 +362,10 @@ def main(argv=None) -> int:
     settings = RobustSettings(steps=args.steps, images=args.images, lr=args.lr, checkpoint_every=args.checkpoint_every,
                               eval_every=args.eval_every, seed=args.seed)
     try:
-        records = sample_records(args.data, "train", settings.images + HELD_OUT_IMAGES)
+        train, held_out = split_train_records(args.data, settings.images, HELD_OUT_IMAGES)
     except MissingDataError as e:
         print(f"int8_robust_finetune: {e}", file=sys.stderr)
         return 2
-    train, held_out = records[:-HELD_OUT_IMAGES], records[-HELD_OUT_IMAGES:]
-    if len(records) <= HELD_OUT_IMAGES:
-        train, held_out = records, []
     try:
         summary = robust_finetune(checkpoint, Path(args.out), train, held_out, settings, progress=not args.no_progress)
     except ValueError as e:

@@ -143,3 +143,12 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
     assert all(torch.equal(a[k], b[k]) for k in a)
     changed = [k for k in a if not torch.equal(a[k], model.state_dict()[k])]
     assert changed and all(k.startswith(robust.TRAINED_PARTS) for k in changed)
+
+
+def test_the_command_says_what_is_missing(tmp_path, capsys):
+    assert robust.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "maskface demo-data --out" in capsys.readouterr().err
+    assert robust.main(["--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "out")]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        robust.main(["--steps", "0"])
