@@ -174,9 +174,11 @@ def split_train_records(data, images: int, held_out: int) -> tuple[list, list]:
     return records[:-held_out], records[-held_out:]
 
 
-def _fingerprint(path: Path, settings: FinetuneSettings, records: Sequence) -> str:
+def run_fingerprint(path: Path, settings, records: Sequence, state_format: str = STATE_FORMAT) -> str:
+    """What a resumable run's state must match to be resumed: the input file, the state's layout, the
+    settings (a dataclass) and the records' images."""
     digest = hashlib.sha256(Path(path).read_bytes())
-    digest.update(STATE_FORMAT.encode())
+    digest.update(state_format.encode())
     digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
     digest.update("\n".join(str(r.image_path) for r in records).encode())
     return digest.hexdigest()
@@ -237,7 +239,7 @@ def finetune(int8_path: Path, fp32_path: Path, out_path: Path, records: Sequence
         student.weights.requires_grad_(False)
     trained = (list(student.weights.values()) if settings.train_weights else []) + list(student.biases.values())
     optimizer = torch.optim.Adam(trained, lr=settings.lr)
-    fingerprint = _fingerprint(int8_path, settings, records)
+    fingerprint = run_fingerprint(int8_path, settings, records)
     step, seconds, running = 0, 0.0, None  # running: the train loss's moving average
     before = None
     best_step, best_held_out, best_params = 0, {}, {}  # the evaluated step with the lowest held-out loss

@@ -41,7 +41,6 @@ the clipping of activations to their calibrated ranges (docs/DEPLOYMENT.md 5.5).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import signal
@@ -154,14 +153,6 @@ class RobustSettings:
     max_side: int = 640
 
 
-def _fingerprint(checkpoint: Path, settings: RobustSettings, records: Sequence) -> str:
-    digest = hashlib.sha256(Path(checkpoint).read_bytes())
-    digest.update(STATE_FORMAT.encode())
-    digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
-    digest.update("\n".join(str(r.image_path) for r in records).encode())
-    return digest.hexdigest()
-
-
 class _StopRequest:
     """SIGTERM / SIGINT set a flag; the loop saves its state and returns (nothing is lost on a stop)."""
 
@@ -190,7 +181,7 @@ def robust_finetune(checkpoint: Path, out: Path, records: Sequence, held_out: Se
     import torch
     from tqdm import tqdm
 
-    from export.int8_finetune import distillation_terms
+    from export.int8_finetune import distillation_terms, run_fingerprint
     from maskface.checkpoint import atomic_torch_save, load_model, save_checkpoint
     from maskface.data.dataset import read_image
     from maskface.io_utils import atomic_write_json
@@ -238,7 +229,7 @@ def robust_finetune(checkpoint: Path, out: Path, records: Sequence, held_out: Se
         return sums
 
     optimizer = torch.optim.Adam(trained, lr=settings.lr)
-    fingerprint = _fingerprint(checkpoint, settings, records)
+    fingerprint = run_fingerprint(checkpoint, settings, records, STATE_FORMAT)
     state_path, log_path = out / STATE_FILE, out / LOG_FILE
     step, seconds, before = 0, 0.0, None
     if state_path.is_file():
