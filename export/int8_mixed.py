@@ -135,11 +135,12 @@ def quantiser_range(model, quantize: str) -> tuple[float, float]:
     return (info.min - z) * float(scale.reshape(-1)[0]), (info.max - z) * float(scale.reshape(-1)[0])
 
 
-def keep_fp32(model, tensors: Sequence[str]):
+def keep_fp32(model, tensors: Sequence[str], clip: bool = True):
     """A copy of QDQ `model` with the activation pairs on `tensors` unrounded: each Quantize -> Dequantize
     pair becomes a Clip to the range the pair could represent, so what it did besides rounding stays (the
     quantiser folded the Relu / Clip before it into that range, and saturated at the calibrated limits).
-    Raises KeyError for a tensor that is not a quantised activation."""
+    clip False: unclipped too; a pair whose range starts at 0 becomes the Relu the quantiser folded into it,
+    any other pair goes. Raises KeyError for a tensor that is not a quantised activation."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -159,7 +160,11 @@ def keep_fp32(model, tensors: Sequence[str]):
         bounds = [f"int8_mixed/{tensor}/min", f"int8_mixed/{tensor}/max"]
         graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in zip(bounds, (lo, hi)))
         # in the Quantize node's place: graph order stays topological
-        replace[act.quantize] = helper.make_node("Clip", [tensor, *bounds], [clamped], name=f"int8_mixed/{tensor}")
+        if clip:
+            replace[act.quantize] = helper.make_node("Clip", [tensor, *bounds], [clamped], name=f"int8_mixed/{tensor}")
+        else:
+            replace[act.quantize] = helper.make_node("Relu" if lo >= 0.0 else "Identity", [tensor], [clamped],
+                                                     name=f"int8_mixed/{tensor}")
         drop.update(act.dequantize)
         rename.update({by_name[d].output[0]: clamped for d in act.dequantize[1:]})
     nodes = [replace.get(n.name, n) for n in graph.node if n.name not in drop]

@@ -125,8 +125,28 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
   Each conv's own output error on the calibration inputs falls to 0.18x of round-to-nearest's (median
   over the 84 convs), yet with the selection held fixed (export/anchor_drift.py: each path's box at
   FP32's own anchors) the box p99 stays 2.96-3.17 px either way (FP32 + noise: 1.01) while the
-  landmark p99 drops (OpenVINO 1.78 -> 1.48): what is left of the box drift is mostly the
-  activations' 8-bit grid.
+  landmark p99 drops (OpenVINO 1.78 -> 1.48): what is left of the box drift is in the activations.
+* Unclipped FP32 activations (--unclipped-fp32, default the backbone's stages 2 and 3): after quantisation,
+  the unsigned activations (ranges from 0, after a Relu) under those names leave INT8, neither clipped to
+  their calibrated range nor rounded (keep_unclipped_fp32); their convs read FP32. export/int8_error_sources.py
+  found the clipping of activations to their Percentile ranges to be most of the box drift (INT8 weights
+  alone 0.83 px p99 at FP32's anchors; the unsigned activations clipped 2.46; the whole graph 3.20), and
+  nearly all of that clipping's share in these two stages (backbone stage 3's 8 alone: 2.37 px, stage 2's
+  14 alone: 1.20; any other part's within 0.02 px of the weights alone; 200 val images). Measured on the
+  AVX2 EPYC, reduced range, 400 val images, at FP32's anchors (box median / p90 / p99, landmark p99; ONNX
+  Runtime, OpenVINO in brackets), OpenVINO INT8 time / ONNX Runtime FP32 (20 paired rounds, 640x480):
+
+  | unclipped FP32 | activations | box | landmark p99 | time |
+  |---|---|---|---|---|
+  | none ('') | 0 | 0.30 / 1.00 / 3.20 (0.30 / 1.01 / 2.89) | 1.71 (1.57) | 0.58-0.62 |
+  | stage 3 | 8 | 0.30 / 0.86 / 2.46 (0.30 / 0.83 / 2.43) | 1.33 (1.48) | 0.60 (none: 0.58, same run) |
+  | stages 2 and 3 (default) | 22 | 0.27 / 0.87 / 2.30 (0.28 / 0.81 / 2.21) | 1.28 (1.23) | 0.65 (none: 0.62, same run) |
+
+  The whole pipeline against FP32 (export/precision_report.py, matched detections, 400 val images; before ->
+  with the default): ONNX Runtime recall 0.9742 -> 0.9742, FP / image 0.128 -> 0.120, NME 0.0658 -> 0.0657,
+  box p99 5.38 -> 3.43 px, landmark p99 2.00 -> 1.37, lost / added 4 / 3 -> 4 / 0; OpenVINO recall 0.9750 ->
+  0.9750 (FP32's), FP / image 0.122 -> 0.125, NME 0.0658 -> 0.0659, box p99 4.92 -> 3.90, landmark p99 1.89 ->
+  1.39, lost / added 4 / 2 -> 4 / 3 (benchmarks/results/precision_demo_avx2_unclipped.md).
 
 Earlier default (no equalisation; interim demo model; Percentile, 32 calibration images), INT8 detector + FP32
 keypoint head vs the FP32 graphs, first 100 val images: recall 0.887 -> 0.884 (259 -> 258 of 292 faces), FP / image 0.100 -> 0.100,
@@ -156,6 +176,10 @@ KEYPOINT_SCOPES = ("/keypoint_head/convs/",)
 #: Op types quantised: convolutions, and the activations that fold into their output range.
 QUANTISED_OPS = ("Conv", "Relu", "Clip")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# The detector's unsigned activations kept FP32 and unclipped by default (--unclipped-fp32): those of the demo
+# model's backbone stages 2 and 3, whose clipping to the Percentile ranges is most of INT8's box drift
+# (export/int8_error_sources.py; measured in the module doc)
+DETECTOR_UNCLIPPED_FP32 = ("/backbone/stages.2/", "/backbone/stages.3/")
 TIMING_SIZE = (480, 640)  # (height, width) of the detector timing input, before padding to 64
 MISSING_DATA_HINT = ("build the demo data first: `maskface demo-data --out {data}` (or `bash scripts/train_demo.sh`, "
                      "which builds it and trains the demo model)")
@@ -172,6 +196,9 @@ class Int8Settings:
     op_types: tuple[str, ...] = QUANTISED_OPS
     scopes: tuple[str, ...] = DETECTOR_SCOPES
     keep_fp32: tuple[str, ...] = ()  # node-name prefixes kept FP32 inside the scopes
+    # tensor-name prefixes whose unsigned activations (ranges from 0: after a Relu) stay FP32, neither clipped
+    # to a calibrated range nor rounded: keep_unclipped_fp32
+    unclipped_fp32: tuple[str, ...] = ()
     equalize: bool = True  # export/equalize.py on the prepared graph before calibrating
     max_gain: float = 100.0  # equalisation's bound on one channel's gain
     weight_rounding: bool = True  # export/weight_rounding.py on the quantised graph, before bias correction
@@ -332,6 +359,18 @@ def reduced_weight_range(choice: str, cpuinfo_text: str | None = None) -> bool:
     return text is not None and not cpuinfo_flags(text, VNNI_FLAGS)
 
 
+def keep_unclipped_fp32(model, scopes: Sequence[str]):
+    """(copy of QDQ `model`, tensors): the unsigned activations whose names start with one of `scopes` taken out
+    of INT8 (export/int8_mixed.keep_fp32 with clip=False: the Relu the quantiser folded into their range
+    stays, the clip to their calibrated range goes). Their convs then read FP32."""
+    from export.int8_mixed import activations, keep_fp32, quantiser_range
+
+    scopes = tuple(scopes)
+    tensors = [a.tensor for a in activations(model, hw=None)
+               if scopes and a.tensor.startswith(scopes) and quantiser_range(model, a.quantize)[0] >= 0.0]
+    return keep_fp32(model, tensors, clip=False), tensors
+
+
 def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settings: Int8Settings,
                    fp32_path: Path | None = None, feeds: Sequence[dict] = ()) -> Path:
     """QDQ graph of the settings' nodes from a calibration cache, its weights re-rounded and its biases
@@ -362,6 +401,11 @@ def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settin
                   f"{rounding.error_ratio:.2f}x round-to-nearest's (median over the convs, calibration inputs)")
         if settings.bias_correction:
             correct_biases(quantised, fp32, feeds)
+        onnx.save(quantised, str(tmp))
+    if settings.unclipped_fp32:
+        quantised, kept = keep_unclipped_fp32(onnx.load(str(tmp)), settings.unclipped_fp32)
+        print(f"quantize_int8: {out_path.name}: {len(kept)} unsigned activations under "
+              f"{', '.join(settings.unclipped_fp32)} kept FP32, unclipped")
         onnx.save(quantised, str(tmp))
     check_contract(fp32_path or prepared_path, tmp)
     tmp.replace(out_path)
@@ -593,6 +637,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-range", choices=WEIGHT_RANGES, default="auto",
                    help="INT8 weights in full (-127..127) or reduced (-64..64, 7 bits) range; auto: reduced on a CPU "
                         "without VNNI, whose U8S8 kernels saturate int16 sums (default: %(default)s)")
+    p.add_argument("--unclipped-fp32", default=",".join(DETECTOR_UNCLIPPED_FP32), metavar="PREFIXES",
+                   help="comma list of tensor-name prefixes whose unsigned detector activations stay FP32, neither "
+                        "clipped nor rounded ('' for none; default: %(default)s)")
     p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the timing (default: %(default)s)")
     p.add_argument("--sweep", type=int, default=0, metavar="N",
@@ -644,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(--weight-range {args.weight_range})")
     settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain,
                             weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
-                            weight_range=args.weight_range)
+                            weight_range=args.weight_range,
+                            unclipped_fp32=tuple(p for p in args.unclipped_fp32.split(",") if p))
     kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain,
                                 weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
                                 weight_range=args.weight_range)

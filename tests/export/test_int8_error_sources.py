@@ -68,6 +68,11 @@ def test_each_variant_computes_what_numpy_says():
         got = run(variant_graph(model, variant), x)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=variant)
         assert not any(n.op_type == "QuantizeLinear" for n in variant_graph(model, variant).graph.node)
+    # a scope limits the clipping to the activations inside it
+    np.testing.assert_allclose(run(variant_graph(model, "weights+clip-unsigned", ("c",)), x),
+                               expected["weights+clip-unsigned"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(variant_graph(model, "weights+clip", ("elsewhere/",)), x), expected["weights"],
+                               rtol=1e-5, atol=1e-5)
     # the graph itself still rounds: off the unrounded one by up to half a step of each grid
     assert not np.allclose(run(variant_graph(model, "int8"), x), expected["weights+clip"], atol=1e-6)
     with pytest.raises(ValueError, match="variant"):
@@ -86,3 +91,20 @@ def test_no_activation_of_the_real_int8_graph_stays_rounded(tiny_int8):
         assert weight_dq and len(weight_dq) == sum(n.op_type == "DequantizeLinear" for n in model.graph.node) - sum(
             len(a.dequantize) for a in acts)
     assert len(activations(variant_graph(model, "int8"), hw=None)) == len(acts)
+
+
+def test_quantize_int8_keeps_the_unsigned_activations_of_a_scope_fp32_and_unclipped():
+    """export/quantize_int8.keep_unclipped_fp32 on the hand graph: the conv output (range from 0) leaves INT8 and
+    keeps its folded Relu; the signed input under another name stays quantised (numpy's round half to even)."""
+    from export.quantize_int8 import keep_unclipped_fp32
+
+    model, w = qdq_graph()
+    x = np.random.default_rng(1).uniform(-20, 20, (1, 2, 3, 3)).astype(np.float32)
+    scale, zero = SIGNED
+    x_q = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+    out, kept = keep_unclipped_fp32(model, ("c",))
+    assert kept == ["c"]
+    want = np.maximum(np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x_q), 0)
+    np.testing.assert_allclose(run(out, x), want, rtol=1e-5, atol=1e-5)
+    assert keep_unclipped_fp32(model, ("x",))[1] == []  # signed: not taken
+    assert keep_unclipped_fp32(model, ())[1] == []
