@@ -59,8 +59,9 @@ def variant_graph(model, variant: str, scope: tuple[str, ...] = ()):
     acts = activations(model, hw=None)
     clipped = {"weights+clip": {True, False}, "weights+clip-signed": {True}, "weights+clip-unsigned": {False},
                "weights": set()}[variant]
-    keep = [a.tensor for a in acts if is_signed(model, a) in clipped and (not scope or a.tensor.startswith(scope))]
-    return keep_fp32(keep_fp32(model, keep), [a.tensor for a in acts if a.tensor not in set(keep)], clip=False)
+    keep = {a.tensor for a in acts if is_signed(model, a) in clipped and (not scope or a.tensor.startswith(scope))}
+    unclipped = [a.tensor for a in acts if a.tensor not in keep]
+    return keep_fp32(keep_fp32(model, [a.tensor for a in acts if a.tensor in keep]), unclipped, clip=False)
 
 
 def scope_variants() -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -86,8 +87,8 @@ def write_variants(int8_dir: Path, out: Path, variants: dict[str, tuple[str, tup
         folder = out / folder_name(name)
         folder.mkdir(parents=True, exist_ok=True)
         onnx.save(variant_graph(model, variant, scope), str(folder / DETECTOR_INT8_FILE))
-        for name in (DETECTOR_FILE, KEYPOINT_FILE):
-            shutil.copy2(int8_dir / name, folder / name)
+        for graph in (DETECTOR_FILE, KEYPOINT_FILE):
+            shutil.copy2(int8_dir / graph, folder / graph)
         folders[name] = folder
     return folders
 

@@ -108,3 +108,18 @@ def test_quantize_int8_keeps_the_unsigned_activations_of_a_scope_fp32_and_unclip
     np.testing.assert_allclose(run(out, x), want, rtol=1e-5, atol=1e-5)
     assert keep_unclipped_fp32(model, ("x",))[1] == []  # signed: not taken
     assert keep_unclipped_fp32(model, ())[1] == []
+
+
+def test_every_variant_gets_its_own_folder_with_the_graphs(tmp_path):
+    from export.int8_error_sources import DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE, scope_variants, write_variants
+
+    model, _ = qdq_graph()
+    source = tmp_path / "int8"
+    source.mkdir()
+    for name in (DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE):
+        onnx.save(model, str(source / name))
+    variants = {v: (v, ()) for v in VARIANTS} | scope_variants()
+    folders = write_variants(source, tmp_path / "out", variants)
+    assert list(folders) == list(variants) and len(set(folders.values())) == len(variants)
+    for folder in folders.values():
+        assert sorted(p.name for p in folder.iterdir()) == sorted([DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE])
