@@ -146,7 +146,11 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
   with the default): ONNX Runtime recall 0.9742 -> 0.9742, FP / image 0.128 -> 0.120, NME 0.0658 -> 0.0657,
   box p99 5.38 -> 3.43 px, landmark p99 2.00 -> 1.37, lost / added 4 / 3 -> 4 / 0; OpenVINO recall 0.9750 ->
   0.9750 (FP32's), FP / image 0.122 -> 0.125, NME 0.0658 -> 0.0659, box p99 4.92 -> 3.90, landmark p99 1.89 ->
-  1.39, lost / added 4 / 2 -> 4 / 3 (benchmarks/results/precision_demo_avx2_unclipped.md).
+  1.39, lost / added 4 / 2 -> 4 / 3 (benchmarks/results/precision_demo_avx2_unclipped.md). benchmarks/latency.py
+  (20 rounds, latency_cpu_demo_epyc_avx2_unclipped.md): OpenVINO INT8 detector 0.72x ONNX Runtime FP32 (paired
+  0.67; the graph before: 0.65, paired 0.64); ONNX Runtime INT8 0.95x (0.97; before 0.79, 0.77): ONNX Runtime
+  fuses a conv into its INT8 kernel only when its output is quantised too, so the convs around these
+  activations run in FP32 there. For ONNX Runtime INT8, --unclipped-fp32 '' keeps its speed (and the drift).
 
 Earlier default (no equalisation; interim demo model; Percentile, 32 calibration images), INT8 detector + FP32
 keypoint head vs the FP32 graphs, first 100 val images: recall 0.887 -> 0.884 (259 -> 258 of 292 faces), FP / image 0.100 -> 0.100,
