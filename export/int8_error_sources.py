@@ -38,17 +38,10 @@ VARIANTS = ("weights", "weights+clip-unsigned", "weights+clip-signed", "weights+
 DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE = "detector.onnx", "detector_int8.onnx", "keypoint_head_portable.onnx"
 
 
-def is_signed(model, activation) -> bool:
-    """Whether a quantised activation's range holds negative values (else it starts at 0)."""
-    from export.int8_mixed import quantiser_range
-
-    return quantiser_range(model, activation.quantize)[0] < 0.0
-
-
 def variant_graph(model, variant: str, scope: tuple[str, ...] = ()):
     """A copy of QDQ `model` with the quantisation `variant` names (module doc) taken back; with `scope`
     (tensor-name prefixes), a clipping variant clips only the activations inside it."""
-    from export.int8_mixed import activations, keep_fp32
+    from export.int8_mixed import activations, is_signed, keep_fp32
 
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} must be one of {', '.join(VARIANTS)}")

@@ -135,6 +135,12 @@ def quantiser_range(model, quantize: str) -> tuple[float, float]:
     return (info.min - z) * float(scale.reshape(-1)[0]), (info.max - z) * float(scale.reshape(-1)[0])
 
 
+def is_signed(model, activation: Activation) -> bool:
+    """Whether a quantised activation's range holds negative values; else it starts at 0 (the quantiser folded
+    a Relu into it)."""
+    return quantiser_range(model, activation.quantize)[0] < 0.0
+
+
 def keep_fp32(model, tensors: Sequence[str], clip: bool = True):
     """A copy of QDQ `model` with the activation pairs on `tensors` unrounded: each Quantize -> Dequantize
     pair becomes a Clip to the range the pair could represent, so what it did besides rounding stays (the

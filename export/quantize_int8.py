@@ -367,11 +367,11 @@ def keep_unclipped_fp32(model, scopes: Sequence[str]):
     """(copy of QDQ `model`, tensors): the unsigned activations whose names start with one of `scopes` taken out
     of INT8 (export/int8_mixed.keep_fp32 with clip=False: the Relu the quantiser folded into their range
     stays, the clip to their calibrated range goes). Their convs then read FP32."""
-    from export.int8_mixed import activations, keep_fp32, quantiser_range
+    from export.int8_mixed import activations, is_signed, keep_fp32
 
     scopes = tuple(scopes)
     tensors = [a.tensor for a in activations(model, hw=None)
-               if scopes and a.tensor.startswith(scopes) and quantiser_range(model, a.quantize)[0] >= 0.0]
+               if scopes and a.tensor.startswith(scopes) and not is_signed(model, a)]
     return keep_fp32(model, tensors, clip=False), tensors
 
 
