@@ -162,6 +162,46 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure(fp32, runtimes: dict, records, input_cfg, inference, max_side: int, progress: bool = True
+            ) -> tuple[list[dict], int]:
+    """Each of `runtimes` (name -> runtime; "fp32-dither" runs on the dithered image) at the anchors the FP32
+    runtime `fp32` (its graphs from graphs_with_anchors) keeps on `records`, in one pass over the images so
+    that FP32 runs once per image however many paths there are. Returns (a row per path, FP32's anchors)."""
+    from tqdm import tqdm
+
+    from export.precision_compare import drift_stats
+    from export.precision_report import dithered
+    from maskface.data.dataset import read_image
+    from maskface.pipeline import select_candidates
+    from maskface.preprocess import prepare_image
+
+    samples = {path: {"anchors": 0, "missing": 0, "box_px": [], "box_side_px": [], "landmark_px": []}
+               for path in runtimes}
+    total = 0
+    for record in tqdm(records, desc="anchor drift", dynamic_ncols=True, disable=not progress):
+        image = read_image(record.image_path, getattr(record, "source", ""))
+        prepared = prepare_image(image, input_cfg, max_side)
+        reference = detect_with_anchors(fp32, prepared.image)
+        kept = np.asarray(select_candidates(reference[0], reference[1], inference)).reshape(-1)
+        total += len(kept)
+        ref_landmarks = reference_landmarks((fp32, reference), kept) if len(kept) else None
+        for path, runtime in runtimes.items():
+            # the same scale as the reference: the noisy copy keeps the image's size
+            x = prepare_image(dithered(image), input_cfg, max_side).image if path == "fp32-dither" else prepared.image
+            got = same_anchor_drift((fp32, reference), (runtime, detect_with_anchors(runtime, x)), kept, prepared,
+                                    ref_landmarks)
+            for key in ("anchors", "missing"):
+                samples[path][key] += got[key]
+            for key in ("box_px", "box_side_px", "landmark_px"):
+                samples[path][key] += got[key]
+    rows = [{"path": path, "anchors": s["anchors"], "missing": s["missing"],
+             "box_px": drift_stats(s["box_px"]), "landmark_px": drift_stats(s["landmark_px"]),
+             "box_relative": drift_stats(np.asarray(s["box_px"]) / np.maximum(s["box_side_px"], 1.0)),
+             "box_px_by_size": box_drift_by_size(s["box_px"], s["box_side_px"])}
+            for path, s in samples.items()]
+    return rows, total
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", help="model (default: the shipped demo model)")
@@ -181,16 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (int8_dir / "detector.onnx").is_file():
         p.error(f"{int8_dir}/detector.onnx not found: run export/quantize_int8.py --out {int8_dir} first")
 
-    from tqdm import tqdm
-
-    from export.precision_compare import drift_stats, load_val_records
-    from export.precision_report import dithered
+    from export.precision_compare import load_val_records
     from maskface.checkpoint import load_model
-    from maskface.data.dataset import read_image
     from maskface.demo.weights import demo_checkpoint
     from maskface.io_utils import atomic_write_bytes, atomic_write_json
-    from maskface.pipeline import select_candidates
-    from maskface.preprocess import prepare_image
     from maskface.runtimes.ort_runtime import OrtRuntime
 
     model = load_model(args.checkpoint or str(demo_checkpoint()))
@@ -221,34 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             except (FileNotFoundError, RuntimeError, ImportError) as exc:
                 print(f"anchor_drift: {path} not run: {exc}", file=sys.stderr)
                 rows.append({"path": path, "error": str(exc)})
-        samples = {path: {"anchors": 0, "missing": 0, "box_px": [], "box_side_px": [], "landmark_px": []}
-                   for path in runtimes}
-        total = 0
-        for record in tqdm(records, desc="anchor drift", dynamic_ncols=True, disable=args.no_progress):
-            image = read_image(record.image_path, getattr(record, "source", ""))
-            prepared = prepare_image(image, input_cfg, args.max_side)
-            reference = detect_with_anchors(fp32, prepared.image)
-            kept = np.asarray(select_candidates(reference[0], reference[1], inference)).reshape(-1)
-            total += len(kept)
-            ref_landmarks = reference_landmarks((fp32, reference), kept) if len(kept) else None
-            for path, runtime in runtimes.items():
-                if path == "fp32-dither":
-                    # the same scale as the reference: the noisy copy keeps the image's size
-                    x = prepare_image(dithered(image), input_cfg, args.max_side).image
-                else:
-                    x = prepared.image
-                got = same_anchor_drift((fp32, reference), (runtime, detect_with_anchors(runtime, x)), kept, prepared,
-                                        ref_landmarks)
-                for key in ("anchors", "missing"):
-                    samples[path][key] += got[key]
-                for key in ("box_px", "box_side_px"):
-                    samples[path][key] += got[key]
-                samples[path]["landmark_px"] += got["landmark_px"]
-    for path, s in samples.items():
-        rows.append({"path": path, "anchors": s["anchors"], "missing": s["missing"],
-                     "box_px": drift_stats(s["box_px"]), "landmark_px": drift_stats(s["landmark_px"]),
-                     "box_relative": drift_stats(np.asarray(s["box_px"]) / np.maximum(s["box_side_px"], 1.0)),
-                     "box_px_by_size": box_drift_by_size(s["box_px"], s["box_side_px"])})
+        measured, total = measure(fp32, runtimes, records, input_cfg, inference, args.max_side,
+                                  progress=not args.no_progress)
+        rows += measured
     rows.sort(key=lambda r: paths.index(r["path"]))
     report = {"settings": {"checkpoint": args.checkpoint or str(demo_checkpoint()), "data": args.data,
                            "images": len(records), "score_threshold": inference.score_threshold,

@@ -3,7 +3,7 @@ calibrated ranges, or their rounding (issue 15).
 
     python export/int8_error_sources.py --int8-dir artifacts/onnx_int8 --data runs/demo-data-consensus \
         [--out artifacts/int8_error_sources] [--max-images 400]
-    -> OUT/error_sources.{json,md}, and OUT/<variant>/ with each variant's graphs and anchor_drift report
+    -> OUT/error_sources.{json,md}, and OUT/<variant>/ with each variant's graphs
 
 Each variant takes part of the quantisation back out of detector_int8.onnx and is measured at FP32's own
 anchors (export/anchor_drift.py, ONNX Runtime; box median / p90 / p99, landmark p99):
@@ -17,19 +17,24 @@ anchors (export/anchor_drift.py, ONNX Runtime; box median / p90 / p99, landmark 
 * weights + clip: every activation clipped to its range, none rounded (keep_fp32 of all of them).
 * int8: the graph itself (rounding too).
 
---by-scope adds one row per part of the network (quantize_int8's sweep groups): the weights, and the unsigned
-activations of that part alone clipped.
+--by-scope [KINDS] adds one row per part of the network (quantize_int8's sweep groups) and per variant of KINDS
+(default weights+clip-unsigned): that variant inside the part alone, every other activation neither clipped nor
+rounded (with int8: that part's activations quantised, as served). All variants run in one pass over the images
+(export/anchor_drift.measure), so FP32 runs once per image.
 
 Measured on the demo model (AVX2 EPYC, reduced-range graph, 400 val images, 1,411 anchors; the table in
 docs/DEPLOYMENT.md 5.5): the weights alone move boxes by 0.83 px p99; clipping the unsigned activations to
 their Percentile ranges takes that to 2.46 px, the signed ones to 1.47, both to 2.68, and rounding to 3.20.
 By scope, the 8 unsigned activations of backbone stage 3 clipped alone take the weights' p99 to 2.37 px
 (200 images), stage 2's 14 to 1.20; every other part's stay within 0.02 px of the weights alone.
+On the graph with those 22 in FP32 (quantize_int8's --unclipped-fp32; its INT8 box p99 2.30 px), --by-scope
+int8,weights+clip-signed (400 images, 20 variants in 31 min): each part's activations quantised alone take
+the weights' 0.83 px to 0.89-1.35, the signed ones clipped alone to at most 1.11 (FPN; conv outputs into a
+GroupNorm, which no conv reads): quantize_int8's --runtime openvino now keeps those FP32 as well.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -40,30 +45,29 @@ DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE = "detector.onnx", "detector_in
 
 def variant_graph(model, variant: str, scope: tuple[str, ...] = ()):
     """A copy of QDQ `model` with the quantisation `variant` names (module doc) taken back; with `scope`
-    (tensor-name prefixes), a clipping variant clips only the activations inside it."""
+    (tensor-name prefixes), only the activations inside it get the variant's clipping (or, for int8, stay
+    quantised); the others are neither clipped nor rounded, as in `weights`."""
     from export.int8_mixed import activations, is_signed, keep_fp32
 
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} must be one of {', '.join(VARIANTS)}")
-    if variant == "int8":
-        out = type(model)()
-        out.CopyFrom(model)
-        return out
     acts = activations(model, hw=None)
+    inside = {a.tensor for a in acts if not scope or a.tensor.startswith(scope)}
+    if variant == "int8":
+        return keep_fp32(model, [a.tensor for a in acts if a.tensor not in inside], clip=False)
     clipped = {"weights+clip": {True, False}, "weights+clip-signed": {True}, "weights+clip-unsigned": {False},
                "weights": set()}[variant]
-    keep = {a.tensor for a in acts if is_signed(model, a) in clipped and (not scope or a.tensor.startswith(scope))}
+    keep = {a.tensor for a in acts if a.tensor in inside and is_signed(model, a) in clipped}
     unclipped = [a.tensor for a in acts if a.tensor not in keep]
     return keep_fp32(keep_fp32(model, [a.tensor for a in acts if a.tensor in keep]), unclipped, clip=False)
 
 
-def scope_variants() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """--by-scope's rows: the unsigned activations clipped in one part of the network at a time (the groups of
+def scope_variants(kinds: tuple[str, ...] = ("weights+clip-unsigned",)) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """--by-scope's rows: each of `kinds` (VARIANTS) in one part of the network at a time (the groups of
     quantize_int8's sweep), name -> (variant, tensor-name prefixes)."""
     from export.quantize_int8 import SWEEP_GROUPS
 
-    return {f"weights+clip-unsigned in {label}": ("weights+clip-unsigned", tuple(prefixes))
-            for label, prefixes in SWEEP_GROUPS.items()}
+    return {f"{kind} in {label}": (kind, tuple(prefixes)) for kind in kinds for label, prefixes in SWEEP_GROUPS.items()}
 
 
 def folder_name(name: str) -> str:
@@ -93,6 +97,7 @@ def to_markdown(rows: list[dict], settings: dict) -> str:
     lines = [f"# Where the INT8 drift comes from ({settings['images']} images, {settings['anchors']} FP32 anchors)", "",
              "Each variant takes part of the quantisation back out of the INT8 detector (export/int8_error_sources.py); "
              "drift at FP32's own anchors in ONNX Runtime, original pixels.", "",
+             f"INT8 graphs: `{settings.get('int8_dir', '?')}`; model: `{settings.get('checkpoint', '?')}`.", "",
              "| variant | box median | box p90 | box p99 | box max | landmark p99 |", "|---|---|---|---|---|---|"]
     for row in rows:
         b, lm = row["box_px"], row["landmark_px"]
@@ -102,8 +107,14 @@ def to_markdown(rows: list[dict], settings: dict) -> str:
 
 
 def main(argv=None) -> int:
+    import tempfile
+
     from export import anchor_drift
+    from export.precision_compare import load_val_records
+    from maskface.checkpoint import load_model
+    from maskface.demo.weights import demo_checkpoint
     from maskface.io_utils import atomic_write_bytes, atomic_write_json
+    from maskface.runtimes.ort_runtime import OrtRuntime
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--int8-dir", default="artifacts/onnx_int8", help="export/quantize_int8.py output folder")
@@ -112,33 +123,38 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="artifacts/int8_error_sources", help="report folder (default %(default)s)")
     p.add_argument("--max-images", type=int, default=400, help="first N validation images (default %(default)s)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {', '.join(VARIANTS)}")
-    p.add_argument("--by-scope", action="store_true",
-                   help="add a row per part of the network: its unsigned activations alone clipped")
+    p.add_argument("--by-scope", nargs="?", const="weights+clip-unsigned", default="",
+                   help="add a row per part of the network and per variant of this comma list (default, without a "
+                        "value: weights+clip-unsigned): the variant inside that part alone")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    names = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown or not names:
-        p.error(f"--variants takes a comma list out of {', '.join(VARIANTS)}; got {args.variants!r}")
-    variants = {v: (v, ()) for v in names} | (scope_variants() if args.by_scope else {})
+    names, kinds = ([v for v in text.split(",") if v] for text in (args.variants, args.by_scope))
+    unknown = [v for v in names + kinds if v not in VARIANTS]
+    if unknown or not (names or kinds):
+        p.error(f"--variants and --by-scope take comma lists out of {', '.join(VARIANTS)}; got {', '.join(unknown)}")
+    variants = {v: (v, ()) for v in names} | (scope_variants(tuple(kinds)) if kinds else {})
     int8_dir, out = Path(args.int8_dir), Path(args.out)
     missing = [n for n in (DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE) if not (int8_dir / n).is_file()]
     if missing:
         p.error(f"{int8_dir} lacks {', '.join(missing)}: run export/quantize_int8.py --out {int8_dir} first")
-    rows, settings = [], {}
-    for variant, folder in write_variants(int8_dir, out, variants).items():
-        print(f"int8_error_sources: {variant}", file=sys.stderr)
-        drift_args = ["--int8-dir", str(folder), "--data", args.data, "--paths", "int8", "--out", str(folder),
-                      "--max-images", str(args.max_images)] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
-        if anchor_drift.main(drift_args + (["--no-progress"] if args.no_progress else [])) != 0:
-            print(f"int8_error_sources: anchor_drift failed on {folder}", file=sys.stderr)
-            return 1
-        report = json.loads((folder / "anchor_drift.json").read_text())
-        settings = report["settings"]
-        (row,) = report["rows"]
-        rows.append({"variant": variant, **{k: row[k] for k in ("missing", "box_px", "landmark_px", "box_relative",
-                                                                 "box_px_by_size")}})
-    summary = {"settings": {**settings, "int8_dir": str(int8_dir)}, "rows": rows}
+    model = load_model(args.checkpoint or str(demo_checkpoint()))
+    records = load_val_records(args.data, max_images=args.max_images)
+    folders = write_variants(int8_dir, out, variants)
+    with tempfile.TemporaryDirectory() as tmp:
+        def with_anchors(folder: Path, detector: str, name: str) -> OrtRuntime:
+            work = anchor_drift.graphs_with_anchors(folder, detector, KEYPOINT_FILE, Path(tmp) / name)
+            return OrtRuntime(work / detector, work / KEYPOINT_FILE)
+
+        fp32 = with_anchors(int8_dir, DETECTOR_FILE, "fp32")
+        runtimes = {name: with_anchors(folder, DETECTOR_INT8_FILE, folder.name) for name, folder in folders.items()}
+        print(f"int8_error_sources: {len(runtimes)} variants on {len(records)} images", file=sys.stderr)
+        measured, anchors = anchor_drift.measure(fp32, runtimes, records, model.cfg.input, model.cfg.inference,
+                                                 max_side=640, progress=not args.no_progress)
+    rows = [{"variant": row["path"], **{k: row[k] for k in ("missing", "box_px", "landmark_px", "box_relative",
+                                                              "box_px_by_size")}} for row in measured]
+    settings = {"checkpoint": args.checkpoint or str(demo_checkpoint()), "data": args.data, "images": len(records),
+                "anchors": anchors, "int8_dir": str(int8_dir)}
+    summary = {"settings": settings, "rows": rows}
     atomic_write_json(out / "error_sources.json", summary)
     atomic_write_bytes(out / "error_sources.md", to_markdown(rows, settings).encode())
     print(to_markdown(rows, settings))

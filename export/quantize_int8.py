@@ -150,7 +150,25 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
   (20 rounds, latency_cpu_demo_epyc_avx2_unclipped.md): OpenVINO INT8 detector 0.72x ONNX Runtime FP32 (paired
   0.67; the graph before: 0.65, paired 0.64); ONNX Runtime INT8 0.95x (0.97; before 0.79, 0.77): ONNX Runtime
   fuses a conv into its INT8 kernel only when its output is quantised too, so the convs around these
-  activations run in FP32 there. For ONNX Runtime INT8, --unclipped-fp32 '' keeps its speed (and the drift).
+  activations run in FP32 there. For ONNX Runtime INT8, --runtime onnxruntime keeps its speed (and the drift).
+* Activations no conv reads (--runtime openvino, the default): after the above, the 43 activations whose
+  readers are all floating-point ops (33 conv outputs into a GroupNorm, 10 into a residual Add) leave INT8,
+  neither clipped nor rounded (keep_float_read_fp32). The quantiser had put a Quantize / Dequantize pair on
+  each conv output so that ONNX Runtime can fuse conv and requantisation; OpenVINO's INT8 convs write FP32
+  where the reader wants it, so there the pair bought no kernel and cost drift. export/int8_error_sources.py
+  on the graph with the unclipped stages (--by-scope, 400 val images; benchmarks/results/
+  int8_error_sources_demo_avx2_unclipped_scopes.md): no part's activations, quantised alone, take the
+  weights' 0.83 px p99 beyond 1.35; clipping every signed activation alone takes it to 1.47. Same setting as
+  the table above:
+
+  | graph | box (ONNX Runtime; OpenVINO) | landmark p99 | OpenVINO INT8 / ONNX Runtime FP32 | ONNX Runtime INT8 / FP32 |
+  |---|---|---|---|---|
+  | stages 2 and 3 unclipped | 0.27 / 0.87 / 2.30 (0.28 / 0.81 / 2.21) | 1.28 (1.23) | 0.650 | 0.981 |
+  | + activations no conv reads (--runtime openvino) | 0.24 / 0.71 / 1.90 (0.24 / 0.71 / 1.71) | 1.10 (1.04) | 0.653 | 1.342 |
+
+  (times: 20 paired rounds, 640x480, one run; benchmarks/results/anchor_drift_demo_avx2_float_read.md.) In
+  ONNX Runtime those convs lose their INT8 kernel, so --runtime onnxruntime builds neither step: every
+  conv keeps its INT8 kernel there (0.79x FP32 in latency_cpu_demo_epyc_avx2.md) and box p99 is 3.20 px.
 
 Earlier default (no equalisation; interim demo model; Percentile, 32 calibration images), INT8 detector + FP32
 keypoint head vs the FP32 graphs, first 100 val images: recall 0.887 -> 0.884 (259 -> 258 of 292 faces), FP / image 0.100 -> 0.100,
@@ -184,6 +202,11 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # model's backbone stages 2 and 3, whose clipping to the Percentile ranges is most of INT8's box drift
 # (export/int8_error_sources.py; measured in the module doc)
 DETECTOR_UNCLIPPED_FP32 = ("/backbone/stages.2/", "/backbone/stages.3/")
+# The runtime a detector graph is quantised for (--runtime) -> its defaults: (unclipped_fp32, float_read_fp32).
+# ONNX Runtime runs a conv on its INT8 kernel only when the conv's input AND output are quantised, so every
+# activation left in FP32 costs it time; OpenVINO's INT8 convs take FP32 outputs, and FP32 inputs cost it
+# only those convs (module doc)
+RUNTIME_DEFAULTS = {"openvino": (DETECTOR_UNCLIPPED_FP32, True), "onnxruntime": ((), False)}
 TIMING_SIZE = (480, 640)  # (height, width) of the detector timing input, before padding to 64
 MISSING_DATA_HINT = ("build the demo data first: `maskface demo-data --out {data}` (or `bash scripts/train_demo.sh`, "
                      "which builds it and trains the demo model)")
@@ -203,6 +226,9 @@ class Int8Settings:
     # tensor-name prefixes whose unsigned activations (ranges from 0: after a Relu) stay FP32, neither clipped
     # to a calibrated range nor rounded: keep_unclipped_fp32
     unclipped_fp32: tuple[str, ...] = ()
+    # activations no conv reads (conv outputs into a GroupNorm or a residual Add) stay FP32, unclipped and
+    # unrounded: keep_float_read_fp32
+    float_read_fp32: bool = False
     equalize: bool = True  # export/equalize.py on the prepared graph before calibrating
     max_gain: float = 100.0  # equalisation's bound on one channel's gain
     weight_rounding: bool = True  # export/weight_rounding.py on the quantised graph, before bias correction
@@ -375,6 +401,22 @@ def keep_unclipped_fp32(model, scopes: Sequence[str]):
     return keep_fp32(model, tensors, clip=False), tensors
 
 
+def keep_float_read_fp32(model):
+    """(copy of QDQ `model`, tensors): the activations that no Conv reads taken out of INT8, neither clipped nor
+    rounded (export/int8_mixed.keep_fp32 with clip=False). Quantising them buys no INT8 kernel where the
+    runtime's INT8 convs may write FP32 (OpenVINO): their readers (GroupNorm, a residual Add) compute in FP32."""
+    from export.int8_mixed import activations, keep_fp32
+
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    dequantize_output = {n.name: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    tensors = [a.tensor for a in activations(model, hw=None)
+               if not any("Conv" in readers.get(dequantize_output[d], ()) for d in a.dequantize)]
+    return keep_fp32(model, tensors, clip=False), tensors
+
+
 def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settings: Int8Settings,
                    fp32_path: Path | None = None, feeds: Sequence[dict] = ()) -> Path:
     """QDQ graph of the settings' nodes from a calibration cache, its weights re-rounded and its biases
@@ -411,6 +453,10 @@ def quantize_graph(prepared_path: Path, out_path: Path, cache_path: Path, settin
         print(f"quantize_int8: {out_path.name}: {len(kept)} unsigned activations under "
               f"{', '.join(settings.unclipped_fp32)} kept FP32, unclipped")
         onnx.save(quantised, str(tmp))
+    if settings.float_read_fp32:
+        quantised, kept = keep_float_read_fp32(onnx.load(str(tmp)))
+        print(f"quantize_int8: {out_path.name}: {len(kept)} activations that no conv reads kept FP32, unclipped")
+        onnx.save(quantised, str(tmp))
     check_contract(fp32_path or prepared_path, tmp)
     tmp.replace(out_path)
     return out_path
@@ -438,12 +484,21 @@ def check_contract(fp32_path: Path, int8_path: Path) -> None:
 
 
 def time_detectors(fp32_path: Path, int8_path: Path, image: np.ndarray, rounds: int = 15,
-                   threads: int = 1) -> dict:
-    """Median detector times, FP32 and INT8 runs interleaved (ABAB...) in one process so that the
-    machine's load hits both alike; ratio = INT8 median / FP32 median."""
+                   threads: int = 1, int8_runtime: str = "onnxruntime") -> dict:
+    """Median detector times, ONNX Runtime FP32 and INT8 (in `int8_runtime`: onnxruntime or openvino) runs
+    interleaved (ABAB...) in one process so that the machine's load hits both alike; ratio = INT8 median /
+    FP32 median."""
     from maskface.runtimes.ort_runtime import ort_session
 
-    sessions = {"fp32": ort_session(fp32_path, threads), "int8": ort_session(int8_path, threads)}
+    if int8_runtime not in RUNTIME_DEFAULTS:
+        raise ValueError(f"int8_runtime {int8_runtime!r} must be one of {', '.join(RUNTIME_DEFAULTS)}")
+    if int8_runtime == "openvino":
+        from maskface.runtimes.openvino_runtime import OpenVinoGraph
+
+        int8 = OpenVinoGraph(int8_path, "f32", threads, static_shapes=True)
+    else:
+        int8 = ort_session(int8_path, threads)
+    sessions = {"fp32": ort_session(fp32_path, threads), "int8": int8}
     feed = {"images": np.ascontiguousarray(image, np.float32)}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for session in sessions.values():  # warm-up
@@ -454,7 +509,7 @@ def time_detectors(fp32_path: Path, int8_path: Path, image: np.ndarray, rounds: 
             session.run(None, feed)
             times[name].append(time.perf_counter() - start)
     median = {k: float(np.median(v)) for k, v in times.items()}
-    return {"input_shape": list(image.shape), "threads": threads, "rounds": rounds,
+    return {"input_shape": list(image.shape), "threads": threads, "rounds": rounds, "int8_runtime": int8_runtime,
             "fp32_ms": 1e3 * median["fp32"], "int8_ms": 1e3 * median["int8"],
             "ratio_int8_over_fp32": median["int8"] / median["fp32"], "interleaved": True}
 
@@ -641,9 +696,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-range", choices=WEIGHT_RANGES, default="auto",
                    help="INT8 weights in full (-127..127) or reduced (-64..64, 7 bits) range; auto: reduced on a CPU "
                         "without VNNI, whose U8S8 kernels saturate int16 sums (default: %(default)s)")
-    p.add_argument("--unclipped-fp32", default=",".join(DETECTOR_UNCLIPPED_FP32), metavar="PREFIXES",
+    p.add_argument("--runtime", choices=tuple(RUNTIME_DEFAULTS), default="openvino",
+                   help="runtime the detector graph is for: openvino (served int8) keeps the activations of "
+                        f"{', '.join(DETECTOR_UNCLIPPED_FP32)} and those no conv reads FP32, unclipped; onnxruntime "
+                        "keeps every conv on its INT8 kernel (more drift; default: %(default)s)")
+    p.add_argument("--unclipped-fp32", default=None, metavar="PREFIXES",
                    help="comma list of tensor-name prefixes whose unsigned detector activations stay FP32, neither "
-                        "clipped nor rounded ('' for none; default: %(default)s)")
+                        "clipped nor rounded ('' for none; default: the --runtime's)")
     p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the timing (default: %(default)s)")
     p.add_argument("--sweep", type=int, default=0, metavar="N",
@@ -693,10 +752,12 @@ def main(argv: list[str] | None = None) -> int:
     reduced = reduced_weight_range(args.weight_range)
     print(f"quantize_int8: weights in {'reduced (-64..64)' if reduced else 'full (-127..127)'} range "
           f"(--weight-range {args.weight_range})")
+    unclipped, float_read = RUNTIME_DEFAULTS[args.runtime]
+    if args.unclipped_fp32 is not None:
+        unclipped = tuple(p for p in args.unclipped_fp32.split(",") if p)
     settings = Int8Settings(method=args.method, equalize=args.equalize, max_gain=args.max_gain,
                             weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
-                            weight_range=args.weight_range,
-                            unclipped_fp32=tuple(p for p in args.unclipped_fp32.split(",") if p))
+                            weight_range=args.weight_range, unclipped_fp32=unclipped, float_read_fp32=float_read)
     kp_settings = (Int8Settings(method=args.method, scopes=KEYPOINT_SCOPES, equalize=args.equalize, max_gain=args.max_gain,
                                 weight_rounding=args.weight_rounding, bias_correction=args.bias_correction,
                                 weight_range=args.weight_range)
@@ -709,10 +770,11 @@ def main(argv: list[str] | None = None) -> int:
               ", ".join(f"{k} {v:.3g}" for k, v in build.calibration["equalisation"].items()))
     if not args.report_images:
         return 0
-    report = int8_report(build, model.cfg, args.data, args.report_images, args.timing_rounds, args.threads, progress)
+    report = int8_report(build, model.cfg, args.data, args.report_images, args.timing_rounds, args.threads, progress,
+                         args.runtime)
     report["extra"] = {"checkpoint": str(checkpoint), "calibration": build.calibration,
                        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
-                       "reduced_weight_range": reduced}
+                       "reduced_weight_range": reduced, "runtime": args.runtime}
     from export.precision_compare import to_markdown, write_report
 
     json_path, md_path, _ = write_report(report, out / "report")
@@ -729,9 +791,9 @@ def _copy_into(path: Path, folder: Path) -> Path:
 
 
 def int8_report(build: Int8Build, model_cfg, data: str | Path, images: int, timing_rounds: int = 15,
-                threads: int = 1, progress: bool = True) -> dict:
-    """precision_compare of the INT8 pipeline against the FP32 one on the first `images` val images,
-    plus the interleaved detector timing."""
+                threads: int = 1, progress: bool = True, runtime: str = "onnxruntime") -> dict:
+    """precision_compare of the INT8 pipeline (its detector in `runtime`: onnxruntime or openvino) against
+    the FP32 one (ONNX Runtime) on the first `images` val images, plus the interleaved detector timing."""
     from export.precision_compare import compare_paths, load_val_records
     from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime
 
@@ -741,11 +803,17 @@ def int8_report(build: Int8Build, model_cfg, data: str | Path, images: int, timi
         return OnnxPredictor(OrtRuntime(detector, keypoints), model_cfg.inference, model_cfg.input, max_side=640)
 
     reference = pipeline(build.detector, build.keypoint_head)
-    candidate = pipeline(build.detector_int8, build.keypoint_head_int8 or build.keypoint_head)
+    if runtime == "openvino":
+        from maskface.runtimes.openvino_runtime import OpenVinoPredictor, OpenVinoRuntime
+
+        candidate = OpenVinoPredictor(OpenVinoRuntime(build.detector_int8.parent, "int8", threads),
+                                      model_cfg.inference, model_cfg.input, max_side=640)
+    else:
+        candidate = pipeline(build.detector_int8, build.keypoint_head_int8 or build.keypoint_head)
     report = compare_paths(reference, candidate, records, model_cfg.inference.score_threshold,
                            names=("fp32", "int8"), progress=progress)
     report["timing"] = time_detectors(build.detector, build.detector_int8, timing_input(records[0], model_cfg.input),
-                                      timing_rounds, threads)
+                                      timing_rounds, threads, runtime)
     return report
 
 

@@ -73,6 +73,14 @@ def test_each_variant_computes_what_numpy_says():
                                expected["weights+clip-unsigned"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(run(variant_graph(model, "weights+clip", ("elsewhere/",)), x), expected["weights"],
                                rtol=1e-5, atol=1e-5)
+    # int8 in a scope: the activations inside it quantised as served (numpy's round half to even, saturating at
+    # the uint8 limits), the others neither clipped nor rounded
+    x_q = (np.clip(np.round(x / SIGNED[0]) + SIGNED[1], 0, 255) - SIGNED[1]) * SIGNED[0]
+    np.testing.assert_allclose(run(variant_graph(model, "int8", ("x",)), x), np.maximum(conv(x_q), 0),
+                               rtol=1e-5, atol=1e-5)
+    c = np.maximum(conv(x), 0)
+    c_q = np.clip(np.round(c / UNSIGNED[0]), 0, 255) * UNSIGNED[0]
+    np.testing.assert_allclose(run(variant_graph(model, "int8", ("c",)), x), c_q, rtol=1e-5, atol=1e-5)
     # the graph itself still rounds: off the unrounded one by up to half a step of each grid
     assert not np.allclose(run(variant_graph(model, "int8"), x), expected["weights+clip"], atol=1e-6)
     with pytest.raises(ValueError, match="variant"):
@@ -118,8 +126,67 @@ def test_every_variant_gets_its_own_folder_with_the_graphs(tmp_path):
     source.mkdir()
     for name in (DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE):
         onnx.save(model, str(source / name))
-    variants = {v: (v, ()) for v in VARIANTS} | scope_variants()
+    variants = {v: (v, ()) for v in VARIANTS} | scope_variants(("weights+clip-signed", "int8"))
+    assert len(variants) == len(VARIANTS) + 2 * len(scope_variants())
     folders = write_variants(source, tmp_path / "out", variants)
     assert list(folders) == list(variants) and len(set(folders.values())) == len(variants)
     for folder in folders.values():
         assert sorted(p.name for p in folder.iterdir()) == sorted([DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE])
+
+
+def residual_graph() -> tuple[onnx.ModelProto, np.ndarray]:
+    """x [1, 2, 3, 3] -> Q/DQ (signed) -> 1x1 Conv, INT8 weights -> c -> Q/DQ (signed) -> Add(c, x) -> y: the
+    conv output is read only by the Add, the input by the conv and the Add; and the weights."""
+    w_int = np.array([[[[50]], [[-30]]], [[[-100]], [[20]]]], np.int8)  # [2, 2, 1, 1]
+    inits = [numpy_helper.from_array(w_int, "w_q"), numpy_helper.from_array(np.float32(W_SCALE), "w_scale"),
+             numpy_helper.from_array(np.int8(0), "w_zero")]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], name="w_dq")]
+    for name in ("x", "c"):
+        inits += [numpy_helper.from_array(np.float32(SIGNED[0]), f"{name}_scale"),
+                  numpy_helper.from_array(np.uint8(SIGNED[1]), f"{name}_zero")]
+        nodes += [helper.make_node("QuantizeLinear", [name, f"{name}_scale", f"{name}_zero"], [f"{name}_q"],
+                                   name=f"{name}_quantize"),
+                  helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"], [f"{name}_dq"],
+                                   name=f"{name}_dequantize")]
+        if name == "x":
+            nodes.append(helper.make_node("Conv", ["x_dq", "w"], ["c"], name="conv"))
+    nodes.append(helper.make_node("Add", ["c_dq", "x_dq"], ["y"], name="add"))
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, w_int.astype(np.float32) * W_SCALE
+
+
+def test_quantize_int8_keeps_the_activations_no_conv_reads_fp32_and_unclipped():
+    """export/quantize_int8.keep_float_read_fp32 on the residual hand graph: the conv output, read only by the Add,
+    leaves INT8 (neither clipped at 12.7 nor rounded); the input, read by the conv, stays quantised."""
+    from export.quantize_int8 import keep_float_read_fp32
+
+    model, w = residual_graph()
+    x = np.random.default_rng(2).uniform(-20, 20, (1, 2, 3, 3)).astype(np.float32)
+    scale, zero = SIGNED
+
+    def q(v):  # numpy's round half to even, saturating at the uint8 limits
+        return (np.clip(np.round(v / scale) + zero, 0, 255) - zero) * scale
+
+    conv = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], q(x))
+    assert np.abs(conv).max() > 127 * scale  # the clip the served graph would apply bites
+    np.testing.assert_allclose(run(model, x), q(conv) + q(x), rtol=1e-5, atol=1e-5)
+    out, kept = keep_float_read_fp32(model)
+    assert kept == ["c"]
+    np.testing.assert_allclose(run(out, x), conv + q(x), rtol=1e-5, atol=1e-5)
+    assert keep_float_read_fp32(out)[1] == []
+
+
+def test_the_int8_report_times_openvino_when_the_graph_is_for_it(tiny_int8):
+    """quantize_int8.time_detectors runs the INT8 graph in the runtime it was quantised for."""
+    pytest.importorskip("openvino")
+    from export.quantize_int8 import time_detectors
+
+    image = np.random.default_rng(0).standard_normal((1, 3, 128, 128)).astype(np.float32)
+    build = tiny_int8.build
+    timing = time_detectors(build.detector, build.detector_int8, image, rounds=2, int8_runtime="openvino")
+    assert timing["int8_runtime"] == "openvino" and timing["int8_ms"] > 0 and timing["rounds"] == 2
+    with pytest.raises(ValueError, match="int8_runtime"):
+        time_detectors(build.detector, build.detector_int8, image, rounds=1, int8_runtime="tensorrt")
