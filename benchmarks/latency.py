@@ -17,9 +17,11 @@ Backends (default: all but torch-fp32-cl that apply to --device):
                         oneDNN runs depthwise/grouped convs much faster in NHWC (MobileNetV2, ResNeXt)
   tensorrt-fp16         CUDA only: FP16 engines from export/tensorrt_build.py + export/engine_runner.py, when
                         TensorRT with a builder is importable; skipped with the reason otherwise
-  onnxruntime-int8      CPU only: the calibrated INT8 graphs of export/quantize_int8.py (--int8-dir) in ONNX
-                        Runtime; skipped with the reason when absent (seeded weights: timed, labelled timing only)
-  openvino-int8         CPU only: the same INT8 graphs in OpenVINO (the cpu target's int8)
+  onnxruntime-int8      CPU only: the calibrated INT8 graphs of export/quantize_int8.py in ONNX Runtime: those of
+                        --onnxruntime-int8-dir (quantize_int8 --runtime onnxruntime), else --int8-dir; skipped
+                        with the reason when absent (seeded weights: timed, labelled timing only)
+  openvino-int8         CPU only: the INT8 graphs of --int8-dir (quantize_int8's default --runtime openvino) in
+                        OpenVINO (the cpu target's int8)
   openvino-bf16         CPU only, where the CPU has native BF16 (detected): the FP32 graphs in OpenVINO with its
                         BF16 hint, keypoint head FP32 (the cpu target's bf16; maskface.runtimes.openvino_runtime)
   torch-bf16            CPU only, where the CPU has native BF16 (detected): maskface.runtimes.bf16_runtime
@@ -160,7 +162,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak-runs", type=int, default=10, help="timed runs of each peak kernel (median taken)")
     p.add_argument("--int8-dir", default="artifacts/onnx_int8",
                    help="folder of detector_int8.onnx + keypoint_head_portable_int8.onnx (export/quantize_int8.py) "
-                        "for the onnxruntime-int8 / openvino-int8 rows (default %(default)s)")
+                        "for the openvino-int8 row, and the onnxruntime-int8 one without --onnxruntime-int8-dir "
+                        "(default %(default)s)")
+    p.add_argument("--onnxruntime-int8-dir", default=None,
+                   help="folder of the INT8 graphs for the onnxruntime-int8 row: quantize_int8 --runtime onnxruntime "
+                        "keeps every conv on ONNX Runtime's INT8 kernel (default: --int8-dir)")
     p.add_argument("--no-interleave", dest="interleave", action="store_false",
                    help="time the backends one after another instead of interleaved")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -439,12 +439,14 @@ def make_runner(backend: str, model: MaskFace, args: argparse.Namespace, key: st
 
 def int8_runner(model: MaskFace, args: argparse.Namespace, checkpoint: str | None,
                 openvino: bool = False) -> OrtRunner:
-    """The INT8 graphs that export/quantize_int8.py wrote in --int8-dir, in ONNX Runtime or OpenVINO.
+    """The INT8 graphs that export/quantize_int8.py wrote, in OpenVINO (--int8-dir) or ONNX Runtime
+    (--onnxruntime-int8-dir, else --int8-dir: the graph is quantised for one runtime, its --runtime).
     Graphs of a seeded model (no checkpoint) are timed too: their calibration is meaningless, their
     speed is not; the engine label says so."""
     from maskface.runtimes.ort_runtime import OrtRuntime, graph_paths
 
-    folder = Path(args.int8_dir)
+    ort_folder = getattr(args, "onnxruntime_int8_dir", None)
+    folder = Path(args.int8_dir if openvino or not ort_folder else ort_folder)
     try:
         detector, keypoints = graph_paths(folder, "int8")
     except FileNotFoundError as exc:

@@ -315,3 +315,23 @@ def test_openvino_rows_run_or_say_why(tmp_path):
         assert goals["openvino-bf16"]["goal"]["at_most"] == 0.55
     else:
         assert "native BF16" in skipped["openvino-bf16"]
+
+
+def test_each_int8_row_reads_the_folder_of_its_runtime(tmp_path):
+    """A graph is quantised for one runtime (quantize_int8 --runtime): onnxruntime-int8 reads
+    --onnxruntime-int8-dir, openvino-int8 --int8-dir; without the former both read --int8-dir."""
+    pytest.importorskip("openvino")
+    args = list(TINY)
+    args[args.index("--backends") + 1] = "onnxruntime,onnxruntime-int8,openvino-int8"
+    ov_dir, ort_dir = tmp_path / "int8_openvino", tmp_path / "int8_onnxruntime"
+
+    def skipped(extra):
+        out = tmp_path / f"out{len(extra)}"
+        assert latency.main(args + ["--out", str(out), "--cache-dir", str(tmp_path / "cache")] + extra) == 0
+        return {s["backend"]: s["reason"] for s in json.loads((out / "latency.json").read_text())["skipped"]}
+
+    apart = skipped(["--int8-dir", str(ov_dir), "--onnxruntime-int8-dir", str(ort_dir)])
+    assert str(ort_dir) in apart["onnxruntime-int8"] and str(ov_dir) not in apart["onnxruntime-int8"]
+    assert str(ov_dir) in apart["openvino-int8"] and str(ort_dir) not in apart["openvino-int8"]
+    one = skipped(["--int8-dir", str(ov_dir)])
+    assert str(ov_dir) in one["onnxruntime-int8"] and str(ov_dir) in one["openvino-int8"]
