@@ -31,11 +31,16 @@ def qdq_graph() -> tuple[onnx.ModelProto, np.ndarray]:
                                       name=f"{name}_dequantize"))
         if name == "x":
             nodes.append(helper.make_node("Conv", ["x_dq", "w"], ["c"], name="conv"))
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 3, 3])], inits)
+    return hand_model(nodes, inits, "qdq", [1, 3, 3, 3]), w_int.astype(np.float32) * W_SCALE
+
+
+def hand_model(nodes, inits, name, y_shape):
+    """The opset-17 model of a hand graph from x [1, 2, 3, 3] to y."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model, w_int.astype(np.float32) * W_SCALE
+    return model
 
 
 def run(model, x):
@@ -151,11 +156,7 @@ def residual_graph() -> tuple[onnx.ModelProto, np.ndarray]:
         if name == "x":
             nodes.append(helper.make_node("Conv", ["x_dq", "w"], ["c"], name="conv"))
     nodes.append(helper.make_node("Add", ["c_dq", "x_dq"], ["y"], name="add"))
-    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model, w_int.astype(np.float32) * W_SCALE
+    return hand_model(nodes, inits, "residual", [1, 2, 3, 3]), w_int.astype(np.float32) * W_SCALE
 
 
 def test_quantize_int8_keeps_the_activations_no_conv_reads_fp32_and_unclipped():
