@@ -9,8 +9,8 @@ Reference: the PyTorch FP32 model (maskface.engine.predictor.Predictor). Paths:
   is FP32, as TensorRT's FP16 convolutions accumulate in FP32). A stand-in for the engines where no GPU
   is at hand: it shows what FP16 storage costs, not TensorRT's kernels.
 - int8: the calibrated graphs of export/quantize_int8.py in ONNX Runtime (--int8-dir).
-- int8-openvino: the same INT8 detector in OpenVINO (its floating-point layers in FP32:
-  openvino_runtime.inference_hint), the keypoint head in ONNX Runtime
+- int8-openvino: the same INT8 detector in OpenVINO (its floating-point layers in BF16 where the CPU
+  has it natively, else FP32: openvino_runtime.inference_hint), the keypoint head in ONNX Runtime
   (maskface.runtimes.openvino_runtime; the cpu target's int8).
 - bf16: the FP32 detector in OpenVINO with its BF16 inference hint, the FP32 keypoint head in ONNX
   Runtime (the cpu target's bf16), only where the CPU has native BF16.
@@ -164,8 +164,8 @@ def summary_markdown(rows: list[dict], settings: dict) -> str:
 
 WHAT = {"fp16": "FP16 graphs in ONNX Runtime CPU, activations stored FP16 (stand-in for TensorRT FP16)",
         "int8": "static INT8 QDQ graphs in ONNX Runtime (export/quantize_int8.py)",
-        "int8-openvino": "the same INT8 detector in OpenVINO (its other layers in FP32), "
-                         "keypoint head in ONNX Runtime (the served int8)",
+        "int8-openvino": "the same INT8 detector in OpenVINO (its other layers in BF16 where the CPU has it "
+                         "natively, else FP32), keypoint head in ONNX Runtime (the served int8)",
         "bf16": "FP32 detector in OpenVINO with its BF16 hint, FP32 keypoint head in ONNX Runtime (the served bf16)",
         "bf16-torch": "PyTorch BF16 autocast (maskface.runtimes.bf16_runtime)",
         "fp32-dither": "the FP32 reference on each image + seeded +-1 grey-level noise: FP32's own drift floor"}

@@ -493,9 +493,9 @@ def time_detectors(fp32_path: Path, int8_path: Path, image: np.ndarray, rounds: 
     if int8_runtime not in RUNTIME_DEFAULTS:
         raise ValueError(f"int8_runtime {int8_runtime!r} must be one of {', '.join(RUNTIME_DEFAULTS)}")
     if int8_runtime == "openvino":
-        from maskface.runtimes.openvino_runtime import OpenVinoGraph
+        from maskface.runtimes.openvino_runtime import OpenVinoGraph, inference_hint
 
-        int8 = OpenVinoGraph(int8_path, "f32", threads, static_shapes=True)
+        int8 = OpenVinoGraph(int8_path, inference_hint("int8"), threads, static_shapes=True)  # as served
     else:
         int8 = ort_session(int8_path, threads)
     sessions = {"fp32": ort_session(fp32_path, threads), "int8": int8}

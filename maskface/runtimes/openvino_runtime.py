@@ -87,15 +87,18 @@ def openvino_bf16_support(cpuinfo_text: str | None = None,
     return OpenVinoBf16Support(True, flags, True, f"the CPU reports {', '.join(flags)} and OpenVINO lists BF16")
 
 
-def inference_hint(precision: str) -> str:
-    """OpenVINO's inference-precision hint of the detector at `precision`: bf16 for bf16, f32 otherwise.
-    The int8 graph's floating-point layers (GroupNorms, detection head, decoding, element-wise) stay FP32:
-    with the GroupNorms as moments (group_norm_graph) a bf16 hint there gained 3.5 % (demo model, Zen 5,
-    40 interleaved rounds: 0.430x against 0.446x of ONNX Runtime FP32) but rounds each GroupNorm's mean
-    to BF16: the FPN map m2 then deviates from ONNX Runtime INT8's by 3.6 % (mean relative, 16 val
-    images) against 3.2 % in FP32; docs/DEPLOYMENT.md 5.4."""
+def inference_hint(precision: str, support: OpenVinoBf16Support | None = None) -> str:
+    """OpenVINO's inference-precision hint of the detector at `precision`: bf16 for bf16; for int8, bf16 where
+    OpenVINO runs BF16 natively (`support`, detected when None), else f32; f32 for fp32.
+    Why int8 takes BF16 there: its floating-point layers (the unclipped activations' convs of
+    export/quantize_int8.py's default graph, GroupNorms, detection head) then run in BF16 at the same drift
+    (demo model, Zen 5 EPYC, 400 val images, box / landmark p99 at FP32's anchors 1.92 / 1.17 px with f32,
+    1.93 / 1.12 with bf16) and the detector in 0.44x of ONNX Runtime FP32's time instead of 0.60x (30 paired
+    rounds; docs/DEPLOYMENT.md 5.4). Without native BF16 the hint would emulate BF16, slower than FP32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        return "bf16" if (support or openvino_bf16_support()).native else "f32"
     return "bf16" if precision == "bf16" else "f32"
 
 
@@ -199,7 +202,8 @@ class OpenVinoGraph:
 class OpenVinoRuntime(OrtRuntime):
     """The pipeline's detect / select / keypoints (maskface.pipeline.Runtime) with the detector in
     OpenVINO: `precision` bf16 (FP32 graph, BF16 inference hint), int8 (the QDQ graph of
-    export/quantize_int8.py; its floating-point layers in FP32: inference_hint) or fp32; the keypoint head in ONNX Runtime (module docstring). `folder`
+    export/quantize_int8.py; its floating-point layers in BF16 where the CPU has it natively, else FP32:
+    inference_hint) or fp32; the keypoint head in ONNX Runtime (module docstring). `folder`
     holds the graphs (ort_runtime.graph_paths names them); stop_spinning as in ort_runtime.ort_session."""
 
     def __init__(self, folder: str | Path, precision: str = "bf16", threads: int | None = None,
