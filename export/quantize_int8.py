@@ -169,6 +169,10 @@ beside it, so absolute ms are inflated and ratios scatter by ~0.1 between runs):
   (times: 20 paired rounds, 640x480, one run; benchmarks/results/anchor_drift_demo_avx2_float_read.md.) In
   ONNX Runtime those convs lose their INT8 kernel, so --runtime onnxruntime builds neither step: every
   conv keeps its INT8 kernel there (0.79x FP32 in latency_cpu_demo_epyc_avx2.md) and box p99 is 3.20 px.
+  On a Zen 5 EPYC (VNNI: full range; native BF16, so the served int8 runs the floating-point layers in BF16:
+  openvino_runtime.inference_hint), same 400 images: box p99 at FP32's anchors 1.93 px in OpenVINO (the
+  --runtime onnxruntime graph 3.17), 2.03 in ONNX Runtime (2.96); OpenVINO INT8 detector 0.46x ONNX Runtime
+  FP32 (latency_cpu_demo_epyc_zen5_float_read.md, paired; with those layers in FP32 0.60x).
 
 Earlier default (no equalisation; interim demo model; Percentile, 32 calibration images), INT8 detector + FP32
 keypoint head vs the FP32 graphs, first 100 val images: recall 0.887 -> 0.884 (259 -> 258 of 292 faces), FP / image 0.100 -> 0.100,
