@@ -706,7 +706,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "keeps every conv on its INT8 kernel (more drift; default: %(default)s)")
     p.add_argument("--unclipped-fp32", default=None, metavar="PREFIXES",
                    help="comma list of tensor-name prefixes whose unsigned detector activations stay FP32, neither "
-                        "clipped nor rounded ('' for none; default: the --runtime's)")
+                        "clipped nor rounded ('' for none; default: the --runtime's, measured on the demo model; "
+                        "R50: '' keeps its INT8 speed, docs/DEPLOYMENT.md 5.2)")
     p.add_argument("--timing-rounds", type=int, default=15, help="interleaved detector runs each (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the timing (default: %(default)s)")
     p.add_argument("--sweep", type=int, default=0, metavar="N",
