@@ -411,13 +411,8 @@ def keep_float_read_fp32(model):
     runtime's INT8 convs may write FP32 (OpenVINO): their readers (GroupNorm, a residual Add) compute in FP32."""
     from export.int8_mixed import activations, keep_fp32
 
-    readers: dict[str, set[str]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, set()).add(node.op_type)
-    dequantize_output = {n.name: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    tensors = [a.tensor for a in activations(model, hw=None)
-               if not any("Conv" in readers.get(dequantize_output[d], ()) for d in a.dequantize)]
+    op_type = {n.name: n.op_type for n in model.graph.node}
+    tensors = [a.tensor for a in activations(model, hw=None) if not any(op_type[r] == "Conv" for r in a.readers)]
     return keep_fp32(model, tensors, clip=False), tensors
 
 
