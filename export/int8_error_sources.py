@@ -16,11 +16,16 @@ anchors (export/anchor_drift.py, ONNX Runtime; box median / p90 / p99, landmark 
   before a GroupNorm or a residual Add).
 * weights + clip: every activation clipped to its range, none rounded (keep_fp32 of all of them).
 * int8: the graph itself (rounding too).
+* uint16: the graph on a 16-bit grid: every activation's Quantize / Dequantize pair becomes ONNX Runtime's
+  com.microsoft 16-bit pair over the same range (scale x 255 / 65535, zero point x 257), so it clips as the graph
+  does and rounds 257x finer: what the drift would be if the runtimes' convolutions took 16-bit activations.
+* uint16-wide: the same 16-bit grid over twice each range (scale x 2, zero point kept: both limits double), so
+  it clips less and still rounds 128x finer than the graph.
 
 --by-scope [KINDS] adds one row per part of the network (quantize_int8's sweep groups) and per variant of KINDS
 (default weights+clip-unsigned): that variant inside the part alone, every other activation neither clipped nor
-rounded (with int8: that part's activations quantised, as served). All variants run in one pass over the images
-(export/anchor_drift.measure), so FP32 runs once per image.
+rounded (with int8: that part's activations quantised, as served; with uint16*: on the 16-bit grid). All variants
+run in one pass over the images (export/anchor_drift.measure), so FP32 runs once per image.
 
 Measured on the demo model (AVX2 EPYC, reduced-range graph, 400 val images, 1,411 anchors; the table in
 docs/DEPLOYMENT.md 5.5): the weights alone move boxes by 0.83 px p99; clipping the unsigned activations to
@@ -39,27 +44,71 @@ import shutil
 import sys
 from pathlib import Path
 
-VARIANTS = ("weights", "weights+clip-unsigned", "weights+clip-signed", "weights+clip", "int8")
+import numpy as np
+
+VARIANTS = ("weights", "weights+clip-unsigned", "weights+clip-signed", "weights+clip", "int8", "uint16", "uint16-wide")
+#: uint16-wide's range over the graph's.
+WIDE_RANGE = 2.0
+#: ONNX Runtime's contrib domain, whose Quantize / DequantizeLinear take 16-bit integers at any opset.
+CONTRIB_DOMAIN = "com.microsoft"
 DETECTOR_FILE, DETECTOR_INT8_FILE, KEYPOINT_FILE = "detector.onnx", "detector_int8.onnx", "keypoint_head_portable.onnx"
 
 
 def variant_graph(model, variant: str, scope: tuple[str, ...] = ()):
     """A copy of QDQ `model` with the quantisation `variant` names (module doc) taken back; with `scope`
-    (tensor-name prefixes), only the activations inside it get the variant's clipping (or, for int8, stay
-    quantised); the others are neither clipped nor rounded, as in `weights`."""
+    (tensor-name prefixes), only the activations inside it get the variant's clipping (or, for int8 and the 16-bit ones,
+    stay quantised); the others are neither clipped nor rounded, as in `weights`."""
     from export.int8_mixed import activations, is_signed, keep_fp32
 
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} must be one of {', '.join(VARIANTS)}")
     acts = activations(model, hw=None)
     inside = {a.tensor for a in acts if not scope or a.tensor.startswith(scope)}
-    if variant == "int8":
-        return keep_fp32(model, [a.tensor for a in acts if a.tensor not in inside], clip=False)
+    if variant in ("int8", "uint16", "uint16-wide"):
+        quantised = keep_fp32(model, [a.tensor for a in acts if a.tensor not in inside], clip=False)
+        if variant == "int8":
+            return quantised
+        return on_16bit_grid(quantised, WIDE_RANGE if variant == "uint16-wide" else 1.0)
     clipped = {"weights+clip": {True, False}, "weights+clip-signed": {True}, "weights+clip-unsigned": {False},
                "weights": set()}[variant]
     keep = {a.tensor for a in acts if a.tensor in inside and is_signed(model, a) in clipped}
     unclipped = [a.tensor for a in acts if a.tensor not in keep]
     return keep_fp32(keep_fp32(model, [a.tensor for a in acts if a.tensor in keep]), unclipped, clip=False)
+
+
+def on_16bit_grid(model, widen: float = 1.0):
+    """A copy of QDQ `model` with each activation's UINT8 Quantize / Dequantize pair on a UINT16 grid over the same
+    range: scale x 255 / 65535 and zero point x 257 give the same lowest and highest values, (0 - z) x s and
+    (255 - z) x s, with 257x finer steps (the contrib domain's nodes; ONNX's own take 16 bits from opset 21).
+    widen: the scale times this, the zero point kept, so both limits move out by that factor."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from export.int8_mixed import activations
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {i.name: i for i in graph.initializer}
+    by_name = {n.name: n for n in graph.node}
+    for act in activations(out, hw=None):
+        quantize = by_name[act.quantize]
+        scale = numpy_helper.to_array(inits[quantize.input[1]]).astype(np.float64)
+        zero = numpy_helper.to_array(inits[quantize.input[2]])
+        if zero.dtype != np.uint8:
+            raise ValueError(f"{act.quantize}: a {zero.dtype} zero point; the 16-bit grid is for UINT8 activations")
+        names = [f"uint16/{act.tensor}/scale", f"uint16/{act.tensor}/zero"]
+        graph.initializer.extend([numpy_helper.from_array((scale * widen * 255 / 65535).astype(np.float32), names[0]),
+                                  numpy_helper.from_array((zero.astype(np.uint32) * 257).astype(np.uint16), names[1])])
+        for node in (quantize, *(by_name[d] for d in act.dequantize)):
+            node.domain = CONTRIB_DOMAIN
+            node.input[1], node.input[2] = names
+    if not any(o.domain == CONTRIB_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    used = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return out
 
 
 def scope_variants(kinds: tuple[str, ...] = ("weights+clip-unsigned",)) -> dict[str, tuple[str, tuple[str, ...]]]:

@@ -92,18 +92,63 @@ def test_each_variant_computes_what_numpy_says():
         variant_graph(model, "fp16")
 
 
+def test_the_16bit_grid_clips_as_the_graph_and_rounds_257_times_finer():
+    model, w = qdq_graph()
+    x = np.random.default_rng(2).uniform(-20, 20, (1, 2, 3, 3)).astype(np.float32)
+
+    def on_grid(v, scale, zero, top):  # numpy's round half to even, saturating at the integer type's limits
+        return (np.clip(np.round(v / scale) + zero, 0, top) - zero) * scale
+
+    def conv(v):
+        return np.einsum("oc,nchw->nohw", w[:, :, 0, 0], v)
+
+    sixteen = [(scale * 255 / 65535, zero * 257) for scale, zero in (SIGNED, UNSIGNED)]
+    want = on_grid(conv(on_grid(x, *sixteen[0], 65535)), *sixteen[1], 65535)
+    got = run(variant_graph(model, "uint16"), x)
+    np.testing.assert_allclose(got, want, rtol=0, atol=UNSIGNED[0] * 255 / 65535)  # one 16-bit step
+    # the same range: what the UINT8 grid clips, the 16-bit one clips at the same value
+    unrounded = run(variant_graph(model, "weights+clip"), x)
+    assert np.isclose(got.max(), 255 * UNSIGNED[0], atol=1e-4) and np.isclose(unrounded.max(), got.max(), atol=1e-4)
+    # finer: within a 16-bit step's worth of the unrounded graph where UINT8 is off by up to half a UINT8 step
+    eight = np.abs(run(variant_graph(model, "int8"), x) - unrounded).max()
+    assert np.abs(got - unrounded).max() < eight / 50 and eight > UNSIGNED[0] / 4
+    # a scope: only its activations on the 16-bit grid, the others neither clipped nor rounded
+    np.testing.assert_allclose(run(variant_graph(model, "uint16", ("c",)), x), on_grid(conv(x), *sixteen[1], 65535),
+                               rtol=0, atol=UNSIGNED[0] * 255 / 65535)
+    # the signed input alone: saturated at the UINT8 pair's -12.8 and 12.7, not at a range the zero point moved
+    signed_only = run(variant_graph(model, "uint16", ("x",)), x)
+    np.testing.assert_allclose(signed_only, np.maximum(conv(on_grid(x, *sixteen[0], 65535)), 0), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(signed_only, np.maximum(conv(np.clip(x, -12.8, 12.7)), 0), rtol=0, atol=0.01)
+    # wide: both limits of each range doubled, the grid still 128x finer than UINT8's
+    wide = [(scale * 2 * 255 / 65535, zero * 257) for scale, zero in (SIGNED, UNSIGNED)]
+    got_wide = run(variant_graph(model, "uint16-wide"), x)
+    np.testing.assert_allclose(got_wide, on_grid(conv(on_grid(x, *wide[0], 65535)), *wide[1], 65535), rtol=0,
+                               atol=2 * UNSIGNED[0] * 255 / 65535)
+    assert got_wide.max() > 255 * UNSIGNED[0] + 1  # beyond the UINT8 range's 12.75, which the other variants clip at
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    signed_zero = next(i for i in bad.graph.initializer if i.name == "x_zero")
+    signed_zero.CopyFrom(numpy_helper.from_array(np.int8(0), "x_zero"))  # an INT8 activation: not this tool's case
+    with pytest.raises(ValueError, match="UINT8"):
+        variant_graph(bad, "uint16")
+
+
 def test_no_activation_of_the_real_int8_graph_stays_rounded(tiny_int8):
     from export.int8_mixed import activations
 
     model = onnx.load(str(tiny_int8.build.detector_int8))
     acts = activations(model, hw=None)
-    for variant in VARIANTS[:-1]:
+    for variant in [v for v in VARIANTS if v != "int8" and not v.startswith("uint16")]:
         out = variant_graph(model, variant)
         assert activations(out, hw=None) == []
         weight_dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
         assert weight_dq and len(weight_dq) == sum(n.op_type == "DequantizeLinear" for n in model.graph.node) - sum(
             len(a.dequantize) for a in acts)
     assert len(activations(variant_graph(model, "int8"), hw=None)) == len(acts)
+    for variant in ("uint16", "uint16-wide"):
+        sixteen = variant_graph(model, variant)
+        assert len(activations(sixteen, hw=None)) == len(acts)
+        assert all(n.domain == "com.microsoft" for n in sixteen.graph.node if n.name in {a.quantize for a in acts})
 
 
 def test_quantize_int8_keeps_the_unsigned_activations_of_a_scope_fp32_and_unclipped():
