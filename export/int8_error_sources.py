@@ -84,7 +84,7 @@ def on_16bit_grid(model, widen: float = 1.0):
     import onnx
     from onnx import helper, numpy_helper
 
-    from export.int8_mixed import activations
+    from export.int8_mixed import activations, drop_unused_initializers
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -105,9 +105,7 @@ def on_16bit_grid(model, widen: float = 1.0):
             node.input[1], node.input[2] = names
     if not any(o.domain == CONTRIB_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
-    used = {name for n in graph.node for name in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)  # the UINT8 scales and zero points
     return out
 
 

@@ -184,11 +184,15 @@ def keep_fp32(model, tensors: Sequence[str], clip: bool = True):
                                           name=f"int8_mixed/{output.name}"))
     del graph.node[:]
     graph.node.extend(nodes)
-    # the removed pairs' scales and zero points: unused initializers make runtimes warn
+    drop_unused_initializers(graph)  # the removed pairs' scales and zero points
+    return out
+
+
+def drop_unused_initializers(graph) -> None:
+    """Removes the initializers no node of `graph` reads (runtimes warn about each)."""
     used = {name for n in graph.node for name in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    return out
 
 
 @dataclass
