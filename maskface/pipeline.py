@@ -6,6 +6,10 @@ Triton server is only the runtime behind three calls (the `Runtime` protocol):
     select(scores [k], boxes [k, 4], inference) -> kept candidate indices, best first
     keypoints([m2..m6], rois [N, 5]) -> landmarks [N, K, 2], landmark_scores [N, K]
 
+A runtime may also offer detect_transient(images), the same into arrays it keeps and overwrites on its
+next such call (maskface.runtimes.reused_outputs): the pipeline reads the detector's outputs once
+before its next detect, so it calls that where there is one.
+
 Arrays stay in the runtime's own type (torch tensors on its device, or numpy) between the calls; the
 pipeline only indexes them and converts the final outputs to numpy. Implementations:
 maskface.runtimes (TorchRuntime, OrtRuntime, TritonRuntime) and export/engine_runner.TensorRTRuntime.
@@ -98,7 +102,8 @@ class Pipeline:
         from .preprocess import prepare_image
 
         prepared = prepare_image(image_bgr, self.input_cfg, self.max_side, scale, self.min_side)
-        scores, boxes, features = self.runtime.detect(prepared.image[None])
+        detect = getattr(self.runtime, "detect_transient", self.runtime.detect)
+        scores, boxes, features = detect(prepared.image[None])
         keep = self.runtime.select(scores[0], boxes[0], self.inference)
         kept_boxes, kept_scores = boxes[0][keep], scores[0][keep]
         if with_landmarks:

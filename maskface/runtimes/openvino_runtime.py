@@ -175,18 +175,23 @@ class OpenVinoGraph:
         return request
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        # copies: the request reuses its output memory on the next call
+        return [np.array(view, np.float32) for view in self.run_transient(output_names, feeds)]
+
+    def run_transient(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """run() without copying the outputs: views of the request's memory, which its next call at
+        these input shapes overwrites (maskface.runtimes.reused_outputs says why)."""
         missing = set(self.input_names) - set(feeds)
         if missing:
             raise KeyError(f"{self.path.name}: missing inputs {sorted(missing)}")
         arrays = {name: np.ascontiguousarray(feeds[name], np.float32) for name in self.input_names}
         request = self._request(arrays)
         # shared: no copy in (the arrays outlive this synchronous call) and none into infer's own result,
-        # which is not used; the one copy below is ours
+        # which is not used
         request.infer(arrays, share_inputs=True, share_outputs=True)
         self._last_request = request
         wanted = list(output_names) if output_names else self.output_names
-        # copies: the request reuses its output memory on the next call
-        return [np.array(request.get_tensor(name).data, np.float32) for name in wanted]
+        return [request.get_tensor(name).data for name in wanted]
 
 
     def operation_times(self) -> list[tuple[str, str, float]]:
@@ -219,6 +224,7 @@ class OpenVinoRuntime(OrtRuntime):
         self.precision = precision
         self.detector = OpenVinoGraph(detector, inference_hint(precision), threads, static_shapes=True)
         self.keypoint_head = ort_session(keypoint_head, threads, stop_spinning=stop_spinning)
+        self._detector_transient = self.detector.run_transient
 
 
 class OpenVinoPredictor(Pipeline):

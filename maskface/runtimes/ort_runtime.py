@@ -11,6 +11,7 @@ import numpy as np
 from ..config import InferenceConfig, InputConfig
 from ..contracts import KEYPOINT_OUTPUTS
 from ..pipeline import Pipeline, keypoint_feeds, select_candidates
+from .reused_outputs import ReusedOutputs
 
 
 #: The graph files of the ONNX Runtime paths, as export/export_onnx.py and export/quantize_int8.py name them.
@@ -84,9 +85,16 @@ class OrtRuntime:
                  providers: Sequence[str] | None = None, optimize: bool = True, stop_spinning: bool = True):
         self.detector = ort_session(detector, threads, providers, optimize, stop_spinning)
         self.keypoint_head = ort_session(keypoint_head, threads, providers, optimize, stop_spinning)
+        self._detector_transient = ReusedOutputs(self.detector).run_transient
 
     def detect(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         scores, boxes, *features = self.detector.run(None, {"images": np.ascontiguousarray(images, np.float32)})
+        return scores, boxes, features
+
+    def detect_transient(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """detect() into arrays this runtime keeps (maskface.runtimes.reused_outputs): its next
+        detect_transient at the same input shape overwrites them. What the pipeline calls."""
+        scores, boxes, *features = self._detector_transient(None, {"images": np.ascontiguousarray(images, np.float32)})
         return scores, boxes, features
 
     def select(self, scores: np.ndarray, boxes: np.ndarray, inference: InferenceConfig) -> np.ndarray:

@@ -31,7 +31,14 @@ class StageGraphs:
         self.keypoint_head = keypoint_head
 
     def detect(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        out = self.detector.run({"images": np.ascontiguousarray(images, np.float32)})
+        return self._outputs(self.detector.run({"images": np.ascontiguousarray(images, np.float32)}))
+
+    def detect_transient(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """detect() into arrays the detector model keeps (BatchedRuns.run_transient); what the pipeline calls."""
+        return self._outputs(self.detector.run_transient({"images": np.ascontiguousarray(images, np.float32)}))
+
+    @staticmethod
+    def _outputs(out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         return out["scores"], out["boxes"], [out[name] for name in FEATURE_NAMES]
 
     def select(self, scores: np.ndarray, boxes: np.ndarray, inference: InferenceConfig) -> np.ndarray:

@@ -39,3 +39,7 @@ class OpenVinoModel(BatchedRuns):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.require_inputs(feeds)
         return dict(zip(self.output_names, self.graph.run(self.output_names, feeds)))
+
+    def run_transient(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.require_inputs(feeds)
+        return dict(zip(self.output_names, self.graph.run_transient(self.output_names, feeds)))

@@ -480,6 +480,11 @@ class BatchedRuns(abc.ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of the graph: input name -> array in, output name -> array out."""
 
+    def run_transient(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """run() into arrays the model may keep and overwrite on its next call (reused_outputs);
+        this default is run() itself."""
+        return self.run(feeds)
+
     def require_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
         """RequestError naming the graph inputs that `feeds` lacks."""
         missing = set(self.input_names) - set(feeds)
@@ -521,15 +526,23 @@ class OnnxModel(BatchedRuns):
     def __init__(self, path: str | Path, threads: int | None = None):
         # ort_runtime imports onnxruntime only (no torch in the stubs that run graphs: seconds of start-up saved)
         from ..runtimes.ort_runtime import ort_session
+        from ..runtimes.reused_outputs import ReusedOutputs
 
         self.threads = threads
         self.session = ort_session(path, int(threads) if threads else None)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._reused = ReusedOutputs(self.session)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.require_inputs(feeds)
         outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+    def run_transient(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.require_inputs(feeds)
+        outputs = self._reused.run_transient(self.output_names,
+                                             {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
         return dict(zip(self.output_names, outputs))
 
 
