@@ -37,7 +37,8 @@ Per row, after --warmup untimed iterations, --runs timed iterations of:
   pipeline   the whole pipeline on the JPEG of the image, as a user calls it: decode, preprocess, detector, NMS,
              keypoint head for the faces found, original pixels (Predictor / OnnxPredictor in process; one
              request to the `maskface` ensemble for triton-cpu), timed after one untimed request and 50 ms
-             idle. Not for the FP16/TensorRT rows.
+             idle, in a pass of its own after the other stages' (StageTimer.iteration says why). Not for
+             the FP16/TensorRT rows.
   e2e        detector -> NMS -> keypoint head, chained on one image, with E = --e2e-faces faces: the NMS survivors,
              completed with the next-best candidates when fewer than E survive. detector/nms are stamps inside
              this chain. Preprocessing (JPEG decode, resize, normalise, pad) is EXCLUDED from e2e and reported
@@ -48,8 +49,8 @@ RoIAlign, top-k and NMS are not counted) / median time; fraction of peak = GFLOP
 conv and an sgemm timed at the same thread count on the same device, benchmarks/hardware.py; --peak-gflops
 overrides it). The clock-based CPU estimate is printed beside it, labelled as an estimate.
 
-The backends of one image size run INTERLEAVED (round r times every backend once, from a rotating
-start, each round of a backend opening with one untimed detector call to warm its caches), so that a
+The backends of one image size run INTERLEAVED (round r times every backend once, in a seeded random
+order, each round of a backend opening with one untimed detector call to warm its caches), so that a
 noisy machine's drift falls on all of them alike; --no-interleave runs them in turn.
 Ratios to ONNX Runtime FP32 of the same run, and the CPU goals (INT8 detector <= 0.30x, BF16 detector
 <= 0.55x, Triton pipeline <= 1.05x; issue #15), are in the report.
@@ -390,7 +391,17 @@ class StageTimer:
         self.kept_counts: list[int] = []
         self.full_counts: list[int] = []
 
-    def iteration(self, record: bool) -> None:
+    def iteration(self, record: bool, part: str = "stages") -> None:
+        """One timing of `part`: "stages" (detector ... e2e) or "pipeline" (one request, JPEG in).
+        run_interleaved times every backend's stages first and their pipelines in a pass of their own,
+        so that no pipeline request follows its backend's stage calls: for Triton those go to other
+        models of the same server (maskface_detector, maskface_keypoints: 11 MB over HTTP each round),
+        and a pipeline request right after them took 1.066x the in-process pipeline against 1.049x
+        without them (throw-away probe, demo model, 2-core Zen 5, 40 rounds each, interleaved), where
+        the in-process pipeline took the same time after its own stage calls as without them."""
+        if part == "pipeline":
+            self._time_pipeline(record)
+            return
         runner, faces = self.runner, self.faces
         with torch.no_grad():
             # One untimed detector call first: the backend timed before this one left the caches full
@@ -420,21 +431,6 @@ class StageTimer:
                 runner.sync()
                 sweep[f] = time.perf_counter() - s0
             del scores, boxes, features
-            if self.run_pipeline is not None:
-                # One untimed request first, as for the detector: the stage calls above ran on other
-                # objects than the pipeline for some backends (Triton: other models, other processes),
-                # which left the pipeline's weights out of the caches, while an in-process pipeline
-                # shares its runner's sessions (served / in process, demo model: 1.024 after stage calls
-                # against 1.005 after a request, 40 rounds). Then it is timed as a request arriving at an
-                # idle machine: the call just before leaves worker threads spin-waiting (ONNX Runtime,
-                # OpenMP, TBB) and, for Triton, the server busy with its response.
-                self.run_pipeline(self.jpeg)
-                runner.sync()
-                time.sleep(PIPELINE_SETTLE_S)
-                p0 = time.perf_counter()
-                self.run_pipeline(self.jpeg)
-                runner.sync()
-                pipeline = time.perf_counter() - p0
         if not record:
             return
         self.t["detector"].append(t1 - t0)
@@ -442,12 +438,28 @@ class StageTimer:
         self.t["e2e_keypoints"].append(t3 - t2)
         self.t["e2e"].append(t3 - t0)
         self.t["nms_full"].append(t4 - t3)
-        if self.run_pipeline is not None:
-            self.t["pipeline"].append(pipeline)
         for f in faces:
             self.kp[f].append(sweep[f])
         self.kept_counts.append(len(kept))
         self.full_counts.append(len(kept_all))
+
+    def _time_pipeline(self, record: bool) -> None:
+        if self.run_pipeline is None:
+            return
+        # One untimed request first, as for the detector: the backend timed before this one left the
+        # caches full of its own weights and maps. Then it is timed as a request arriving at an idle
+        # machine: the call just before leaves worker threads spin-waiting (ONNX Runtime, OpenMP, TBB)
+        # and, for Triton, the server busy with its response.
+        with torch.no_grad():
+            self.run_pipeline(self.jpeg)
+            self.runner.sync()
+            time.sleep(PIPELINE_SETTLE_S)
+            p0 = time.perf_counter()
+            self.run_pipeline(self.jpeg)
+            self.runner.sync()
+            pipeline = time.perf_counter() - p0
+        if record:
+            self.t["pipeline"].append(pipeline)
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: (summarize(v) if v else None) for k, v in self.t.items()}
@@ -463,31 +475,41 @@ class StageTimer:
         return out
 
 
+#: The passes of run_interleaved, in order (StageTimer.iteration's `part`).
+PARTS = ("stages", "pipeline")
+#: Seed of the per-round backend order (the same sequence of orders on every run).
+ORDER_SEED = 0
+
+
 def run_interleaved(timers: dict[str, StageTimer], runs: int, warmup: int, tick: Callable[[], None],
                     interleave: bool = True) -> dict[str, dict[str, Any] | Exception]:
-    """Warm-up then timed iterations; interleaved: round r runs every timer once, starting at a
-    rotating position (no backend always follows the same one). Otherwise one timer after another.
-    A timer that fails is reported as its exception; the others go on."""
+    """Each of PARTS in a pass of its own: warm-up then timed iterations; interleaved: round r runs
+    every timer once, in a seeded random order, so that no backend always follows the same one (a
+    rotating start left each behind its list predecessor in all but one of every n rounds: the Triton
+    row, last in the list, came after PyTorch BF16's threads in 34 of 40). Otherwise one timer after
+    another. tick() once per step: 2 x (warmup + runs) per timer. A timer that fails is reported as
+    its exception; the others go on."""
     names = list(timers)
     failed: dict[str, Exception] = {}
+    orders = np.random.default_rng(ORDER_SEED)
 
-    def step(name: str, record: bool) -> None:
-        if name in failed:
-            return
-        try:
-            timers[name].iteration(record)
-        except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a server gone
-            failed[name] = exc
+    def step(name: str, record: bool, part: str) -> None:
+        if name not in failed:
+            try:
+                timers[name].iteration(record, part)
+            except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a server gone
+                failed[name] = exc
         tick()
 
-    if interleave:
-        for i in range(warmup + runs):
-            for k in range(len(names)):
-                step(names[(i + k) % len(names)], i >= warmup)
-    else:
-        for name in names:
+    for part in PARTS:
+        if interleave:
             for i in range(warmup + runs):
-                step(name, i >= warmup)
+                for k in orders.permutation(len(names)):
+                    step(names[k], i >= warmup, part)
+        else:
+            for name in names:
+                for i in range(warmup + runs):
+                    step(name, i >= warmup, part)
     return {name: failed.get(name) or timers[name].result() for name in names}
 
 
@@ -624,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(args.cache_dir)
 
-    per_combo = args.warmup + args.runs
+    per_combo = len(PARTS) * (args.warmup + args.runs)
     progress = _Progress(len(args.backbones) * len(args.backends) * len(args.sizes) * per_combo,
                          not args.no_progress)
     log = progress.write

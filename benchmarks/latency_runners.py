@@ -222,7 +222,8 @@ class OrtRunner:
         return np.ascontiguousarray(image[None], np.float32)
 
     def detect(self, x):
-        return self.graphs.detect(x)
+        # as the pipeline calls it (maskface.pipeline): into the runtime's own arrays where it has them
+        return getattr(self.graphs, "detect_transient", self.graphs.detect)(x)
 
     def select(self, scores, boxes, inference: InferenceConfig):
         return self.graphs.select(scores, boxes, inference)

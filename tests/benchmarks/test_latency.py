@@ -190,40 +190,55 @@ def test_e2e_rois_are_nms_survivors_topped_up_with_candidates():
         assert list(runner.fill(kept[:0], 10, 2)) == [0, 1]
 
 
-def test_backends_are_interleaved_from_a_rotating_start():
+def test_backends_are_interleaved_in_varying_orders_stages_then_pipelines():
     calls = []
 
     class Fake:
         def __init__(self, name):
             self.name = name
 
-        def iteration(self, record):
-            calls.append((self.name, record))
+        def iteration(self, record, part):
+            calls.append((self.name, record, part))
 
         def result(self):
             return {"name": self.name}
 
     timers = {n: Fake(n) for n in "abc"}
-    out = latency.run_interleaved(timers, runs=2, warmup=1, tick=lambda: None)
-    assert calls == [("a", False), ("b", False), ("c", False),  # warm-up round
-                     ("b", True), ("c", True), ("a", True),  # round 1 starts one further on
-                     ("c", True), ("a", True), ("b", True)]
+    ticks = []
+    out = latency.run_interleaved(timers, runs=9, warmup=1, tick=lambda: ticks.append(1))
     assert out == {n: {"name": n} for n in "abc"}
+    assert len(ticks) == 3 * 2 * (1 + 9)  # the progress bar's total: timers x passes x iterations
+    # every stage first, then the pipelines in a pass of their own (no request after stage calls)
+    assert [part for _, _, part in calls] == ["stages"] * 30 + ["pipeline"] * 30
+    for start in range(0, 60, 3):  # each round times every backend once; the first round untimed
+        one_round = calls[start:start + 3]
+        assert sorted(name for name, _, _ in one_round) == ["a", "b", "c"]
+        assert {record for _, record, _ in one_round} == {start % 30 >= 3}
+    # within rounds, each backend comes after each other one at least once (a rotation never puts
+    # "a" right after "b" inside a round)
+    pairs = {(calls[i][0], calls[i + 1][0]) for i in range(0, 60, 3) for i in (i, i + 1)}
+    assert pairs == {(x, y) for x in "abc" for y in "abc" if x != y}
+    again = []
+    Fake.iteration = lambda self, record, part: again.append((self.name, record, part))
+    latency.run_interleaved(timers, runs=9, warmup=1, tick=lambda: None)
+    assert again == calls  # seeded: the same orders on every run
+    Fake.iteration = lambda self, record, part: calls.append((self.name, record, part))
     calls.clear()
     latency.run_interleaved(timers, runs=1, warmup=0, tick=lambda: None, interleave=False)
-    assert calls == [("a", True), ("b", True), ("c", True)]
+    assert calls == [("a", True, "stages"), ("b", True, "stages"), ("c", True, "stages"),
+                     ("a", True, "pipeline"), ("b", True, "pipeline"), ("c", True, "pipeline")]
 
 
 def test_a_failing_backend_is_reported_and_the_others_go_on():
     class Fine:
-        def iteration(self, record):
+        def iteration(self, record, part):
             pass
 
         def result(self):
             return {"ok": True}
 
     class Broken(Fine):
-        def iteration(self, record):
+        def iteration(self, record, part):
             raise RuntimeError("server gone")
 
     out = latency.run_interleaved({"fine": Fine(), "broken": Broken()}, runs=3, warmup=0, tick=lambda: None)
