@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("openvino")
 
-from export.export_onnx import export_detector, export_keypoint_head  # noqa: E402
-from maskface import build_model  # noqa: E402
 from maskface.runtimes import openvino_runtime as ovr  # noqa: E402
 from maskface.runtimes.ort_runtime import OnnxPredictor, OrtRuntime  # noqa: E402
 
@@ -37,16 +34,6 @@ def test_bf16_refused_on_a_cpu_without_it_saying_what_to_use():
     with pytest.raises(ValueError, match="must be one of fp32, bf16, int8"):
         ovr.require_openvino_precision("fp8")
     ovr.require_openvino_precision("int8", unsupported)  # INT8 does not need BF16
-
-
-@pytest.fixture(scope="module")
-def tiny_graphs(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("tiny").eval()
-    out = tmp_path_factory.mktemp("ov")
-    export_detector(model, out / "detector.onnx")
-    export_keypoint_head(model, out / "keypoint_head_portable.onnx", portable=True)
-    return model, out
 
 
 def test_fp32_graph_matches_onnx_runtime(tiny_graphs):

@@ -9,7 +9,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
@@ -84,19 +83,6 @@ def test_at_most_max_shapes_sets_are_kept(affine_session):
     np.testing.assert_allclose(first, 2 * feeds(0, (1, 2))["x"] + 1, rtol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from export.export_onnx import export_detector, export_keypoint_head
-    from maskface import build_model
-
-    torch.manual_seed(0)
-    model = build_model("tiny").eval()
-    out = tmp_path_factory.mktemp("tiny_graphs")
-    export_detector(model, out / "detector.onnx")
-    export_keypoint_head(model, out / "keypoint_head_portable.onnx", portable=True)
-    return model, out
-
-
 class DetectOnly:
     """A runtime without detect_transient: the pipeline's reference."""
 
@@ -113,8 +99,8 @@ class DetectOnly:
         return self.runtime.keypoints(features, rois)
 
 
-def test_detect_transient_equals_detect_on_the_exported_detector(tiny_folder):
-    _, folder = tiny_folder
+def test_detect_transient_equals_detect_on_the_exported_detector(tiny_graphs):
+    _, folder = tiny_graphs
     runtime = OrtRuntime(folder / "detector.onnx", folder / "keypoint_head_portable.onnx", threads=1)
     x = np.random.default_rng(0).standard_normal((1, 3, 128, 192)).astype(np.float32)
     want = runtime.detect(x)
@@ -136,8 +122,8 @@ def assert_same_faces(got: dict, want: dict) -> None:
         assert np.array_equal(got[key], want[key]), key
 
 
-def test_pipeline_results_equal_the_copying_path_and_outlive_the_next_call(tiny_folder):
-    model, folder = tiny_folder
+def test_pipeline_results_equal_the_copying_path_and_outlive_the_next_call(tiny_graphs):
+    model, folder = tiny_graphs
     runtime = OrtRuntime(folder / "detector.onnx", folder / "keypoint_head_portable.onnx", threads=1)
     transient, copying = pipelines(model, runtime)
     rng = np.random.default_rng(7)
@@ -151,11 +137,11 @@ def test_pipeline_results_equal_the_copying_path_and_outlive_the_next_call(tiny_
     assert_same_faces(second, copying(second_image))
 
 
-def test_openvino_run_transient_views_and_run_copies(tiny_folder):
+def test_openvino_run_transient_views_and_run_copies(tiny_graphs):
     pytest.importorskip("openvino")
     from maskface.runtimes.openvino_runtime import OpenVinoGraph
 
-    _, folder = tiny_folder
+    _, folder = tiny_graphs
     graph = OpenVinoGraph(folder / "detector.onnx", "f32", threads=1, static_shapes=True)
     a, b = (np.random.default_rng(s).standard_normal((1, 3, 128, 192)).astype(np.float32) for s in (0, 1))
     copied = graph.run(None, {"images": a})
@@ -169,11 +155,11 @@ def test_openvino_run_transient_views_and_run_copies(tiny_folder):
         assert np.array_equal(g, c)  # run()'s arrays are the caller's
 
 
-def test_served_pipeline_stage_reads_the_same_outputs_transiently(tiny_folder):
+def test_served_pipeline_stage_reads_the_same_outputs_transiently(tiny_graphs):
     from maskface.serving.fused_stage import StageGraphs
     from maskface.serving.stages import OnnxModel
 
-    _, folder = tiny_folder
+    _, folder = tiny_graphs
     graphs = StageGraphs(OnnxModel(folder / "detector.onnx", 1), OnnxModel(folder / "keypoint_head_portable.onnx", 1))
     x = np.random.default_rng(3).standard_normal((1, 3, 128, 192)).astype(np.float32)
     want = graphs.detect(x)

@@ -193,7 +193,6 @@ class OpenVinoGraph:
         wanted = list(output_names) if output_names else self.output_names
         return [request.get_tensor(name).data for name in wanted]
 
-
     def operation_times(self) -> list[tuple[str, str, float]]:
         """(node type, kernel, ms) of each operation OpenVINO executed in the last run; needs profile=True."""
         if not self.profile:
