@@ -18,7 +18,7 @@ import maskface
 from maskface.config import InferenceConfig, MaskFaceConfig
 from maskface.io_utils import atomic_write_json, sha256_file
 from maskface.modeling.maskface import MaskFace
-from maskface.pipeline import rois_of, select_candidates
+from maskface.pipeline import pipeline_detect, rois_of, select_candidates
 from maskface.postprocess import PAD_SCORE, top_candidates
 
 CUDA_ONLY = ("torch-fp16", "torch-fp16-cudagraph", "tensorrt-fp16")
@@ -222,8 +222,7 @@ class OrtRunner:
         return np.ascontiguousarray(image[None], np.float32)
 
     def detect(self, x):
-        # as the pipeline calls it (maskface.pipeline): into the runtime's own arrays where it has them
-        return getattr(self.graphs, "detect_transient", self.graphs.detect)(x)
+        return pipeline_detect(self.graphs)(x)  # as the pipeline calls it
 
     def select(self, scores, boxes, inference: InferenceConfig):
         return self.graphs.select(scores, boxes, inference)

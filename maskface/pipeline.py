@@ -18,7 +18,7 @@ Importing this module loads neither torch nor cv2.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -65,6 +65,11 @@ def as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
+def pipeline_detect(runtime: Runtime) -> Callable:
+    """The detector call a pipeline makes: detect_transient where the runtime has it (module doc)."""
+    return getattr(runtime, "detect_transient", runtime.detect)
+
+
 def rois_of(boxes, batch_index: int = 0):
     """rois [N, 5] (batch index, x1, y1, x2, y2) of boxes [N, 4], in the boxes' own array type."""
     if isinstance(boxes, np.ndarray):
@@ -102,8 +107,7 @@ class Pipeline:
         from .preprocess import prepare_image
 
         prepared = prepare_image(image_bgr, self.input_cfg, self.max_side, scale, self.min_side)
-        detect = getattr(self.runtime, "detect_transient", self.runtime.detect)
-        scores, boxes, features = detect(prepared.image[None])
+        scores, boxes, features = pipeline_detect(self.runtime)(prepared.image[None])
         keep = self.runtime.select(scores[0], boxes[0], self.inference)
         kept_boxes, kept_scores = boxes[0][keep], scores[0][keep]
         if with_landmarks:
